@@ -1,0 +1,194 @@
+"""The `latentlab` command: argument parsing and calls into the library, nothing more.
+
+Bad input ends with one line on stderr, `latentlab: error: ...`, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+from .errors import LatentlabError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line and no usage block."""
+
+    def error(self, message: str):
+        raise LatentlabError(message)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+    return parse
+
+
+def _slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_generate(args) -> None:
+    from .pipeline import Pipeline, image_grid, to_pil
+    from tqdm import tqdm
+
+    prompts = [p for p in args.prompts for _ in range(args.images_per_prompt)]
+    if not prompts or any(not p.strip() for p in args.prompts):
+        raise LatentlabError("give one or more non-empty prompts, e.g. latentlab generate \"a red circle\"")
+    pipe = Pipeline.load(args.model, device=args.device)
+    size = args.size or pipe.image_size
+    pipe.check_size(size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=args.steps if args.sampler != "ddpm" else args.steps, desc="sampling", unit="step")
+    images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
+                                callback=lambda i, n: bar.update(1)))
+    bar.close()
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        image.save(out / f"{i:03d}-{_slug(prompt)}.png")
+    image_grid(images, columns=min(len(images), 8), scale=args.grid_scale).save(out / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {out}")
+
+
+def cmd_train_vae(args) -> None:
+    from .training import VAETrainConfig, preset, train_vae
+
+    config = VAETrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+                            lr=args.lr, image_size=args.image_size, seed=args.seed, device=args.device,
+                            model=preset(args.preset, "vae"))
+    print(json.dumps(train_vae(config)))
+
+
+def cmd_train(args) -> None:
+    from .training import DiffusionTrainConfig, preset, train_diffusion
+    from .diffusion import DiffusionConfig
+
+    config = DiffusionTrainConfig(
+        vae=args.vae, out=args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        image_size=args.image_size, seed=args.seed, device=args.device, save_every=args.save_every, init=args.init,
+        unet=preset(args.preset, "unet"), text=preset(args.preset, "text"),
+        diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps),
+    )
+    if not Path(args.vae).is_dir():
+        raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
+    print(json.dumps(train_diffusion(config)))
+
+
+def cmd_eval(args) -> None:
+    from .evaluation import prompt_adherence
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    reports = []
+    for split, objects in [("test", 1), ("test", 2), ("heldout", 1), ("heldout", 2)][: 4 if args.all else 1]:
+        report = prompt_adherence(pipe, prompts=args.prompts, split=split, objects=objects, seed=args.seed,
+                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+        reports.append(report)
+        accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
+        print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}  {accuracy}")
+    if args.out:
+        from .io import atomic_write
+        atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> Parser:
+    from .diffusion import SAMPLERS, SCHEDULES
+    from .training import PRESETS
+
+    parser = Parser(prog="latentlab", description="Latent diffusion: train, generate, evaluate.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def common(p, *, model=True):
+        if model:
+            p.add_argument("--model", default=None, help="model folder (default: the model shipped in the package)")
+        p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+        p.add_argument("--seed", type=int, default=0)
+
+    def sampling(p, steps=50):
+        p.add_argument("--steps", type=_positive(int), default=steps, help="network evaluations (default %(default)s)")
+        p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale; 1 turns it off")
+        p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
+
+    g = sub.add_parser("generate", help="generate images from text prompts")
+    g.add_argument("prompts", nargs="*", help="one or more text prompts")
+    common(g)
+    sampling(g)
+    g.add_argument("--out", default="samples", help="folder for the PNGs (default %(default)s)")
+    g.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt)")
+    g.add_argument("--images-per-prompt", type=_positive(int), default=1)
+    g.add_argument("--size", type=_positive(int), default=None, help="image size in pixels (default: the model's)")
+    g.add_argument("--grid-scale", type=_positive(int), default=4, help="enlarge grid.png this many times")
+    g.set_defaults(func=cmd_generate)
+
+    def training(p, steps, batch_size, lr):
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--steps", type=_positive(int), default=steps)
+        p.add_argument("--minutes", type=_positive(float), default=None, help="stop after this much wall time")
+        p.add_argument("--batch-size", type=_positive(int), default=batch_size)
+        p.add_argument("--lr", type=_positive(float), default=lr)
+        p.add_argument("--image-size", type=int, choices=(32, 64), default=32)
+        p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="architecture size")
+        common(p, model=False)
+
+    v = sub.add_parser("train-vae", help="train the autoencoder on the shapes data set")
+    training(v, 4000, 64, 2e-4)
+    v.set_defaults(func=cmd_train_vae)
+
+    t = sub.add_parser("train", help="train a latent diffusion model (text encoder + U-Net) on the shapes data set")
+    t.add_argument("--vae", required=True, help="folder written by latentlab train-vae")
+    training(t, 20_000, 128, 3e-4)
+    t.add_argument("--schedule", choices=sorted(SCHEDULES), default="linear", help="noise schedule")
+    t.add_argument("--timesteps", type=_positive(int), default=1000, help="T, training noise levels")
+    t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
+    t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="prompt adherence on held-out prompts, read by the shapes judge")
+    common(e)
+    sampling(e)
+    e.add_argument("--prompts", type=_positive(int), default=200, help="prompts per split (default %(default)s)")
+    e.add_argument("--all", action="store_true", help="also two-object prompts and held-out colour-shape pairs")
+    e.add_argument("--out", default=None, help="write the full report as JSON here")
+    e.set_defaults(func=cmd_eval, seed=1234)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, eval (see latentlab -h)")
+        args.func(args)
+    except LatentlabError as e:
+        print(f"latentlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # bad values caught by the library's own checks
+        print(f"latentlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("latentlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

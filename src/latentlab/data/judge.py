@@ -1,0 +1,147 @@
+"""A judge for the shapes world: reads an image and returns the objects it shows.
+
+No learned network: the background is the image's median colour; each foreground pixel belongs to
+the palette colour whose direction from the background is closest to its own (blending with the
+background keeps that direction, so anti-aliased edges count too); the coverage of a pixel is its
+projection onto the object's mean colour. From an object's coverage map the judge reads its size
+(area), its position (centroid) and its shape (the best-overlapping shape template, drawn with the
+renderer's own distance functions at the object's centroid and area).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, coverage, shape_distance
+
+MIN_AREA = 0.006  # an object covers at least this fraction of the image (small ones ~3%)
+FOREGROUND = 0.12  # distance from the background (RGB in [0, 1]) above which a pixel is foreground
+ATTRIBUTES = ("shape", "colour", "size", "position")
+
+
+@dataclass(frozen=True)
+class Detection:
+    shape: str
+    colour: str
+    size: str
+    position: str
+    centre: tuple[float, float]  # (x, y) as fractions of the image
+    area: float  # fraction of the image covered
+
+
+def _palette_directions(background: torch.Tensor) -> torch.Tensor:
+    palette = torch.tensor(list(COLOURS.values()))
+    d = palette - background
+    return d / d.norm(dim=1, keepdim=True)
+
+
+def _position(cx: float, cy: float) -> str:
+    """The named position nearest the centroid."""
+    return min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
+
+
+def _size(area: float) -> str:
+    """Small or large by the equivalent radius, split at the geometric mean of the two radii."""
+    radius = math.sqrt(area / math.pi)
+    return "small" if radius < math.sqrt(SIZES["small"] * SIZES["large"]) else "large"
+
+
+def _shape(alpha: torch.Tensor, cx: float, cy: float, radius: float) -> str:
+    """The shape whose template (same centroid and area) overlaps the coverage map best."""
+    S = alpha.shape[-1]
+    grid = torch.arange(S, dtype=torch.float32) + 0.5
+    dx = (grid.view(1, S) - cx).expand(S, S)
+    dy = (grid.view(S, 1) - cy).expand(S, S)
+    ids = torch.arange(len(SHAPES))
+    templates = coverage(shape_distance(ids, dx.expand(len(SHAPES), S, S), dy.expand(len(SHAPES), S, S),
+                                        torch.full((len(SHAPES),), radius)))
+    iou = torch.minimum(templates, alpha).sum((1, 2)) / torch.maximum(templates, alpha).sum((1, 2))
+    return SHAPES[int(iou.argmax())]
+
+
+def judge(image: torch.Tensor) -> list[Detection]:
+    """Objects in one image, (3, H, W) in [-1, 1], largest first."""
+    rgb = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    S = rgb.shape[-1]
+    pixels = rgb.reshape(3, -1).T  # (HW, 3)
+    background = pixels.median(dim=0).values
+    offset = pixels - background
+    distance = offset.norm(dim=1)
+    directions = _palette_directions(background)
+    label = (offset @ directions.T).argmax(dim=1)
+    foreground = distance > FOREGROUND
+    # a member pixel has at least 3 foreground pixels of its colour in its 3x3 neighbourhood (itself
+    # included): isolated noise pixels are no object
+    one_hot = torch.stack([(foreground & (label == k)).view(S, S) for k in range(len(COLOURS))]).float()
+    neighbours = F.conv2d(one_hot[:, None], torch.ones(1, 1, 3, 3), padding=1)[:, 0].view(len(COLOURS), -1)
+    detections = []
+    for k, name in enumerate(COLOURS):
+        member = (one_hot[k].view(-1) > 0) & (neighbours[k] >= 3)
+        if member.sum() < 2:
+            continue
+        # the object's colour: mean of its strongest pixels; coverage: projection onto it
+        core = member & (distance >= 0.7 * distance[member].max())
+        colour = offset[core].mean(0)
+        alpha = ((offset @ colour) / (colour @ colour)).clamp(0, 1) * member
+        area = float(alpha.sum()) / (S * S)
+        if area < MIN_AREA:
+            continue
+        alpha = alpha.view(S, S)
+        ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")
+        mass = alpha.sum()
+        cx, cy = float((alpha * xs).sum() / mass), float((alpha * ys).sum() / mass)
+        radius = math.sqrt(area * S * S / math.pi)
+        detections.append(Detection(
+            shape=_shape(alpha, cx, cy, radius), colour=name, size=_size(area),
+            position=_position(cx / S, cy / S), centre=(cx / S, cy / S), area=area,
+        ))
+    return sorted(detections, key=lambda d: -d.area)
+
+
+def relation_of(first: Detection, second: Detection) -> str:
+    """Where the first object is relative to the second: the dominant axis of their offset."""
+    dx, dy = first.centre[0] - second.centre[0], first.centre[1] - second.centre[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def _match(scene: Scene, detections: list[Detection]) -> list[Detection | None]:
+    """The detection standing for each scene object: the two largest, paired by colour where the
+    colours allow, else by distance to the object's intended position."""
+    top = detections[: len(scene.objects)]
+    matched: list[Detection | None] = [None] * len(scene.objects)
+    for i, obj in enumerate(scene.objects):
+        same = [d for d in top if d.colour == obj.colour]
+        if same:
+            matched[i] = same[0]
+            top.remove(same[0])
+    for i, obj in enumerate(scene.objects):
+        if matched[i] is None and top:
+            px, py = POSITIONS[obj.position]
+            nearest = min(top, key=lambda d: (d.centre[0] - px) ** 2 + (d.centre[1] - py) ** 2)
+            matched[i] = nearest
+            top.remove(nearest)
+    return matched
+
+
+def score(scene: Scene, detections: list[Detection]) -> dict[str, bool]:
+    """Which of the scene's attributes the image shows.
+
+    The largest detections stand for the scene's objects (`_match`). One object: shape, colour,
+    size, position. Two objects: shape, colour, size (right for both), relation. Then `count`
+    (exactly as many objects as the scene has) and `all` (every key above).
+    """
+    matched = _match(scene, detections)
+    attributes = ATTRIBUTES if len(scene.objects) == 1 else ("shape", "colour", "size")
+    result = {attr: all(d is not None and getattr(d, attr) == getattr(o, attr) for d, o in zip(matched, scene.objects))
+              for attr in attributes}
+    if len(scene.objects) == 2:
+        result["relation"] = None not in matched and relation_of(*matched) == scene.relation
+    result["count"] = len(detections) == len(scene.objects)
+    result["all"] = all(result.values())
+    return result

@@ -1,0 +1,251 @@
+"""The shapes world: captioned images of one or two coloured shapes on a plain background.
+
+Every image is drawn from a seed and an index, so the set is infinite and deterministic. A scene's
+attributes are: shape, colour, size and position of each object, and for two objects the relation of
+the first to the second. Captions come from several templates with varied wording. Some
+colour-shape combinations never appear in the training split; the "heldout" split is made of them,
+to test compositional generalisation.
+
+Rendering is vectorised in torch (any device): each shape is a signed distance field, anti-aliased
+by clamping the distance to one pixel. All shapes of one size have the same area, so size is
+readable from area alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {  # name -> RGB in [0, 1]
+    "red": (0.88, 0.15, 0.15),
+    "orange": (0.97, 0.55, 0.10),
+    "yellow": (0.95, 0.92, 0.15),
+    "green": (0.15, 0.72, 0.22),
+    "blue": (0.15, 0.30, 0.92),
+    "purple": (0.62, 0.22, 0.82),
+}
+BACKGROUND = (0.16, 0.16, 0.16)
+SIZES = {"small": 0.10, "large": 0.16}  # radius of the equal-area circle, as a fraction of the width
+POSITIONS = {  # centre (x, y) as fractions of the image
+    "left": (0.27, 0.50),
+    "right": (0.73, 0.50),
+    "top": (0.50, 0.27),
+    "bottom": (0.50, 0.73),
+    "centre": (0.50, 0.50),
+}
+RELATIONS = {  # relation of the first object to the second -> (first's position, second's position)
+    "left of": ("left", "right"),
+    "right of": ("right", "left"),
+    "above": ("top", "bottom"),
+    "below": ("bottom", "top"),
+}
+HELD_OUT = frozenset({("green", "triangle"), ("purple", "circle"), ("orange", "square")})
+JITTER = 0.03  # uniform jitter of each centre, as a fraction of the width
+SPLITS = ("train", "test", "heldout")
+_SPLIT_STREAM = {"train": 0, "test": 1, "heldout": 2}
+
+# Wording. Each attribute value has several phrasings; the first is the canonical one.
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+POSITION_WORDS = {
+    "left": ("on the left", "at the left", "on the left side", "to the left"),
+    "right": ("on the right", "at the right", "on the right side", "to the right"),
+    "top": ("at the top", "near the top", "in the upper part", "on top"),
+    "bottom": ("at the bottom", "near the bottom", "in the lower part", "on the bottom"),
+    "centre": ("in the centre", "in the center", "in the middle", "at the centre"),
+}
+RELATION_WORDS = {
+    "left of": ("to the left of", "left of", "on the left of"),
+    "right of": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over", "on top of"),
+    "below": ("below", "under", "beneath"),
+}
+SINGLE_TEMPLATES = (
+    "{a} {size} {colour} {shape} {pos}",
+    "{pos}, {a} {size} {colour} {shape}",
+    "there is {a} {size} {colour} {shape} {pos}",
+    "a picture of {a} {size} {colour} {shape} {pos}",
+    "{size} {colour} {shape} {pos}",
+    "{a_colour} {colour} {shape}, {size}, {pos}",
+    "{a_shape} {shape} that is {colour} and {size}, {pos}",
+)
+PAIR_TEMPLATES = (
+    "{a1} {obj1} {rel} {a2} {obj2}",
+    "there is {a1} {obj1} {rel} {a2} {obj2}",
+    "a picture of {a1} {obj1} {rel} {a2} {obj2}",
+    "{obj1} {rel} {obj2}",
+)
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    shape: str
+    colour: str
+    size: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One or two objects; with two, `relation` says where the first is relative to the second."""
+
+    objects: tuple[ShapeObject, ...]
+    relation: str | None = None
+    jitter: tuple[tuple[float, float], ...] = ()  # per-object centre offset, fraction of the width
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(scene: Scene, rng: random.Random | None = None) -> str:
+    """A caption of the scene; with `rng`, a random template and wording, else the canonical one."""
+    pick = (lambda options: options[0]) if rng is None else rng.choice
+
+    def words(obj: ShapeObject) -> str:
+        return f"{pick(SIZE_WORDS[obj.size])} {obj.colour} {obj.shape}"
+
+    if len(scene.objects) == 1:
+        (obj,) = scene.objects
+        size = pick(SIZE_WORDS[obj.size])
+        template = SINGLE_TEMPLATES[0] if rng is None else rng.choice(SINGLE_TEMPLATES)
+        return template.format(
+            a=_article(size), a_colour=_article(obj.colour), a_shape=_article(obj.shape),
+            size=size, colour=obj.colour, shape=obj.shape, pos=pick(POSITION_WORDS[obj.position]),
+        )
+    first, second = (words(o) for o in scene.objects)
+    template = PAIR_TEMPLATES[0] if rng is None else rng.choice(PAIR_TEMPLATES)
+    return template.format(
+        a1=_article(first), obj1=first, a2=_article(second), obj2=second,
+        rel=pick(RELATION_WORDS[scene.relation]),
+    )
+
+
+def _sample_object(rng: random.Random, position: str, exclude_colour: str | None = None) -> ShapeObject:
+    colours = [c for c in COLOURS if c != exclude_colour]
+    return ShapeObject(rng.choice(SHAPES), rng.choice(colours), rng.choice(list(SIZES)), position)
+
+
+def _fits(objects: tuple[ShapeObject, ...], split: str) -> bool:
+    """Train and test scenes avoid the held-out colour-shape pairs; heldout scenes contain one."""
+    held = [(o.colour, o.shape) in HELD_OUT for o in objects]
+    return any(held) if split == "heldout" else not any(held)
+
+
+def sample_scene(rng: random.Random, split: str = "train", p_two: float = 0.35) -> Scene:
+    """Draw a scene of the split (rejection sampling over the held-out pairs)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+    two = rng.random() < p_two
+    while True:
+        if two:
+            relation = rng.choice(list(RELATIONS))
+            pos1, pos2 = RELATIONS[relation]
+            first = _sample_object(rng, pos1)
+            objects = (first, _sample_object(rng, pos2, exclude_colour=first.colour))
+        else:
+            relation, objects = None, (_sample_object(rng, rng.choice(list(POSITIONS))),)
+        if _fits(objects, split):
+            break
+    jitter = tuple((rng.uniform(-JITTER, JITTER), rng.uniform(-JITTER, JITTER)) for _ in objects)
+    return Scene(objects, relation, jitter)
+
+
+def scene_rng(seed: int, index: int, split: str = "train") -> random.Random:
+    """The random stream of one example: fixed by (seed, split, index)."""
+    return random.Random((seed * 3 + _SPLIT_STREAM[split]) * 1_000_003_007 + index)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def shape_distance(shape_ids: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor):
+    """Signed distance (pixels, negative inside) of each shape centred at the origin.
+
+    shape_ids, r: (...,); dx, dy: (..., H, W) offsets of pixel centres from the shape's centre.
+    Each shape has the area of a circle of radius r; the triangle points up, centred on its centroid.
+    """
+    r = r[..., None, None]
+    circle = torch.sqrt(dx**2 + dy**2) - r
+    square = torch.maximum(dx.abs(), dy.abs()) - r * math.sqrt(math.pi) / 2
+    side = r * math.sqrt(4 * math.pi / math.sqrt(3))  # equilateral, area pi r^2
+    inradius = side / (2 * math.sqrt(3))
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    triangle = torch.stack([dy, c * dx - s * dy, -c * dx - s * dy], 0).amax(0) - inradius
+    ids = shape_ids[..., None, None]
+    return torch.where(ids == 0, circle, torch.where(ids == 1, square, triangle))
+
+
+def coverage(distance: torch.Tensor) -> torch.Tensor:
+    """Anti-aliased coverage of a pixel from its signed distance to the edge."""
+    return (0.5 - distance).clamp(0.0, 1.0)
+
+
+def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Render scenes to a (B, 3, H, W) tensor in [-1, 1]."""
+    n_max = max(len(s.objects) for s in scenes)
+    B, S = len(scenes), image_size
+    rows = []  # per object slot: shape id, r, g, b, centre x, centre y, radius, present
+    for scene in scenes:
+        for k in range(n_max):
+            if k >= len(scene.objects):
+                rows.append((0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                continue
+            obj = scene.objects[k]
+            jx, jy = scene.jitter[k] if scene.jitter else (0.0, 0.0)
+            px, py = POSITIONS[obj.position]
+            rows.append((SHAPES.index(obj.shape), *COLOURS[obj.colour], (px + jx) * S, (py + jy) * S,
+                         SIZES[obj.size] * S, 1.0))
+    table = torch.tensor(rows, dtype=torch.float32).view(B, n_max, 8).to(device)
+    shape_ids, colour, centre = table[..., 0].long(), table[..., 1:4], table[..., 4:6]
+    radius, present = table[..., 6], table[..., 7]
+    grid = torch.arange(S, device=device, dtype=torch.float32) + 0.5
+    dx = grid.view(1, 1, 1, S) - centre[..., 0, None, None]  # (B, n, 1, S)
+    dy = grid.view(1, 1, S, 1) - centre[..., 1, None, None]  # (B, n, S, 1)
+    dx, dy = torch.broadcast_tensors(dx, dy)
+    alpha = coverage(shape_distance(shape_ids, dx, dy, radius)) * present[..., None, None]  # (B, n, S, S)
+    image = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).expand(B, 3, S, S)
+    for k in range(n_max):
+        a = alpha[:, k, None]
+        image = image * (1 - a) + colour[:, k, :, None, None] * a
+    return image * 2 - 1
+
+
+class ShapesDataset:
+    """An infinite, deterministic stream of (image, caption, scene) from a seed.
+
+    Example `index` is the same for every run with the same seed, split and size, so a data
+    order is fully described by the indices drawn.
+    """
+
+    def __init__(self, *, seed: int = 0, split: str = "train", image_size: int = 32, p_two: float = 0.35,
+                 canonical_captions: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+        if image_size not in (32, 64):
+            raise ValueError(f"image size {image_size} is not supported; accepted: 32, 64")
+        self.seed, self.split, self.image_size, self.p_two = seed, split, image_size, p_two
+        self.canonical_captions = canonical_captions
+
+    def example(self, index: int) -> tuple[Scene, str]:
+        rng = scene_rng(self.seed, index, self.split)
+        scene = sample_scene(rng, self.split, self.p_two)
+        return scene, caption(scene, None if self.canonical_captions else rng)
+
+    def batch(self, start: int, n: int, device: torch.device | str = "cpu"):
+        """Examples start .. start + n - 1 as (images (n, 3, H, W) in [-1, 1], captions, scenes)."""
+        scenes, captions = zip(*(self.example(i) for i in range(start, start + n)))
+        return render(list(scenes), self.image_size, device), list(captions), list(scenes)
+
+    def __getitem__(self, index: int):
+        images, captions, scenes = self.batch(index, 1)
+        return images[0], captions[0], scenes[0]
+
+
+def caption_corpus(n: int = 20_000, seed: int = 0) -> list[str]:
+    """Captions of every wording, for fitting a tokenizer."""
+    data = ShapesDataset(seed=seed, split="train", p_two=0.5)
+    return [data.example(i)[1] for i in range(n)]

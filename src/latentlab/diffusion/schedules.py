@@ -1,0 +1,35 @@
+"""Noise schedules: pure functions from the number of steps T to the betas beta_1 .. beta_T.
+
+Everything else about the forward process derives from the betas (see `process.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+    """Linear schedule of Ho et al. (2020), rescaled so any T spans the same noise range."""
+    scale = 1000 / T
+    return torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule of Nichol & Dhariwal (2021), eq. 17: alpha_bar(t) = cos^2((t/T + s)/(1 + s) pi/2)."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+
+
+def make_betas(name: str, T: int) -> torch.Tensor:
+    """The betas of the schedule called `name`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {name!r}; accepted: {', '.join(SCHEDULES)}")
+    if T < 2:
+        raise ValueError(f"a schedule needs at least 2 steps, got {T}")
+    return SCHEDULES[name](T)

@@ -1,0 +1,143 @@
+"""The denoising U-Net (Ronneberger et al. 2015; Ho et al. 2020; Rombach et al. 2022).
+
+Encoder levels of residual blocks (each optionally followed by a spatial transformer with self- and
+cross-attention to the text) down to a middle, then decoder levels that join the encoder's skip
+features. The text enters twice: its tokens through cross-attention, and its pooled embedding,
+added to the timestep embedding, through the scale and shift of every residual block's norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import SpatialTransformer
+from .blocks import Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 4  # latent channels in
+    out_channels: int = 4  # predicted noise channels out
+    channels: tuple[int, ...] = (128, 256)  # width of each level; level i runs at 1/2^i resolution
+    blocks_per_level: int = 2  # residual blocks per encoder level (decoder levels have one more)
+    attention_levels: tuple[bool, ...] = (True, True)  # which levels carry transformers
+    transformer_depth: int = 1  # transformer blocks per spatial transformer
+    head_dim: int = 32  # width of one attention head
+    context_dim: int = 256  # width of the text encoder's states
+    groups: int = 32  # group-norm groups
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
+        if len(self.channels) != len(self.attention_levels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
+                             f"channels has {len(self.channels)}; give one per level")
+
+
+class UNetBlock(nn.Module):
+    """A residual block, then a spatial transformer where the level has attention."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, embed_dim: int, attention: bool):
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, embed_dim=embed_dim, groups=config.groups,
+                            dropout=config.dropout)
+        self.attn = SpatialTransformer(out_channels, config.context_dim, depth=config.transformer_depth,
+                                       head_dim=config.head_dim, groups=config.groups) if attention else None
+
+    def forward(self, x, emb, context, mask):
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, context, mask)
+
+
+class Level(nn.Module):
+    """The blocks of one resolution and the resampling that follows them (None at the last)."""
+
+    def __init__(self, blocks: list[UNetBlock], resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, context, mask) -> eps, all tensors batched along dim 0."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        width0 = c.channels[0]
+        embed_dim = 4 * width0
+        self.time_embed = nn.Sequential(nn.Linear(width0, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.context_embed = nn.Linear(c.context_dim, embed_dim)
+        self.conv_in = nn.Conv2d(c.in_channels, width0, 3, padding=1)
+
+        skips, ch, n_levels = [width0], width0, len(c.channels)
+        self.down = nn.ModuleList()
+        for i, (width, attn) in enumerate(zip(c.channels, c.attention_levels)):
+            blocks = []
+            for _ in range(c.blocks_per_level):
+                blocks.append(UNetBlock(ch, width, c, embed_dim, attn))
+                ch = width
+                skips.append(ch)
+            last = i == n_levels - 1
+            self.down.append(Level(blocks, None if last else Downsample(ch)))
+            if not last:
+                skips.append(ch)
+
+        self.mid = UNetBlock(ch, ch, c, embed_dim, attention=True)
+        self.mid_res = ResBlock(ch, ch, embed_dim=embed_dim, groups=c.groups, dropout=c.dropout)
+
+        self.up = nn.ModuleList()
+        for i, (width, attn) in reversed(list(enumerate(zip(c.channels, c.attention_levels)))):
+            blocks = []
+            for _ in range(c.blocks_per_level + 1):
+                blocks.append(UNetBlock(ch + skips.pop(), width, c, embed_dim, attn))
+                ch = width
+            self.up.append(Level(blocks, Upsample(ch) if i > 0 else None))
+
+        self.norm_out = group_norm(ch, c.groups)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        self._zero_init_outputs()
+
+    def _zero_init_outputs(self):
+        """Each residual branch and the output start at zero, so the network starts as a near-identity."""
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                nn.init.zeros_(module.conv2.weight), nn.init.zeros_(module.conv2.bias)
+            if isinstance(module, SpatialTransformer):
+                nn.init.zeros_(module.proj_out.weight), nn.init.zeros_(module.proj_out.bias)
+        nn.init.zeros_(self.conv_out.weight), nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        # embeddings: timestep + pooled text -> (B, 4 * width0)
+        emb = self.time_embed(timestep_embedding(t, self.config.channels[0]).to(x.dtype))
+        emb = emb + self.context_embed(pool(context, mask))
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for block in level.blocks:
+                h = block(h, emb, context, mask)
+                skips.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
+                skips.append(h)
+        h = self.mid_res(self.mid(h, emb, context, mask), emb)
+        for level in self.up:
+            for block in level.blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
+            if level.resample is not None:
+                h = level.resample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def pool(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the context's tokens (B, L, D) -> (B, D), over the tokens the mask keeps."""
+    if mask is None:
+        return context.mean(dim=1)
+    weights = mask.to(context.dtype)[..., None]
+    return (context * weights).sum(1) / weights.sum(1).clamp(min=1)

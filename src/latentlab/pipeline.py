@@ -1,0 +1,157 @@
+"""Text to image: tokenizer -> text encoder -> sampler over the U-Net with guidance -> VAE decoder.
+
+A model folder holds one sub-folder per component:
+
+    model_index.json        {"format": "latentlab", "version": 1, "image_size": 32}
+    tokenizer/tokenizer.json
+    text_encoder/  unet/  vae/   config.json + model.safetensors each
+    scheduler/config.json   the DiffusionConfig the U-Net was trained with
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .diffusion import DiffusionConfig, classifier_free_guidance, get_sampler
+from .errors import CheckpointError, LatentlabError
+from .io import atomic_write, load_component, read_config, read_json, save_component
+from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
+from .models.text_encoder import encode_prompts
+
+FORMAT, VERSION = "latentlab", 1
+DEFAULT_MODEL = "shapes-default"
+
+
+def default_model_path() -> Path:
+    """The model that ships inside the package."""
+    return Path(str(resources.files("latentlab") / "weights" / DEFAULT_MODEL))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise LatentlabError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LatentlabError("device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
+    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def image_grid(images: list[Image.Image], columns: int | None = None, scale: int = 1) -> Image.Image:
+    """Images side by side in rows of `columns`, each enlarged `scale` times (nearest neighbour)."""
+    columns = columns or len(images)
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * w * scale, rows * h * scale))
+    for i, image in enumerate(images):
+        grid.paste(image.resize((w * scale, h * scale), Image.NEAREST), ((i % columns) * w * scale, (i // columns) * h * scale))
+    return grid
+
+
+class Pipeline:
+    """Generates images from text prompts with a latent diffusion model."""
+
+    def __init__(self, *, tokenizer: Tokenizer, text_encoder: TextEncoder, unet: UNet, vae: AutoencoderKL,
+                 diffusion: DiffusionConfig, image_size: int):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.diffusion, self.image_size = diffusion, image_size
+        self.alphas_cumprod = diffusion.alphas_cumprod()
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto") -> "Pipeline":
+        """A pipeline from a model folder; `None` is the default model shipped in the package."""
+        path = Path(path) if path is not None else default_model_path()
+        if not path.is_dir():
+            raise CheckpointError(f"model folder {path} does not exist; give a folder written by "
+                                  "`latentlab train` or Pipeline.save")
+        index = read_json(path / "model_index.json")
+        if index.get("format") != FORMAT or index.get("version") != VERSION:
+            raise CheckpointError(f"{path / 'model_index.json'} is not a latentlab model index "
+                                  f"(need format {FORMAT!r}, version {VERSION})")
+        try:
+            tokenizer = Tokenizer.load(path / "tokenizer" / "tokenizer.json")
+        except Exception as e:  # the tokenizers library raises its own exception types
+            raise CheckpointError(f"{path / 'tokenizer' / 'tokenizer.json'} is not a readable tokenizer ({e})") from None
+        pipe = cls(
+            tokenizer=tokenizer,
+            text_encoder=load_component(path / "text_encoder", TextEncoder, TextEncoderConfig),
+            unet=load_component(path / "unet", UNet, UNetConfig),
+            vae=load_component(path / "vae", AutoencoderKL, VAEConfig),
+            diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
+            image_size=int(index.get("image_size", 32)),
+        )
+        return pipe.to(resolve_device(device))
+
+    def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
+        """Write the model folder; `dtype` (e.g. torch.float16) casts the stored weights."""
+        path = Path(path)
+        save_component(path / "text_encoder", self.text_encoder, dtype=dtype)
+        save_component(path / "unet", self.unet, dtype=dtype)
+        save_component(path / "vae", self.vae, dtype=dtype)
+        atomic_write(path / "tokenizer" / "tokenizer.json", self.tokenizer.to_json())
+        atomic_write(path / "scheduler" / "config.json", json.dumps(self.diffusion.__dict__, indent=2) + "\n")
+        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size}
+        atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
+
+    def to(self, device: str | torch.device) -> "Pipeline":
+        for module in (self.text_encoder, self.unet, self.vae):
+            module.to(device).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    # ------------------------------------------------------------------ generation
+
+    def check_size(self, size: int) -> None:
+        step = self.vae.config.downsampling * 2 ** (len(self.unet.config.channels) - 1)
+        if size % step or not step <= size <= 1024:
+            raise LatentlabError(f"image size {size} is not accepted: use a multiple of {step} from {step} to 1024 "
+                                 f"(this model was trained at {self.image_size})")
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], *, steps: int = 50, guidance: float = 4.0, seed: int = 0,
+               sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1], one per prompt.
+
+        Image i starts from noise seeded by `seed + i`, so a prompt's image does not depend on the
+        other prompts in the batch. `guidance` is the classifier-free guidance scale (1: off).
+        """
+        prompts = list(prompts)
+        if not prompts:
+            raise LatentlabError("no prompts given; pass at least one prompt")
+        size = size or self.image_size
+        self.check_size(size)
+        sample_fn = get_sampler(sampler)
+        device = self.device
+        context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt] * len(prompts))
+        denoiser = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
+        latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
+        x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))
+                           for i in range(len(prompts))]).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        z_0 = sample_fn(denoiser, x_T, self.alphas_cumprod, steps, generator=generator, callback=callback)
+        return self.vae.decode(z_0).clamp(-1, 1)
+
+    def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:
+        """PIL images, one per prompt; keyword arguments as for `sample`."""
+        return to_pil(self.sample([prompts] if isinstance(prompts, str) else prompts, **kwargs))

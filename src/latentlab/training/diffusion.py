@@ -1,0 +1,105 @@
+"""Training the latent diffusion model: text encoder and U-Net together, the autoencoder frozen.
+
+Each step: render a batch of captioned shapes, encode the images to latents, drop each caption to
+the empty prompt with probability p_uncond (so the one network also learns the unconditional model
+that classifier-free guidance needs), and minimise L_simple.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.shapes import ShapesDataset, caption_corpus
+from ..diffusion import DiffusionConfig, l_simple
+from ..io import load_component
+from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
+from ..pipeline import Pipeline
+from .ema import EMA
+from .loop import Progress, autocast, learning_rate, setup
+
+
+@dataclass
+class DiffusionTrainConfig:
+    vae: str  # folder of a trained autoencoder (or a model folder: its vae/ is used)
+    out: str  # the model folder to write
+    steps: int = 20_000
+    minutes: float | None = None  # stop early when this much wall time has passed
+    batch_size: int = 128
+    lr: float = 3e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
+    image_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 2000
+    init: str | None = None  # a model folder to continue from (tokenizer, text encoder, U-Net); None: from scratch
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="linear"))
+
+
+def load_vae(path: str | Path) -> AutoencoderKL:
+    path = Path(path)
+    if (path / "vae").is_dir():
+        path = path / "vae"
+    return load_component(path, AutoencoderKL, VAEConfig)
+
+
+def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
+    device = setup(config.seed, config.device)
+    out = Path(config.out)
+    vae = load_vae(config.vae).to(device).eval().requires_grad_(False)
+    if config.init is not None:
+        start = Pipeline.load(config.init, device=device)
+        tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
+    else:
+        tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
+        text_encoder = TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)).to(device)
+        unet = UNet(dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
+                                        out_channels=vae.config.latent_channels, context_dim=config.text.width))
+        unet = unet.to(device)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    ema_text, ema_unet = EMA(text_encoder, config.ema_decay), EMA(unet, config.ema_decay)
+    alphas_cumprod = config.diffusion.alphas_cumprod().to(device)
+    data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size)
+    drop = random.Random(config.seed)
+    generator = torch.Generator(device).manual_seed(config.seed)
+
+    def snapshot() -> Pipeline:
+        return Pipeline(tokenizer=tokenizer, text_encoder=ema_text.model, unet=ema_unet.model, vae=vae,
+                        diffusion=config.diffusion, image_size=config.image_size)
+
+    progress = Progress(out, config.steps, config.minutes, config.batch_size)
+    step = 0
+    while not progress.done(step):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.lr, config.warmup)
+        images, captions, _ = data.batch(step * config.batch_size, config.batch_size, device)
+        captions = ["" if drop.random() < config.p_uncond else c for c in captions]
+        ids, mask = (t.to(device) for t in tokenizer(captions))
+        with torch.no_grad():
+            z_0 = vae.encode(images, generator=generator)
+        with autocast(device):
+            context = text_encoder(ids, mask)
+            loss = l_simple(lambda x_t, t: unet(x_t, t, context, mask), z_0, alphas_cumprod, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema_text.update(text_encoder, step)
+        ema_unet.update(unet, step)
+        progress.log(step, loss.item())
+        step += 1
+        if step % config.save_every == 0:
+            snapshot().save(out)
+    progress.close()
+    snapshot().save(out)
+    return {"steps": step}

@@ -1,0 +1,69 @@
+"""What every training run shares: device and seed set-up, a time budget, progress and a CSV log."""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..pipeline import resolve_device
+
+
+def setup(seed: int, device: str) -> torch.device:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return resolve_device(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def learning_rate(step: int, base: float, warmup: int) -> float:
+    """Linear warm-up to `base`, then constant."""
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+class Progress:
+    """A progress bar over steps (or minutes, when a time budget ends the run first) and a CSV log."""
+
+    def __init__(self, out: Path, steps: int, minutes: float | None, batch_size: int, log_every: int = 50):
+        self.steps, self.batch_size, self.log_every = steps, batch_size, log_every
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.start = time.monotonic()
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "log.csv", "w", newline="")
+        self.csv = csv.writer(self.file)
+        self.csv.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
+        self.bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
+        self.running = None
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def log(self, step: int, loss: float, **extra) -> None:
+        self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
+        self.bar.update(1)
+        if (step + 1) % self.log_every == 0 or step == 0:
+            elapsed = time.monotonic() - self.start
+            rate = (step + 1) * self.batch_size / elapsed
+            self.csv.writerow([step + 1, f"{loss:.6f}", f"{rate:.1f}", f"{elapsed:.1f}"])
+            self.file.flush()
+            self.bar.set_postfix(loss=f"{self.running:.4f}", samples_s=f"{rate:.0f}", **extra)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

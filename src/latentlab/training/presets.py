@@ -1,0 +1,25 @@
+"""Named architecture sizes: `tiny` for CPU smoke runs and tests, `default` for the shipped model."""
+
+from __future__ import annotations
+
+from ..models import TextEncoderConfig, UNetConfig, VAEConfig
+
+PRESETS = {
+    "tiny": {
+        "vae": VAEConfig(channels=(32, 64, 64), groups=16),
+        "unet": UNetConfig(channels=(64, 96), blocks_per_level=1, attention_levels=(True, True), context_dim=64,
+                           head_dim=32, groups=16),
+        "text": TextEncoderConfig(width=64, layers=2, head_dim=32),
+    },
+    "default": {
+        "vae": VAEConfig(channels=(64, 128, 128)),
+        "unet": UNetConfig(channels=(64, 128), blocks_per_level=2, attention_levels=(True, True), context_dim=192),
+        "text": TextEncoderConfig(width=192, layers=4, head_dim=64),
+    },
+}
+
+
+def preset(name: str, part: str):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
+    return PRESETS[name][part]
