@@ -82,6 +82,7 @@ def cmd_train(args) -> None:
     config = DiffusionTrainConfig(
         vae=args.vae, out=args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         image_size=args.image_size, seed=args.seed, device=args.device, save_every=args.save_every, init=args.init,
+        p_two=args.p_two,
         unet=preset(args.preset, "unet"), text=preset(args.preset, "text"),
         diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps),
     )
@@ -158,6 +159,7 @@ def build_parser() -> Parser:
     training(t, 20_000, 128, 3e-4)
     t.add_argument("--schedule", choices=sorted(SCHEDULES), default="linear", help="noise schedule")
     t.add_argument("--timesteps", type=_positive(int), default=1000, help="T, training noise levels")
+    t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")
     t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
     t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
     t.set_defaults(func=cmd_train)

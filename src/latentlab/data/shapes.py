@@ -227,6 +227,8 @@ class ShapesDataset:
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
         if image_size not in (32, 64):
             raise ValueError(f"image size {image_size} is not supported; accepted: 32, 64")
+        if not 0.0 <= p_two <= 1.0:
+            raise ValueError(f"p_two is a probability; got {p_two}")
         self.seed, self.split, self.image_size, self.p_two = seed, split, image_size, p_two
         self.canonical_captions = canonical_captions
 

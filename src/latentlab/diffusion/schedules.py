@@ -10,10 +10,11 @@ import math
 import torch
 
 
-def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
-    """Linear schedule of Ho et al. (2020), rescaled so any T spans the same noise range."""
+def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02, max_beta: float = 0.999) -> torch.Tensor:
+    """Linear schedule of Ho et al. (2020), scaled by 1000 / T so any T spans about the same noise
+    range (Nichol & Dhariwal 2021), each beta at most `max_beta`."""
     scale = 1000 / T
-    return torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64)
+    return torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64).clamp(max=max_beta)
 
 
 def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

@@ -29,6 +29,8 @@ class VAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
+        if not self.channels or not all(isinstance(c, int) and c > 0 for c in self.channels):
+            raise ValueError(f"channels must be a list of positive integers, got {self.channels!r}")
 
     @property
     def downsampling(self) -> int:

@@ -20,7 +20,7 @@ from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..pipeline import Pipeline
 from .ema import EMA
-from .loop import Progress, autocast, learning_rate, setup
+from .loop import Progress, autocast, learning_rate, prefetch, setup
 
 
 @dataclass
@@ -35,6 +35,7 @@ class DiffusionTrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
+    p_two: float = 0.35  # fraction of two-object scenes in the data
     image_size: int = 32
     seed: int = 0
     device: str = "auto"
@@ -69,22 +70,28 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema_text, ema_unet = EMA(text_encoder, config.ema_decay), EMA(unet, config.ema_decay)
     alphas_cumprod = config.diffusion.alphas_cumprod().to(device)
-    data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size)
-    drop = random.Random(config.seed)
+    data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size, p_two=config.p_two)
     generator = torch.Generator(device).manual_seed(config.seed)
+
+    def make_batch(step: int):
+        """Images, token ids and mask of step `step`; each caption dropped to "" with p_uncond."""
+        images, captions, _ = data.batch(step * config.batch_size, config.batch_size, device)
+        drop = random.Random(config.seed * 1_000_003 + step)
+        captions = ["" if drop.random() < config.p_uncond else c for c in captions]
+        ids, mask = tokenizer(captions)
+        return images, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
     def snapshot() -> Pipeline:
         return Pipeline(tokenizer=tokenizer, text_encoder=ema_text.model, unet=ema_unet.model, vae=vae,
                         diffusion=config.diffusion, image_size=config.image_size)
 
     progress = Progress(out, config.steps, config.minutes, config.batch_size)
+    batches = prefetch(make_batch)
     step = 0
     while not progress.done(step):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.lr, config.warmup)
-        images, captions, _ = data.batch(step * config.batch_size, config.batch_size, device)
-        captions = ["" if drop.random() < config.p_uncond else c for c in captions]
-        ids, mask = (t.to(device) for t in tokenizer(captions))
+        images, ids, mask = next(batches)
         with torch.no_grad():
             z_0 = vae.encode(images, generator=generator)
         with autocast(device):
@@ -96,10 +103,11 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         optimizer.step()
         ema_text.update(text_encoder, step)
         ema_unet.update(unet, step)
-        progress.log(step, loss.item())
+        progress.log(step, loss)
         step += 1
         if step % config.save_every == 0:
             snapshot().save(out)
+    batches.close()
     progress.close()
     snapshot().save(out)
     return {"steps": step}

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import queue
 import random
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..pipeline import resolve_device
+
+T = TypeVar("T")
 
 
 def setup(seed: int, device: str) -> torch.device:
@@ -44,24 +49,65 @@ class Progress:
         self.csv = csv.writer(self.file)
         self.csv.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
         self.bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
-        self.running = None
+        self.total, self.count = None, 0
 
     def done(self, step: int) -> bool:
         return step >= self.steps or (self.deadline is not None and time.monotonic() >= self.deadline)
 
-    def log(self, step: int, loss: float, **extra) -> None:
-        self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
+    def log(self, step: int, loss: torch.Tensor) -> None:
+        """Record a step's loss. It is read back (a device sync) only every `log_every` steps, so the
+        GPU is not held up; the CSV row is the mean loss since the last row."""
+        self.total = loss.detach().float() if self.total is None else self.total + loss.detach().float()
+        self.count += 1
         self.bar.update(1)
         if (step + 1) % self.log_every == 0 or step == 0:
+            mean = self.total.item() / self.count
+            self.total, self.count = None, 0
             elapsed = time.monotonic() - self.start
             rate = (step + 1) * self.batch_size / elapsed
-            self.csv.writerow([step + 1, f"{loss:.6f}", f"{rate:.1f}", f"{elapsed:.1f}"])
+            self.csv.writerow([step + 1, f"{mean:.6f}", f"{rate:.1f}", f"{elapsed:.1f}"])
             self.file.flush()
-            self.bar.set_postfix(loss=f"{self.running:.4f}", samples_s=f"{rate:.0f}", **extra)
+            self.bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:.0f}")
 
     def close(self) -> None:
         self.bar.close()
         self.file.close()
+
+
+def prefetch(make: Callable[[int], T], start: int = 0, depth: int = 3) -> Iterator[T]:
+    """make(start), make(start + 1), ... computed `depth` ahead by a background thread, so that
+    building batches (Python scene sampling, tokenising) overlaps the training step."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        step = start
+        while not stop.is_set():
+            try:
+                item = (make(step), None)
+            except BaseException as e:  # handed to the consumer, raised there
+                item = (None, e)
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is not None:
+                return
+            step += 1
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, error = results.get()
+            if error is not None:
+                raise error
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def read_log(path: str | Path) -> list[dict[str, float]]:

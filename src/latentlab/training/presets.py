@@ -6,9 +6,9 @@ from ..models import TextEncoderConfig, UNetConfig, VAEConfig
 
 PRESETS = {
     "tiny": {
-        "vae": VAEConfig(channels=(32, 64, 64), groups=16),
-        "unet": UNetConfig(channels=(64, 96), blocks_per_level=1, attention_levels=(True, True), context_dim=64,
-                           head_dim=32, groups=16),
+        "vae": VAEConfig(channels=(16, 32, 32), groups=8),
+        "unet": UNetConfig(channels=(32, 64), blocks_per_level=1, attention_levels=(True, True), context_dim=64,
+                           head_dim=16, groups=8),
         "text": TextEncoderConfig(width=64, layers=2, head_dim=32),
     },
     "default": {

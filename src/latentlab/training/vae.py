@@ -70,7 +70,7 @@ def train_vae(config: VAETrainConfig) -> dict[str, float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        progress.log(step, loss.item())
+        progress.log(step, loss)
         step += 1
     progress.close()
 

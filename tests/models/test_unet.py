@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+import torch
+
+from latentlab.models import UNet, UNetConfig
+from latentlab.training.presets import preset
+
+
+def make(**changes) -> UNet:
+    torch.manual_seed(0)
+    unet = UNet(dataclasses.replace(preset("tiny", "unet"), **changes))
+    for p in unet.parameters():  # leave the zero initialisation so every path carries signal
+        torch.nn.init.normal_(p, std=0.05)
+    return unet.eval()
+
+
+def inputs(B=2, L=6, D=64, size=8):
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    return torch.randn(B, 4, size, size, generator=g), torch.tensor([0, 999])[:B], torch.randn(B, L, D, generator=g), mask
+
+
+@pytest.mark.parametrize("changes", [{}, {"channels": (32, 64, 64), "attention_levels": (False, True, True)},
+                                     {"blocks_per_level": 2, "transformer_depth": 2}])
+def test_output_has_the_input_shape(changes):
+    x, t, context, mask = inputs()
+    assert make(**changes)(x, t, context, mask).shape == x.shape
+
+
+def test_runs_at_other_sizes():
+    x, t, context, mask = inputs(size=16)
+    assert make()(x, t, context, mask).shape == (2, 4, 16, 16)
+
+
+def test_fresh_network_predicts_zero():
+    """Output convolution and residual branches start at zero (improved-diffusion's zero_module)."""
+    x, t, context, mask = inputs()
+    assert UNet(preset("tiny", "unet"))(x, t, context, mask).abs().max() == 0
+
+
+def test_padded_context_tokens_are_ignored():
+    unet = make()
+    x, t, context, mask = inputs()
+    changed = context.clone()
+    changed[0, 3:] = 100.0  # where the mask is False
+    with torch.no_grad():
+        assert torch.allclose(unet(x, t, context, mask), unet(x, t, changed, mask), atol=1e-5)
+
+
+def test_output_depends_on_text_and_time():
+    unet = make()
+    x, t, context, mask = inputs()
+    with torch.no_grad():
+        base = unet(x, t, context, mask)
+        assert not torch.allclose(base, unet(x, t, context + 1, mask))
+        assert not torch.allclose(base, unet(x, t.flip(0), context, mask))
+
+
+def test_every_parameter_gets_a_gradient():
+    unet = make()
+    x, t, context, mask = inputs()
+    unet(x, t, context, mask).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.parameters())
+
+
+def test_config_checks_level_lists():
+    with pytest.raises(ValueError, match="one per level"):
+        UNetConfig(channels=(32, 64), attention_levels=(True,))

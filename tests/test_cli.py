@@ -1,0 +1,71 @@
+"""The command line: happy paths, and bad input ending in one line and exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from latentlab.cli import main
+
+PYTHON = [sys.executable, "-m", "latentlab"]
+
+
+@pytest.fixture()
+def model_dir(tiny_pipeline, tmp_path):
+    tiny_pipeline.save(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def run(*args):
+    return subprocess.run([*PYTHON, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_generate_writes_one_png_per_image_and_a_grid(model_dir, tmp_path, capsys):
+    out = tmp_path / "samples"
+    code = main(["generate", "a large red circle on the left", "a small blue triangle at the top",
+                 "--model", str(model_dir), "--steps", "3", "--seed", "0", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["000-a-large-red-circle-on-the-left.png", "001-a-small-blue-triangle-at-the-top.png", "grid.png"]
+
+
+def test_eval_reports_accuracy(model_dir, tmp_path, capsys):
+    code = main(["eval", "--model", str(model_dir), "--prompts", "4", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "report.json")])
+    assert code == 0
+    assert "shape" in capsys.readouterr().out and (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "a red circle", "--colour", "red"], "unrecognized arguments: --colour red"),
+    (["generate"], "give one or more non-empty prompts"),
+    (["generate", ""], "give one or more non-empty prompts"),
+    (["generate", "a red circle", "--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
+    (["generate", "a red circle", "--steps", "0"], "must be greater than 0"),
+    (["generate", "a red circle", "--sampler", "euler"], "invalid choice: 'euler'"),
+    (["train-vae", "--out", "x", "--image-size", "48"], "invalid choice: 48"),
+    (["train", "--out", "x", "--vae", "/nonexistent/vae", "--steps", "1"], "autoencoder folder /nonexistent/vae"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "no command given"),
+])
+def test_bad_input_is_one_line_and_status_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("latentlab: error: ") and message in err
+
+
+def test_malformed_model_folder(model_dir, capsys):
+    (model_dir / "unet" / "config.json").write_text("{broken")
+    assert main(["generate", "a red circle", "--model", str(model_dir)]) == 2
+    assert "unet/config.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_wrong_image_size(model_dir, capsys):
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--size", "33", "--device", "cpu"]) == 2
+    assert "image size 33 is not accepted" in capsys.readouterr().err
+
+
+def test_no_traceback_from_the_installed_command(tmp_path):
+    result = run("generate", "a red circle", "--model", tmp_path / "missing")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
