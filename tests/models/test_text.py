@@ -14,9 +14,11 @@ def test_tokens_are_framed_padded_and_masked(tokenizer):
 
 
 def test_unknown_words_and_long_prompts(tokenizer):
-    ids, mask = tokenizer(["a crimson dodecahedron, éclair! " * 20])
-    assert ids.shape == (1, tokenizer.max_length) and mask.all()
-    assert tokenizer.tokens("x" * 5)[-1] == "[EOS]"
+    long = "a crimson dodecahedron, éclair! " * 20
+    ids, mask = tokenizer([long])
+    assert ids.shape == (1, tokenizer.max_length) and mask.all()  # truncated to max_length
+    assert tokenizer.tokens(long)[-1] == "[EOS]"  # and still closed
+    assert "[UNK]" not in tokenizer.tokens("xyzzy!")  # unseen words fall back to characters
 
 
 def test_fit_is_deterministic_and_round_trips(tokenizer, tmp_path):

@@ -8,6 +8,7 @@ that classifier-free guidance needs), and minimise L_simple.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,9 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
                         diffusion=config.diffusion, image_size=config.image_size)
 
     progress = Progress(out, config.steps, config.minutes, config.batch_size)
-    batches = prefetch(make_batch)
+    # on a GPU, batches are built by a background thread while the device trains; on a CPU that
+    # thread would only compete for the same cores
+    batches = prefetch(make_batch) if device.type == "cuda" else map(make_batch, itertools.count())
     step = 0
     while not progress.done(step):
         for group in optimizer.param_groups:
@@ -107,7 +110,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         step += 1
         if step % config.save_every == 0:
             snapshot().save(out)
-    batches.close()
+    if hasattr(batches, "close"):
+        batches.close()
     progress.close()
     snapshot().save(out)
     return {"steps": step}
