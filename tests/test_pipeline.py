@@ -63,8 +63,15 @@ def test_bad_model_folders(tiny_pipeline, tmp_path):
         Pipeline.load(tmp_path / "model")
 
 
-@pytest.mark.skipif(not (default_model_path() / "model_index.json").exists(), reason="no shipped model")
-def test_default_model_loads_and_generates():
+def test_the_shipped_model_follows_prompts():
+    """The default model in the package: the judge reads back what the prompt asked for."""
+    from latentlab.data.judge import judge, score
+    from latentlab.data.shapes import ShapesDataset
+
+    assert (default_model_path() / "model_index.json").is_file()
     pipe = Pipeline.load(device="cpu")
-    images = pipe(["a large red circle on the left"], steps=10, seed=0)
-    assert images[0].size == (pipe.image_size, pipe.image_size)
+    data = ShapesDataset(seed=99, split="test", p_two=0.0)
+    examples = [data.example(i) for i in range(16)]
+    images = pipe.sample([c for _, c in examples], steps=25, seed=0)
+    right = sum(score(scene, judge(image))["all"] for (scene, _), image in zip(examples, images))
+    assert right >= 14

@@ -180,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise LatentlabError("no command given; accepted: generate, train-vae, train, eval (see latentlab -h)")
         args.func(args)
-    except LatentlabError as e:
-        print(f"latentlab: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:  # bad values caught by the library's own checks
+    except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

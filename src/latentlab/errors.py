@@ -1,7 +1,7 @@
 """Errors a user can act on: the CLI prints their message on one line and exits with status 2."""
 
 
-class LatentlabError(Exception):
+class LatentlabError(ValueError):
     """Bad input: the message says what is wrong and what is accepted."""
 
 
