@@ -55,7 +55,7 @@ def cmd_generate(args) -> None:
     pipe.check_size(size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=args.steps if args.sampler != "ddpm" else args.steps, desc="sampling", unit="step")
+    bar = tqdm(total=args.steps, desc="sampling", unit="step")
     images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
                                 callback=lambda i, n: bar.update(1)))

@@ -10,6 +10,7 @@ A model folder holds one sub-folder per component:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
@@ -105,7 +106,7 @@ class Pipeline:
         save_component(path / "unet", self.unet, dtype=dtype)
         save_component(path / "vae", self.vae, dtype=dtype)
         atomic_write(path / "tokenizer" / "tokenizer.json", self.tokenizer.to_json())
-        atomic_write(path / "scheduler" / "config.json", json.dumps(self.diffusion.__dict__, indent=2) + "\n")
+        atomic_write(path / "scheduler" / "config.json", json.dumps(dataclasses.asdict(self.diffusion), indent=2) + "\n")
         index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size}
         atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
 
