@@ -8,7 +8,6 @@ that classifier-free guidance needs), and minimise L_simple.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..pipeline import Pipeline
 from .ema import EMA
-from .loop import Progress, autocast, learning_rate, prefetch, setup
+from .loop import Progress, autocast, learning_rate, setup
 
 
 @dataclass
@@ -58,9 +57,11 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
     device = setup(config.seed, config.device)
     out = Path(config.out)
     vae = load_vae(config.vae).to(device).eval().requires_grad_(False)
-    if config.init is not None:
+    diffusion = config.diffusion
+    if config.init is not None:  # continue: the tokenizer, networks and noise schedule of that model
         start = Pipeline.load(config.init, device=device)
         tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
+        diffusion = start.diffusion
     else:
         tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
         text_encoder = TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)).to(device)
@@ -70,7 +71,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema_text, ema_unet = EMA(text_encoder, config.ema_decay), EMA(unet, config.ema_decay)
-    alphas_cumprod = config.diffusion.alphas_cumprod().to(device)
+    alphas_cumprod = diffusion.alphas_cumprod().to(device)
     data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size, p_two=config.p_two)
     generator = torch.Generator(device).manual_seed(config.seed)
 
@@ -84,17 +85,14 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
 
     def snapshot() -> Pipeline:
         return Pipeline(tokenizer=tokenizer, text_encoder=ema_text.model, unet=ema_unet.model, vae=vae,
-                        diffusion=config.diffusion, image_size=config.image_size)
+                        diffusion=diffusion, image_size=config.image_size)
 
     progress = Progress(out, config.steps, config.minutes, config.batch_size)
-    # on a GPU, batches are built by a background thread while the device trains; on a CPU that
-    # thread would only compete for the same cores
-    batches = prefetch(make_batch) if device.type == "cuda" else map(make_batch, itertools.count())
     step = 0
     while not progress.done(step):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.lr, config.warmup)
-        images, ids, mask = next(batches)
+        images, ids, mask = make_batch(step)
         with torch.no_grad():
             z_0 = vae.encode(images, generator=generator)
         with autocast(device):
@@ -110,8 +108,6 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         step += 1
         if step % config.save_every == 0:
             snapshot().save(out)
-    if hasattr(batches, "close"):
-        batches.close()
     progress.close()
     snapshot().save(out)
     return {"steps": step}

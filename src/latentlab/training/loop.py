@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import csv
-import queue
 import random
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..pipeline import resolve_device
-
-T = TypeVar("T")
 
 
 def setup(seed: int, device: str) -> torch.device:
@@ -72,42 +67,6 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
         self.file.close()
-
-
-def prefetch(make: Callable[[int], T], start: int = 0, depth: int = 3) -> Iterator[T]:
-    """make(start), make(start + 1), ... computed `depth` ahead by a background thread, so that
-    building batches (Python scene sampling, tokenising) overlaps the training step."""
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work():
-        step = start
-        while not stop.is_set():
-            try:
-                item = (make(step), None)
-            except BaseException as e:  # handed to the consumer, raised there
-                item = (None, e)
-            while not stop.is_set():
-                try:
-                    results.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if item[1] is not None:
-                return
-            step += 1
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            value, error = results.get()
-            if error is not None:
-                raise error
-            yield value
-    finally:
-        stop.set()
-        thread.join()
 
 
 def read_log(path: str | Path) -> list[dict[str, float]]:
