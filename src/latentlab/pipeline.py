@@ -144,7 +144,8 @@ class Pipeline:
         sample_fn = get_sampler(sampler)
         device = self.device
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
-        uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt] * len(prompts))
+        uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
+        uncond, uncond_mask = uncond.expand(len(prompts), -1, -1), uncond_mask.expand(len(prompts), -1)
         denoiser = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
         latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
         x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))

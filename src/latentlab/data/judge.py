@@ -78,6 +78,7 @@ def judge(image: torch.Tensor) -> list[Detection]:
     # included): isolated noise pixels are no object
     one_hot = torch.stack([(foreground & (label == k)).view(S, S) for k in range(len(COLOURS))]).float()
     neighbours = F.conv2d(one_hot[:, None], torch.ones(1, 1, 3, 3), padding=1)[:, 0].view(len(COLOURS), -1)
+    ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")  # pixel centres
     detections = []
     for k, name in enumerate(COLOURS):
         member = (one_hot[k].view(-1) > 0) & (neighbours[k] >= 3)
@@ -91,7 +92,6 @@ def judge(image: torch.Tensor) -> list[Detection]:
         if area < MIN_AREA:
             continue
         alpha = alpha.view(S, S)
-        ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")
         mass = alpha.sum()
         cx, cy = float((alpha * xs).sum() / mass), float((alpha * ys).sum() / mass)
         radius = math.sqrt(area * S * S / math.pi)

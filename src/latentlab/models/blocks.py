@@ -9,6 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def check_widths(channels: tuple) -> None:
+    """Per-level widths of a config: a non-empty list of positive integers."""
+    if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
+        raise ValueError(f"channels must be a list of positive integers, got {channels!r}")
+
+
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with as many groups as divide the channels, up to `groups`."""
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)

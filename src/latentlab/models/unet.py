@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer
-from .blocks import Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm, timestep_embedding
 
 
 @dataclass
@@ -33,8 +33,7 @@ class UNetConfig:
 
     def __post_init__(self):
         self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
-        if not self.channels or not all(isinstance(c, int) and c > 0 for c in self.channels):
-            raise ValueError(f"channels must be a list of positive integers, got {self.channels!r}")
+        check_widths(self.channels)
         if len(self.channels) != len(self.attention_levels):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
                              f"channels has {len(self.channels)}; give one per level")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
-from .blocks import Downsample, ResBlock, Upsample, group_norm
+from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm
 
 
 @dataclass
@@ -29,8 +29,7 @@ class VAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
-        if not self.channels or not all(isinstance(c, int) and c > 0 for c in self.channels):
-            raise ValueError(f"channels must be a list of positive integers, got {self.channels!r}")
+        check_widths(self.channels)
 
     @property
     def downsampling(self) -> int:
