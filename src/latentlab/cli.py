@@ -40,6 +40,10 @@ def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
+def _sampler_options(args) -> dict:
+    return {"variance": args.variance, "eta": args.eta, "spacing": args.spacing}
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -55,10 +59,11 @@ def cmd_generate(args) -> None:
     pipe.check_size(size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    pipe.check_sampler(args.sampler, **_sampler_options(args))  # bad options fail before any work
     bar = tqdm(total=args.steps, desc="sampling", unit="step")
     images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
-                                callback=lambda i, n: bar.update(1)))
+                                callback=lambda i, n: bar.update(1), **_sampler_options(args)))
     bar.close()
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         image.save(out / f"{i:03d}-{_slug(prompt)}.png")
@@ -84,7 +89,10 @@ def cmd_train(args) -> None:
         image_size=args.image_size, seed=args.seed, device=args.device, save_every=args.save_every, init=args.init,
         p_two=args.p_two,
         unet=preset(args.preset, "unet"), text=preset(args.preset, "text"),
-        diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps),
+        diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps, prediction=args.prediction,
+                                  learned_variance=args.learned_variance, zero_terminal_snr=args.zero_terminal_snr),
+        weighting=args.weighting, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight,
+        importance_sampling=args.importance_sampling,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -99,7 +107,8 @@ def cmd_eval(args) -> None:
     reports = []
     for split, objects in [("test", 1), ("test", 2), ("heldout", 1), ("heldout", 2)][: 4 if args.all else 1]:
         report = prompt_adherence(pipe, prompts=args.prompts, split=split, objects=objects, seed=args.seed,
-                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                                  **_sampler_options(args))
         reports.append(report)
         accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
         print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}  {accuracy}")
@@ -108,11 +117,35 @@ def cmd_eval(args) -> None:
         atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
 
 
+def cmd_nll(args) -> None:
+    from .evaluation import bits_per_dim
+    from .pipeline import Pipeline
+    from tqdm import tqdm
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    bar = tqdm(total=args.images, desc="bound", unit="image")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    report = bits_per_dim(pipe, images=args.images, batch_size=args.batch_size, variance=args.variance,
+                          seed=args.seed, callback=progress)
+    bar.close()
+    bits = report["bits_per_dim"]
+    print(f"latent: {bits['latent']:.4f} bits/dim (prior {bits['latent_prior']:.4f}, decoder {bits['latent_decoder']:.4f})"
+          f"  pixel: {bits['pixel']:.4f} bits/dim (reconstruction {bits['pixel_reconstruction']:.4f})"
+          f"  variance {report['variance']}, {report['images']} images")
+    if args.out:
+        from .io import atomic_write
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------ parser
 
 
 def build_parser() -> Parser:
-    from .diffusion import SAMPLERS, SCHEDULES
+    from .diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES, WEIGHTINGS
     from .training import PRESETS
 
     parser = Parser(prog="latentlab", description="Latent diffusion: train, generate, evaluate.")
@@ -127,7 +160,13 @@ def build_parser() -> Parser:
     def sampling(p, steps=50):
         p.add_argument("--steps", type=_positive(int), default=steps, help="network evaluations (default %(default)s)")
         p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale; 1 turns it off")
-        p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim")
+        p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                       help="ddpm (ancestral), ddim, euler and heun (Karras sigmas), dpmpp_2m (DPM-Solver++(2M))")
+        p.add_argument("--variance", choices=VARIANCES, default=None,
+                       help="ddpm's reverse variance (default: learned if the model learned one, else small)")
+        p.add_argument("--eta", type=float, default=None, help="ddim's noise: 0 deterministic (default), 1 like ddpm")
+        p.add_argument("--spacing", choices=SPACINGS, default=None,
+                       help="how ddpm, ddim and dpmpp_2m pick their timesteps (default linspace)")
 
     g = sub.add_parser("generate", help="generate images from text prompts")
     g.add_argument("prompts", nargs="*", help="one or more text prompts")
@@ -159,6 +198,16 @@ def build_parser() -> Parser:
     training(t, 20_000, 128, 3e-4)
     t.add_argument("--schedule", choices=sorted(SCHEDULES), default="linear", help="noise schedule")
     t.add_argument("--timesteps", type=_positive(int), default=1000, help="T, training noise levels")
+    t.add_argument("--zero-terminal-snr", action="store_true", help="rescale the schedule to alpha_bar_T = 0 "
+                   "(needs --prediction v or x0)")
+    t.add_argument("--prediction", choices=PREDICTIONS, default="eps", help="the network's target")
+    t.add_argument("--learned-variance", action="store_true",
+                   help="also learn the reverse variance, with the hybrid loss (Improved DDPM)")
+    t.add_argument("--vlb-weight", type=_positive(float), default=1e-3, help="lambda of the hybrid loss")
+    t.add_argument("--weighting", choices=WEIGHTINGS, default="uniform", help="loss weighting over timesteps")
+    t.add_argument("--snr-gamma", type=_positive(float), default=5.0, help="gamma of --weighting min_snr")
+    t.add_argument("--importance-sampling", action="store_true",
+                   help="draw timesteps by the bound terms' second moments (Improved DDPM, sec. 3.3)")
     t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")
     t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
     t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
@@ -171,6 +220,15 @@ def build_parser() -> Parser:
     e.add_argument("--all", action="store_true", help="also two-object prompts and held-out colour-shape pairs")
     e.add_argument("--out", default=None, help="write the full report as JSON here")
     e.set_defaults(func=cmd_eval, seed=1234)
+
+    n = sub.add_parser("nll", help="bits per dimension: the variational bound on held-out images")
+    common(n)
+    n.add_argument("--images", type=_positive(int), default=256, help="test images (default %(default)s)")
+    n.add_argument("--batch-size", type=_positive(int), default=128)
+    n.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="reverse variance (default: learned if the model learned one, else small)")
+    n.add_argument("--out", default=None, help="write the report as JSON here")
+    n.set_defaults(func=cmd_nll)
     return parser
 
 
@@ -178,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise LatentlabError("no command given; accepted: generate, train-vae, train, eval (see latentlab -h)")
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, eval, nll (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)

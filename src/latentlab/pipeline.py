@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .diffusion import DiffusionConfig, classifier_free_guidance, get_sampler
+from .diffusion import DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
 from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
@@ -97,6 +97,11 @@ class Pipeline:
             diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
             image_size=int(index.get("image_size", 32)),
         )
+        channels = pipe.vae.config.latent_channels * (2 if pipe.diffusion.learned_variance else 1)
+        if pipe.unet.config.out_channels != channels:
+            raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
+                                  f"config needs {channels} ({pipe.vae.config.latent_channels} latent channels"
+                                  f"{', times 2 for the learned variance' if pipe.diffusion.learned_variance else ''})")
         return pipe.to(resolve_device(device))
 
     def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
@@ -127,31 +132,57 @@ class Pipeline:
             raise LatentlabError(f"image size {size} is not accepted: use a multiple of {step} from {step} to 1024 "
                                  f"(this model was trained at {self.image_size})")
 
+    def denoiser(self, context: torch.Tensor, mask: torch.Tensor, uncond: torch.Tensor, uncond_mask: torch.Tensor,
+                 guidance: float):
+        """denoise(x_t, t, alpha_bar) -> Denoised: the U-Net under classifier-free guidance."""
+        network = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
+        return make_denoiser(network, self.diffusion.prediction)
+
+    def check_sampler(self, sampler: str, **options) -> dict:
+        """The options for `sampler`, with ddpm's variance defaulting to the learned one where there is one."""
+        try:
+            get_sampler(sampler)
+            if sampler == "ddpm" and options.get("variance") is None:
+                options["variance"] = "learned" if self.diffusion.learned_variance else "small"
+            if options.get("variance") == "learned" and not self.diffusion.learned_variance:
+                raise ValueError("variance 'learned' needs a model trained with a learned variance; "
+                                 "this one was not: use 'small' or 'large'")
+            return sampler_options(sampler, **options)
+        except ValueError as e:
+            raise LatentlabError(str(e)) from None
+
     @torch.no_grad()
     def sample(self, prompts: list[str], *, steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
+               variance: str | None = None, eta: float | None = None, spacing: str | None = None,
                callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i starts from noise seeded by `seed + i`, so a prompt's image does not depend on the
         other prompts in the batch. `guidance` is the classifier-free guidance scale (1: off).
+        `sampler` is one of diffusion.SAMPLERS; `variance` (ddpm: small, large or learned), `eta`
+        (ddim) and `spacing` (ddpm, ddim, dpmpp_2m: linspace, leading or trailing) are its options.
         """
         prompts = list(prompts)
         if not prompts:
             raise LatentlabError("no prompts given; pass at least one prompt")
         size = size or self.image_size
         self.check_size(size)
-        sample_fn = get_sampler(sampler)
+        options = self.check_sampler(sampler, variance=variance, eta=eta, spacing=spacing)
+        if not 1 <= steps <= self.diffusion.timesteps:
+            raise LatentlabError(f"steps must be between 1 and the model's {self.diffusion.timesteps} noise levels, "
+                                 f"got {steps}")
         device = self.device
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         uncond, uncond_mask = uncond.expand(len(prompts), -1, -1), uncond_mask.expand(len(prompts), -1)
-        denoiser = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
+        denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance)
         latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
         x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))
                            for i in range(len(prompts))]).to(device)
         generator = torch.Generator().manual_seed(seed)
-        z_0 = sample_fn(denoiser, x_T, self.alphas_cumprod, steps, generator=generator, callback=callback)
+        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generator,
+                                   callback=callback, **options)
         return self.vae.decode(z_0).clamp(-1, 1)
 
     def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:

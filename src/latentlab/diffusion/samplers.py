@@ -1,37 +1,76 @@
 """Samplers: plain functions that turn pure noise x_T into x_0.
 
 Every sampler has the signature
-    sampler(denoiser, x_T, alphas_cumprod, steps, *, generator=None, callback=None) -> x_0
-where `denoiser(x_t, t)` predicts the noise eps for 0-based training timesteps t (B,), and `steps` is
-how many network evaluations to spend: the sampler walks a subsequence of the T training levels.
-`callback(i, steps)` is called after each step (progress bars).
+    sampler(denoise, x_T, alphas_cumprod, steps, *, generator=None, callback=None, **options) -> x_0
+where `denoise(x_t, t, alpha_bar) -> Denoised` wraps the network (see `denoiser.py`; t may be
+fractional), x_T ~ N(0, I), and `steps` is the length of the time grid the sampler walks, from the
+noisiest level down to x_0. Each sampler builds its grid once and reads it; the step to x_0 is the
+last. `callback(i, steps)` is called after each step (progress bars).
+
+  ddpm      ancestral sampling (Ho et al. 2020, Alg. 2) of the respaced process, variance small, large or learned
+  ddim      Song et al. (2021), eq. 12, with eta (0: deterministic; 1: DDPM with the small variance)
+  euler     Karras et al. (2022), Alg. 1 (Euler) on their sigma schedule, eq. 5
+  heun      Karras et al. (2022), Alg. 1 (Heun's second-order method): 2 * steps - 1 network calls
+  dpmpp_2m  DPM-Solver++(2M), Lu et al. (2022), Alg. 2: second-order multistep in log-SNR, first order
+            on the first and the last step
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 
-from .process import predict_x0, q_posterior
+from .denoiser import Denoised
+from .process import sigma_to_t
+from .reverse import check_variance, grid_log_variances, p_mean_variance
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Denoised]
+SPACINGS = ("linspace", "leading", "trailing")
 
 
-def timesteps_for(T: int, steps: int) -> list[int]:
-    """`steps` training timesteps from T - 1 down to 0, evenly spaced (both ends included)."""
+# ------------------------------------------------------------------ time grids
+
+
+def timesteps_for(T: int, steps: int, spacing: str = "linspace") -> list[int]:
+    """`steps` training timesteps, noisiest first (Lin et al. 2024, table 2).
+
+    linspace: evenly from T - 1 to 0, both ends included; leading: 0, T/steps, ... (never the noisiest
+    level); trailing: T - 1, T - 1 - T/steps, ... (always the noisiest level).
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and the {T} training steps, got {steps}")
-    if steps == 1:
-        return [T - 1]
-    return [round(i * (T - 1) / (steps - 1)) for i in range(steps - 1, -1, -1)]
+    if spacing == "linspace":
+        return [T - 1] if steps == 1 else [round(i * (T - 1) / (steps - 1)) for i in range(steps - 1, -1, -1)]
+    if spacing == "leading":
+        return [i * (T // steps) for i in range(steps - 1, -1, -1)]
+    if spacing == "trailing":
+        return [round(T - i * T / steps) - 1 for i in range(steps)]
+    raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(SPACINGS)}")
 
 
 def _levels(alphas_cumprod: torch.Tensor, timesteps: list[int], like: torch.Tensor):
     """alpha_bar at each visited step and at the step after it (1.0 after the last: x_0 itself)."""
     a = alphas_cumprod[timesteps].to(like.device, torch.float64)
-    a_prev = torch.cat([a[1:], a.new_ones(1)])
-    return a, a_prev
+    return a, torch.cat([a[1:], a.new_ones(1)])
+
+
+def karras_sigmas(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: `steps` noise levels sigma from the schedule's largest to its smallest,
+    evenly spaced in sigma^(1/rho), then 0. sigma = sqrt((1 - alpha_bar) / alpha_bar): x_t / sqrt(alpha_bar)
+    is x_0 plus noise of standard deviation sigma. A zero terminal alpha_bar is floored at 2^-24."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    a = alphas_cumprod.double().clamp(min=2.0**-24)
+    sigma_min, sigma_max = ((1 - a[0]) / a[0]).sqrt(), ((1 - a[-1]) / a[-1]).sqrt()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _batch(value, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.full((like.shape[0],), float(value), device=like.device, dtype=dtype or like.dtype)
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -39,39 +78,50 @@ def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-@torch.no_grad()
-def ddpm(denoiser: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int | None = None, *,
-         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-    """Ancestral sampling, Ho et al. (2020) Algorithm 2, with sigma_t^2 = beta tilde (the posterior variance).
+def _step_t(t: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
 
-    With fewer steps than T it samples the respaced process (Nichol & Dhariwal 2021, sec. 4).
-    """
+
+# ------------------------------------------------------------------ samplers on the DDPM grid
+
+
+@torch.no_grad()
+def ddpm(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int | None = None, *,
+         variance: str = "small", spacing: str = "linspace", generator: torch.Generator | None = None,
+         callback=None) -> torch.Tensor:
+    """Ancestral sampling of p(x_prev | x_t) (Ho et al. 2020, Alg. 2) on a grid of `steps` levels (all T
+    by default): with fewer, the respaced process of Nichol & Dhariwal (2021, sec. 4). No noise is
+    added on the last step."""
+    check_variance(variance, learned=True)
     T = alphas_cumprod.shape[0]
-    timesteps = timesteps_for(T, steps or T)
+    timesteps = timesteps_for(T, steps or T, spacing)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
+    log_beta, log_beta_tilde = grid_log_variances(a, a_prev)
     x = x_T
     for i, t in enumerate(timesteps):
-        eps = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x_0 = predict_x0(x.double(), eps.double(), a[i])
-        mean, variance = q_posterior(x_0, x.double(), a[i], a_prev[i])
-        x = (mean + variance.sqrt() * _noise(x, generator).double()).to(x_T.dtype)
+        last = i == len(timesteps) - 1
+        denoised = denoise(x, _step_t(t, x), a[i])
+        mean, log_var = p_mean_variance(denoised, x.double(), a[i], a_prev[i], log_beta[i], log_beta_tilde[i],
+                                        variance, last)
+        x = mean if last else mean + (0.5 * log_var).exp() * _noise(x, generator).double()
+        x = x.to(x_T.dtype)
         if callback is not None:
             callback(i, len(timesteps))
     return x
 
 
 @torch.no_grad()
-def ddim(denoiser: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
-         eta: float = 0.0, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
+         eta: float = 0.0, spacing: str = "linspace", generator: torch.Generator | None = None,
+         callback=None) -> torch.Tensor:
     """DDIM, Song et al. (2021) eq. 12; eta = 0 is deterministic, eta = 1 is DDPM's posterior noise."""
     T = alphas_cumprod.shape[0]
-    timesteps = timesteps_for(T, steps)
+    timesteps = timesteps_for(T, steps, spacing)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
     x = x_T
     for i, t in enumerate(timesteps):
-        eps = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).double()
-        # 1. predicted x_0, "predicted x_0" term of eq. 12
-        x_0 = predict_x0(x.double(), eps, a[i])
+        # 1. predicted x_0 and eps
+        x_0, eps, _ = denoise(x, _step_t(t, x), a[i])
         # 2. sigma_t, eq. 16
         sigma = eta * ((1 - a_prev[i]) / (1 - a[i]) * (1 - a[i] / a_prev[i])).sqrt()
         # 3. direction pointing to x_t, then the step
@@ -84,7 +134,85 @@ def ddim(denoiser: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, st
     return x
 
 
-SAMPLERS = {"ddim": ddim, "ddpm": ddpm}
+@torch.no_grad()
+def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, *,
+             spacing: str = "linspace", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction), with lambda = log(alpha_t / sigma_t),
+    alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar). Deterministic; `generator` is unused."""
+    T = alphas_cumprod.shape[0]
+    timesteps = timesteps_for(T, steps, spacing)
+    a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
+    alpha, sigma = a.sqrt(), (1 - a).sqrt()
+    lam = alpha.log() - sigma.log()
+    x, x0_prev = x_T.double(), None
+    for i, t in enumerate(timesteps):
+        x_0 = denoise(x.to(x_T.dtype), _step_t(t, x), a[i]).x_0
+        if i == len(timesteps) - 1:  # the last step lands on x_0 itself (sigma = 0): first order
+            x = x_0
+        else:
+            alpha_next, sigma_next = a_prev[i].sqrt(), (1 - a_prev[i]).sqrt()
+            h = lam[i + 1] - lam[i]
+            # exp(-h) = alpha_t sigma_next / (sigma_t alpha_next), formed without infinities at alpha_bar = 0
+            decay = alpha[i] * sigma_next / (sigma[i] * alpha_next)
+            d = x_0
+            if x0_prev is not None:  # 2M: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i
+                r = (lam[i] - lam[i - 1]) / h
+                d = x_0 + (x_0 - x0_prev) / (2 * r)
+            x = (sigma_next / sigma[i]) * x - alpha_next * (decay - 1) * d
+        x0_prev = x_0
+        if callback is not None:
+            callback(i, len(timesteps))
+    return x.to(x_T.dtype)
+
+
+# ------------------------------------------------------------------ samplers on Karras sigmas
+
+
+def _sigma_denoiser(denoise: Denoise, alphas_cumprod: torch.Tensor, x_T: torch.Tensor):
+    """D(x, sigma) -> x_0 for the variance-exploding state x = x_t / sqrt(alpha_bar) of Karras et al."""
+    def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        alpha_bar = 1 / (1 + sigma**2)
+        t = sigma_to_t(sigma.view(1), alphas_cumprod).to(x.device)
+        return denoise((x * alpha_bar.sqrt()).to(x_T.dtype), t.expand(x.shape[0]).to(x_T.dtype), alpha_bar).x_0
+    return D
+
+
+@torch.no_grad()
+def euler(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
+          generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022)."""
+    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
+    D = _sigma_denoiser(denoise, alphas_cumprod, x_T)
+    x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
+    for i in range(steps):
+        d = (x - D(x, sigmas[i])) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+        if callback is not None:
+            callback(i, steps)
+    return x.to(x_T.dtype)
+
+
+@torch.no_grad()
+def heun(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 25, *,
+         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+    """Heun's method (Karras et al. 2022, Alg. 1): an Euler step, then the trapezoidal correction,
+    except on the last step to sigma = 0."""
+    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
+    D = _sigma_denoiser(denoise, alphas_cumprod, x_T)
+    x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
+    for i in range(steps):
+        d = (x - D(x, sigmas[i])) / sigmas[i]
+        x_next = x + d * (sigmas[i + 1] - sigmas[i])
+        if sigmas[i + 1] > 0:
+            d_next = (x_next - D(x_next, sigmas[i + 1])) / sigmas[i + 1]
+            x_next = x + (d + d_next) / 2 * (sigmas[i + 1] - sigmas[i])
+        x = x_next
+        if callback is not None:
+            callback(i, steps)
+    return x.to(x_T.dtype)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
 
 
 def get_sampler(name: str):
@@ -92,3 +220,15 @@ def get_sampler(name: str):
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def sampler_options(name: str, **options) -> dict:
+    """The options (those not None) that sampler `name` takes; an option it does not take is an error."""
+    sampler = get_sampler(name)
+    accepted = [p.name for p in inspect.signature(sampler).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback")]
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            raise ValueError(f"sampler {name!r} takes no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+    return given

@@ -11,11 +11,12 @@ from ..pipeline import Pipeline
 
 def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test", objects: int = 1, seed: int = 1234,
                      steps: int = 50, guidance: float = 4.0, sampler: str = "ddim", batch_size: int = 100,
-                     canonical: bool = False, callback=None) -> dict:
+                     canonical: bool = False, callback=None, **sampler_options) -> dict:
     """Accuracy per attribute and for whole prompts, over `prompts` scenes of `objects` objects each.
 
     Prompts are fresh captions of the split (`test`: the training distribution, unseen examples;
     `heldout`: colour-shape pairs never trained on), with random wording unless `canonical`.
+    `sampler_options` (variance, eta, spacing) go to the sampler.
     """
     data = ShapesDataset(seed=seed, split=split, image_size=pipe.image_size, p_two=float(objects == 2),
                          canonical_captions=canonical)
@@ -25,7 +26,7 @@ def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test",
     for start in range(0, prompts, batch_size):
         chunk = examples[start:start + batch_size]
         images = pipe.sample([c for _, c in chunk], steps=steps, guidance=guidance, seed=seed + start,
-                             sampler=sampler, callback=callback)
+                             sampler=sampler, callback=callback, **sampler_options)
         for (scene, caption), image in zip(chunk, images):
             result = score(scene, judge(image))
             for key, ok in result.items():
@@ -34,7 +35,7 @@ def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test",
                 failures.append(caption)
     return {
         "prompts": prompts, "split": split, "objects": objects, "steps": steps, "guidance": guidance,
-        "sampler": sampler, "seed": seed,
+        "sampler": sampler, "seed": seed, **{k: v for k, v in sampler_options.items() if v is not None},
         "accuracy": {key: value / prompts for key, value in totals.items()},
         "failures": failures,
     }

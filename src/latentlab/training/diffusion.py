@@ -2,7 +2,9 @@
 
 Each step: render a batch of captioned shapes, encode the images to latents, drop each caption to
 the empty prompt with probability p_uncond (so the one network also learns the unconditional model
-that classifier-free guidance needs), and minimise L_simple.
+that classifier-free guidance needs), and minimise the diffusion loss: the squared error on the
+network's target (eps, x_0 or v) with a uniform or min-SNR weighting, plus Improved DDPM's bound term
+when the variance is learned, with timesteps uniform or importance-sampled.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.shapes import ShapesDataset, caption_corpus
-from ..diffusion import DiffusionConfig, l_simple
+from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
 from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..pipeline import Pipeline
@@ -44,6 +46,10 @@ class DiffusionTrainConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="linear"))
+    weighting: str = "uniform"  # loss weighting over timesteps: uniform or min_snr (Hang et al. 2023)
+    snr_gamma: float = 5.0  # gamma of min_snr
+    vlb_weight: float = 1e-3  # lambda of the hybrid loss L_simple + lambda L_vlb (learned variance only)
+    importance_sampling: bool = False  # draw t by the bound terms' second moments (Nichol & Dhariwal 2021, 3.3)
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -65,8 +71,9 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
     else:
         tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
         text_encoder = TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)).to(device)
+        out_channels = vae.config.latent_channels * (2 if diffusion.learned_variance else 1)
         unet = UNet(dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
-                                        out_channels=vae.config.latent_channels, context_dim=config.text.width))
+                                        out_channels=out_channels, context_dim=config.text.width))
         unet = unet.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -74,6 +81,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
     alphas_cumprod = diffusion.alphas_cumprod().to(device)
     data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size, p_two=config.p_two)
     generator = torch.Generator(device).manual_seed(config.seed)
+    importance = ImportanceSampler(diffusion.timesteps) if config.importance_sampling else None
+    t_generator = torch.Generator().manual_seed(config.seed + 1)
 
     def make_batch(step: int):
         """Images, token ids and mask of step `step`; each caption dropped to "" with p_uncond."""
@@ -95,9 +104,19 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         images, ids, mask = make_batch(step)
         with torch.no_grad():
             z_0 = vae.encode(images, generator=generator)
+        t, weights = None, None
+        if importance is not None:
+            t, weights = importance.sample(z_0.shape[0], device=device, generator=t_generator)
         with autocast(device):
             context = text_encoder(ids, mask)
-            loss = l_simple(lambda x_t, t: unet(x_t, t, context, mask), z_0, alphas_cumprod, generator=generator)
+            terms = diffusion_loss(lambda x_t, t: unet(x_t, t, context, mask), z_0, alphas_cumprod, diffusion, t=t,
+                                   weighting=config.weighting, snr_gamma=config.snr_gamma,
+                                   vlb_weight=config.vlb_weight, generator=generator)
+        if importance is not None:
+            importance.update(t, terms.vlb if terms.vlb is not None else terms.mse)
+            loss = (terms.loss * weights).mean()
+        else:
+            loss = terms.loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
