@@ -42,7 +42,12 @@ def test_eval_reports_accuracy(model_dir, tmp_path, capsys):
     (["generate", ""], "give one or more non-empty prompts"),
     (["generate", "a red circle", "--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
     (["generate", "a red circle", "--steps", "0"], "must be greater than 0"),
-    (["generate", "a red circle", "--sampler", "euler"], "invalid choice: 'euler'"),
+    (["generate", "a red circle", "--sampler", "lms"], "invalid choice: 'lms'"),
+    (["generate", "a red circle", "--sampler", "euler", "--eta", "1"], "sampler 'euler' takes no option 'eta'"),
+    (["generate", "a red circle", "--sampler", "ddpm", "--variance", "learned"], "use 'small' or 'large'"),
+    (["generate", "a red circle", "--steps", "1001"], "steps must be between 1 and the model's 1000"),
+    (["nll", "--variance", "huge"], "invalid choice: 'huge'"),
+    (["train", "--out", "x", "--vae", "v", "--zero-terminal-snr"], "use prediction 'v' or 'x0'"),
     (["train-vae", "--out", "x", "--image-size", "48"], "invalid choice: 48"),
     (["train", "--out", "x", "--vae", "/nonexistent/vae", "--steps", "1"], "autoencoder folder /nonexistent/vae"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -52,6 +57,12 @@ def test_bad_input_is_one_line_and_status_2(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("latentlab: error: ") and message in err
+
+
+def test_nll_reports_bits_per_dim(model_dir, tmp_path, capsys):
+    code = main(["nll", "--model", str(model_dir), "--images", "3", "--device", "cpu", "--out", str(tmp_path / "nll.json")])
+    assert code == 0
+    assert "bits/dim" in capsys.readouterr().out and (tmp_path / "nll.json").exists()
 
 
 def test_malformed_model_folder(model_dir, capsys):

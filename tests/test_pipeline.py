@@ -1,7 +1,12 @@
+import dataclasses
+import math
+
 import pytest
 import torch
 
 from latentlab import Pipeline
+from latentlab.diffusion import DiffusionConfig
+from latentlab.models import UNet
 from latentlab.errors import CheckpointError, LatentlabError
 from latentlab.pipeline import default_model_path, image_grid
 
@@ -16,7 +21,7 @@ def test_sample_shapes_and_pil_output(tiny_pipeline):
     assert image_grid(pil, columns=2, scale=2).size == (128, 64)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "heun", "dpmpp_2m"])
 def test_sampling_is_deterministic_for_a_seed(tiny_pipeline, sampler):
     a = tiny_pipeline.sample(PROMPTS, steps=4, seed=7, sampler=sampler)
     b = tiny_pipeline.sample(PROMPTS, steps=4, seed=7, sampler=sampler)
@@ -51,7 +56,52 @@ def test_bad_requests(tiny_pipeline):
     with pytest.raises(LatentlabError, match="image size 30 is not accepted: use a multiple of 8"):
         tiny_pipeline.sample(PROMPTS, size=30)
     with pytest.raises(ValueError, match="unknown sampler"):
-        tiny_pipeline.sample(PROMPTS, sampler="euler")
+        tiny_pipeline.sample(PROMPTS, sampler="lms")
+    with pytest.raises(LatentlabError, match="takes no option 'variance'"):
+        tiny_pipeline.sample(PROMPTS, sampler="ddim", variance="large")
+    with pytest.raises(LatentlabError, match="needs a model trained with a learned variance"):
+        tiny_pipeline.sample(PROMPTS, sampler="ddpm", variance="learned")
+
+
+def learned_variance_pipeline(pipe: Pipeline, prediction: str = "eps") -> Pipeline:
+    """The tiny pipeline with a U-Net that also outputs its variance."""
+    config = dataclasses.replace(pipe.unet.config, out_channels=2 * pipe.unet.config.out_channels)
+    torch.manual_seed(0)
+    unet = UNet(config).eval()
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    diffusion = DiffusionConfig(schedule="linear", timesteps=100, prediction=prediction, learned_variance=True)
+    return Pipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, unet=unet, vae=pipe.vae,
+                    diffusion=diffusion, image_size=32)
+
+
+def test_a_learned_variance_model_samples_and_round_trips(tiny_pipeline, tmp_path):
+    pipe = learned_variance_pipeline(tiny_pipeline, "v")
+    assert pipe.check_sampler("ddpm") == {"variance": "learned"}
+    learned = pipe.sample(PROMPTS, steps=4, sampler="ddpm")
+    assert not torch.equal(learned, pipe.sample(PROMPTS, steps=4, sampler="ddpm", variance="small"))
+    for sampler in ("ddim", "euler", "dpmpp_2m"):  # they ignore the variance channels
+        assert torch.isfinite(pipe.sample(PROMPTS, steps=3, sampler=sampler)).all()
+    pipe.save(tmp_path / "model")
+    assert torch.equal(learned, Pipeline.load(tmp_path / "model", device="cpu").sample(PROMPTS, steps=4, sampler="ddpm"))
+
+
+def test_the_unet_must_fit_the_variance_setting(tiny_pipeline, tmp_path):
+    pipe = learned_variance_pipeline(tiny_pipeline)
+    pipe.diffusion = DiffusionConfig(schedule="linear", timesteps=100)
+    pipe.save(tmp_path / "model")
+    with pytest.raises(CheckpointError, match="outputs 8 channels, but the scheduler config needs 4"):
+        Pipeline.load(tmp_path / "model", device="cpu")
+
+
+def test_bits_per_dim_of_a_tiny_model(tiny_pipeline):
+    from latentlab.evaluation import bits_per_dim
+
+    for pipe in (tiny_pipeline, learned_variance_pipeline(tiny_pipeline)):
+        report = bits_per_dim(pipe, images=4, batch_size=4)
+        bits = report["bits_per_dim"]
+        assert all(map(math.isfinite, bits.values())) and bits["pixel"] > bits["pixel_reconstruction"] - 1
+        assert report["variance"] == ("learned" if pipe.diffusion.learned_variance else "small")
 
 
 def test_bad_model_folders(tiny_pipeline, tmp_path):

@@ -59,7 +59,7 @@ def cmd_generate(args) -> None:
     pipe.check_size(size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe.check_sampler(args.sampler, **_sampler_options(args))  # bad options fail before any work
+    pipe.check_sampler(args.sampler, args.steps, **_sampler_options(args))  # bad options fail before any work
     bar = tqdm(total=args.steps, desc="sampling", unit="step")
     images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,

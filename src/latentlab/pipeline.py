@@ -138,8 +138,12 @@ class Pipeline:
         network = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
         return make_denoiser(network, self.diffusion.prediction)
 
-    def check_sampler(self, sampler: str, **options) -> dict:
-        """The options for `sampler`, with ddpm's variance defaulting to the learned one where there is one."""
+    def check_sampler(self, sampler: str, steps: int | None = None, **options) -> dict:
+        """The options for `sampler`, with ddpm's variance defaulting to the learned one where there is one;
+        bad names, options or step counts raise LatentlabError."""
+        if steps is not None and not 1 <= steps <= self.diffusion.timesteps:
+            raise LatentlabError(f"steps must be between 1 and the model's {self.diffusion.timesteps} noise levels, "
+                                 f"got {steps}")
         try:
             get_sampler(sampler)
             if sampler == "ddpm" and options.get("variance") is None:
@@ -168,10 +172,7 @@ class Pipeline:
             raise LatentlabError("no prompts given; pass at least one prompt")
         size = size or self.image_size
         self.check_size(size)
-        options = self.check_sampler(sampler, variance=variance, eta=eta, spacing=spacing)
-        if not 1 <= steps <= self.diffusion.timesteps:
-            raise LatentlabError(f"steps must be between 1 and the model's {self.diffusion.timesteps} noise levels, "
-                                 f"got {steps}")
+        options = self.check_sampler(sampler, steps, variance=variance, eta=eta, spacing=spacing)
         device = self.device
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all

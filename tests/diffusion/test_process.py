@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from latentlab.diffusion import DiffusionConfig, predict_x0, q_posterior, q_sample
+from latentlab.diffusion import (PREDICTIONS, DiffusionConfig, alpha_bar_at, predict_x0, prediction_target, q_posterior,
+                                 q_sample, sigma_to_t, sigmas_of, snr, x0_and_eps)
 
 
 @pytest.fixture(params=["linear", "cosine"])
@@ -49,3 +50,33 @@ def test_posterior_is_bayes_rule(alphas_cumprod, t, t_prev):
     got_mean, got_var = q_posterior(x_0, x_t, a, a_prev)
     assert got_mean.item() == pytest.approx(mean.item(), rel=1e-9)
     assert got_var.item() == pytest.approx((1 / precision).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_each_parameterisation_converts_back_to_x0_and_eps(alphas_cumprod, prediction):
+    """target(x_0, eps) read back as a network output gives (x_0, eps) again: the three are one model."""
+    x_0, eps = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 10, 100, 199])
+    a = alphas_cumprod[t].view(-1, 1)
+    x_t = q_sample(x_0, t, eps, alphas_cumprod)
+    got_x0, got_eps = x0_and_eps(prediction_target(x_0, eps, a, prediction), x_t, a, prediction)
+    assert torch.allclose(got_x0, x_0, atol=1e-8) and torch.allclose(got_eps, eps, atol=1e-8)
+
+
+def test_v_is_the_velocity_of_salimans_and_ho(alphas_cumprod):
+    """With alpha = cos(phi), sigma = sin(phi): x_t = cos(phi) x_0 + sin(phi) eps and v = dx_t / dphi."""
+    x_0, eps = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    a = alphas_cumprod[80]
+    phi = torch.atan2((1 - a).sqrt(), a.sqrt())
+    v = prediction_target(x_0, eps, a, "v")
+    assert torch.allclose(v, -torch.sin(phi) * x_0 + torch.cos(phi) * eps, atol=1e-12)
+    assert torch.allclose(snr(a), a / (1 - a))
+
+
+def test_fractional_timesteps_interpolate_log_sigma(alphas_cumprod):
+    t = torch.tensor([0.0, 3.0, 10.25, 150.5, 199.0], dtype=torch.float64)
+    a = alpha_bar_at(t, alphas_cumprod)
+    assert torch.allclose(a[[0, 1, 4]], alphas_cumprod[[0, 3, 199]], rtol=1e-12)  # exact at integers
+    assert torch.allclose(sigma_to_t(((1 - a) / a).sqrt(), alphas_cumprod), t, atol=1e-9)  # the inverse
+    log_sigma = sigmas_of(alphas_cumprod).log()
+    assert ((1 - a[2]) / a[2]).sqrt().log().item() == pytest.approx((0.75 * log_sigma[10] + 0.25 * log_sigma[11]).item())

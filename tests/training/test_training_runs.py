@@ -1,6 +1,10 @@
 """Short runs of the real training loops: what they write, and continuing from a model."""
 
 import json
+import math
+
+import pytest
+import torch
 
 from latentlab import Pipeline
 from latentlab.diffusion import DiffusionConfig
@@ -32,3 +36,21 @@ def test_continuing_keeps_the_models_tokenizer_and_schedule(tmp_path):
     assert second.diffusion == first.diffusion == DiffusionConfig(schedule="cosine", timesteps=50)
     assert second.tokenizer.to_json() == first.tokenizer.to_json()
     assert any((a != b).any() for a, b in zip(first.unet.parameters(), second.unet.parameters()))
+
+
+@pytest.mark.parametrize("diffusion, changes", [
+    (DiffusionConfig(schedule="cosine", timesteps=50, learned_variance=True), {"importance_sampling": True}),
+    (DiffusionConfig(schedule="scaled_linear", timesteps=50, prediction="v", zero_terminal_snr=True),
+     {"weighting": "min_snr"}),
+    (DiffusionConfig(schedule="linear", timesteps=50, prediction="x0", learned_variance=True), {"weighting": "min_snr"}),
+])
+def test_every_objective_trains_and_samples(tmp_path, diffusion, changes):
+    save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))
+    tiny_run(tmp_path, "model", diffusion=diffusion, **changes)
+    pipe = Pipeline.load(tmp_path / "model", device="cpu")
+    assert pipe.diffusion == diffusion
+    assert pipe.unet.config.out_channels == 4 * (2 if diffusion.learned_variance else 1)
+    losses = [row["loss"] for row in read_log(tmp_path / "model" / "log.csv")]
+    assert losses and all(map(math.isfinite, losses))
+    for sampler in ("ddpm", "dpmpp_2m"):
+        assert torch.isfinite(pipe.sample(["a red circle"], steps=3, sampler=sampler)).all()

@@ -8,7 +8,7 @@ from .likelihood import (DECODERS, discretized_gaussian_log_likelihood, gaussian
                          prior_bits, vlb_terms)
 from .losses import WEIGHTINGS, Loss, diffusion_loss, loss_weight
 from .process import (PREDICTIONS, DiffusionConfig, alpha_bar_at, predict_x0, prediction_target, q_posterior, q_sample,
-                      sigma_to_t, snr, x0_and_eps)
+                      sigma_to_t, sigmas_of, snr, x0_and_eps)
 from .reverse import VARIANCES, grid_log_variances, p_log_variance, p_mean_variance
 from .samplers import (SAMPLERS, SPACINGS, ddim, ddpm, dpmpp_2m, euler, get_sampler, heun, karras_sigmas,
                        sampler_options, timesteps_for)
@@ -21,5 +21,5 @@ __all__ = [
     "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "linear_betas", "loss_weight", "make_betas",
     "make_denoiser", "nll_bits", "normal_kl", "p_log_variance", "p_mean_variance", "predict_x0", "prediction_target",
     "prior_bits", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sampler_options", "scaled_linear_betas",
-    "sigma_to_t", "snr", "split_variance", "timesteps_for", "vlb_terms", "x0_and_eps",
+    "sigma_to_t", "sigmas_of", "snr", "split_variance", "timesteps_for", "vlb_terms", "x0_and_eps",
 ]

@@ -104,10 +104,18 @@ def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ continuous timesteps
 
 
+def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) of each level: x_t / sqrt(alpha_bar_t) is x_0 plus noise
+    of this standard deviation. A zero terminal alpha_bar is taken as 2^-24, so sigma_T is finite."""
+    a = alphas_cumprod.double()
+    a = torch.where(a > 0, a, torch.full_like(a, 2.0**-24))
+    return ((1 - a) / a).sqrt()
+
+
 def sigma_to_t(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The fractional training timestep of a noise level sigma = sqrt((1 - alpha_bar) / alpha_bar),
     interpolating linearly in log sigma between the two training levels around it (Karras et al. 2022)."""
-    log_sigmas = (0.5 * ((1 - alphas_cumprod) / alphas_cumprod).log()).to(sigma.device, torch.float64)
+    log_sigmas = sigmas_of(alphas_cumprod).log().to(sigma.device)
     log_sigma = sigma.double().clamp(min=1e-10).log()
     # index of the last training level at or below log_sigma, kept one short of the end
     low = (log_sigma[None] >= log_sigmas[:, None]).sum(0).sub(1).clamp(0, len(log_sigmas) - 2)
@@ -117,7 +125,7 @@ def sigma_to_t(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tenso
 
 def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """alpha_bar at fractional timesteps t, the inverse of `sigma_to_t` (exact at integer t)."""
-    log_sigmas = (0.5 * ((1 - alphas_cumprod) / alphas_cumprod).log()).to(t.device, torch.float64)
+    log_sigmas = sigmas_of(alphas_cumprod).log().to(t.device)
     t = t.double().clamp(0, len(log_sigmas) - 1)
     low = t.floor().long().clamp(max=len(log_sigmas) - 2)
     w = t - low

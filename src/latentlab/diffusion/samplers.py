@@ -12,7 +12,7 @@ last. `callback(i, steps)` is called after each step (progress bars).
   euler     Karras et al. (2022), Alg. 1 (Euler) on their sigma schedule, eq. 5
   heun      Karras et al. (2022), Alg. 1 (Heun's second-order method): 2 * steps - 1 network calls
   dpmpp_2m  DPM-Solver++(2M), Lu et al. (2022), Alg. 2: second-order multistep in log-SNR, first order
-            on the first and the last step
+            on the first and the last step; trailing timesteps by default
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Denoised
-from .process import sigma_to_t
+from .process import sigma_to_t, sigmas_of
 from .reverse import check_variance, grid_log_variances, p_mean_variance
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Denoised]
@@ -59,11 +59,10 @@ def _levels(alphas_cumprod: torch.Tensor, timesteps: list[int], like: torch.Tens
 def karras_sigmas(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022), eq. 5: `steps` noise levels sigma from the schedule's largest to its smallest,
     evenly spaced in sigma^(1/rho), then 0. sigma = sqrt((1 - alpha_bar) / alpha_bar): x_t / sqrt(alpha_bar)
-    is x_0 plus noise of standard deviation sigma. A zero terminal alpha_bar is floored at 2^-24."""
+    is x_0 plus noise of standard deviation sigma (see `process.sigmas_of`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    a = alphas_cumprod.double().clamp(min=2.0**-24)
-    sigma_min, sigma_max = ((1 - a[0]) / a[0]).sqrt(), ((1 - a[-1]) / a[-1]).sqrt()
+    sigma_min, sigma_max = sigmas_of(alphas_cumprod)[[0, -1]]
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])
@@ -136,9 +135,12 @@ def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
 
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, *,
-             spacing: str = "linspace", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+             spacing: str = "trailing", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction), with lambda = log(alpha_t / sigma_t),
-    alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar). Deterministic; `generator` is unused."""
+    alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar). Deterministic; `generator` is unused.
+
+    The default grid is trailing: a linspace grid spends its last call at t = 0 and leaves the step
+    before it a long one in lambda, which this multistep method extrapolates badly at few steps."""
     T = alphas_cumprod.shape[0]
     timesteps = timesteps_for(T, steps, spacing)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
@@ -168,12 +170,15 @@ def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, 
 # ------------------------------------------------------------------ samplers on Karras sigmas
 
 
-def _sigma_denoiser(denoise: Denoise, alphas_cumprod: torch.Tensor, x_T: torch.Tensor):
-    """D(x, sigma) -> x_0 for the variance-exploding state x = x_t / sqrt(alpha_bar) of Karras et al."""
-    def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        alpha_bar = 1 / (1 + sigma**2)
-        t = sigma_to_t(sigma.view(1), alphas_cumprod).to(x.device)
-        return denoise((x * alpha_bar.sqrt()).to(x_T.dtype), t.expand(x.shape[0]).to(x_T.dtype), alpha_bar).x_0
+def _sigma_denoiser(denoise: Denoise, sigmas: torch.Tensor, alphas_cumprod: torch.Tensor, x_T: torch.Tensor):
+    """D(x, i) -> x_0 at the i-th level of `sigmas`, for the variance-exploding state x = x_t / sqrt(alpha_bar)
+    of Karras et al.; the network sees x_t and the fractional timestep of that sigma."""
+    timesteps = sigma_to_t(sigmas, alphas_cumprod).to(x_T.device)
+
+    def D(x: torch.Tensor, i: int) -> torch.Tensor:
+        alpha_bar = 1 / (1 + sigmas[i] ** 2)
+        t = timesteps[i].expand(x.shape[0]).to(x_T.dtype)
+        return denoise((x * alpha_bar.sqrt()).to(x_T.dtype), t, alpha_bar).x_0
     return D
 
 
@@ -182,10 +187,10 @@ def euler(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, ste
           generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022)."""
     sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
-    D = _sigma_denoiser(denoise, alphas_cumprod, x_T)
+    D = _sigma_denoiser(denoise, sigmas, alphas_cumprod, x_T)
     x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
     for i in range(steps):
-        d = (x - D(x, sigmas[i])) / sigmas[i]
+        d = (x - D(x, i)) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
         if callback is not None:
             callback(i, steps)
@@ -198,13 +203,13 @@ def heun(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
     """Heun's method (Karras et al. 2022, Alg. 1): an Euler step, then the trapezoidal correction,
     except on the last step to sigma = 0."""
     sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
-    D = _sigma_denoiser(denoise, alphas_cumprod, x_T)
+    D = _sigma_denoiser(denoise, sigmas, alphas_cumprod, x_T)
     x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
     for i in range(steps):
-        d = (x - D(x, sigmas[i])) / sigmas[i]
+        d = (x - D(x, i)) / sigmas[i]
         x_next = x + d * (sigmas[i + 1] - sigmas[i])
-        if sigmas[i + 1] > 0:
-            d_next = (x_next - D(x_next, sigmas[i + 1])) / sigmas[i + 1]
+        if i + 1 < steps:  # sigma_{i+1} > 0: the trapezoidal correction
+            d_next = (x_next - D(x_next, i + 1)) / sigmas[i + 1]
             x_next = x + (d + d_next) / 2 * (sigmas[i + 1] - sigmas[i])
         x = x_next
         if callback is not None:
