@@ -9,6 +9,7 @@ single-object test prompts and measure
 and, per model, the variational bound in bits per dimension for each variance.
 
     python benchmarks/samplers.py --model shipped=default --model hybrid=runs/hybrid/model --out docs/samplers
+    python benchmarks/samplers.py ... --objects 2 --nll-images 0 --out docs/samplers-two
 
 writes OUT/results.json (resumable: finished cells are kept), OUT/table.md and OUT/samplers.png.
 `--plot-only` redraws the table and plot from OUT/results.json.
@@ -55,12 +56,13 @@ def sweep(args) -> dict:
     out = Path(args.out)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"cells": {}, "nll": {}, "floor": None}
-    data = ShapesDataset(seed=args.seed, split="test", p_two=0.0)
+    p_two = float(args.objects == 2)
+    data = ShapesDataset(seed=args.seed, split="test", p_two=p_two)
     real, captions, scenes = data.batch(0, args.prompts)
-    reference, _, _ = ShapesDataset(seed=args.seed + 1, split="test", p_two=0.0).batch(0, 5000)
+    reference, _, _ = ShapesDataset(seed=args.seed + 1, split="test", p_two=p_two).batch(0, 5000)
     real_features = pooled_pixels(reference)
     results["floor"] = frechet_distance(pooled_pixels(real), real_features)
-    results["setup"] = {"prompts": args.prompts, "guidance": args.guidance, "seed": args.seed, "device": args.device,
+    results["setup"] = {"prompts": args.prompts, "objects": args.objects, "guidance": args.guidance, "seed": args.seed, "device": args.device,
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for spec in args.model:
@@ -68,7 +70,7 @@ def sweep(args) -> dict:
             pipe = Pipeline.load(None if where in ("", "default") else where, device=args.device)
             for variance in ("small", "large", "learned"):
                 key = f"{label}/{variance}"
-                if key in results["nll"] or (variance == "learned" and not pipe.diffusion.learned_variance):
+                if args.nll_images == 0 or key in results["nll"] or (variance == "learned" and not pipe.diffusion.learned_variance):
                     continue
                 start = time.time()
                 report = bits_per_dim(pipe, images=args.nll_images, batch_size=500, variance=variance)
@@ -102,9 +104,10 @@ def _models(results: dict) -> list[str]:
 
 
 def table(results: dict) -> str:
-    lines = [f"Judge accuracy (all attributes right) / FD to real renders (floor {results['floor']:.2f}); "
-             f"{results['setup']['prompts']} single-object prompts, guidance {results['setup']['guidance']}, "
-             f"{results['setup']['gpu']}.", ""]
+    setup = results["setup"]
+    kind = "two-object" if setup.get("objects", 1) == 2 else "single-object"
+    lines = [f"Judge accuracy (all attributes right) / FD to real renders (floor {results['floor']:.3f}); "
+             f"{setup['prompts']} {kind} prompts, guidance {setup['guidance']}, {setup['gpu']}.", ""]
     for model in _models(results):
         lines += [f"**{model}**", "", "| sampler | " + " | ".join(f"{s} steps" for s in STEPS) + " |",
                   "| --- |" + " --- |" * len(STEPS)]
@@ -115,6 +118,8 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{c['accuracy']:.0%} / {c['fd']:.2f}" if c else "" for c in cells)
                          + " |")
         lines.append("")
+    if not results["nll"]:
+        return "\n".join(lines)
     lines += ["Bits per dimension (variational bound, test images):", "",
               "| model / variance | latent | pixel | pixel reconstruction term |", "| --- | --- | --- | --- |"]
     for key, bits in results["nll"].items():
@@ -131,14 +136,15 @@ def plot(results: dict, path: Path) -> None:
     models = _models(results)
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7), squeeze=False, sharex=True)
     for col, model in enumerate(models):
-        for name, _, _ in SAMPLERS:
+        for index, (name, _, _) in enumerate(SAMPLERS):
             cells = [(s, results["cells"].get(f"{model}/{name}/{s}")) for s in STEPS]
             cells = [(s, c) for s, c in cells if c]
             if not cells:
                 continue
             steps = [s for s, _ in cells]
-            axes[0][col].plot(steps, [100 * c["accuracy"] for _, c in cells], marker="o", label=name)
-            axes[1][col].plot(steps, [c["fd"] for _, c in cells], marker="o", label=name)
+            style = {"marker": "o", "label": name, "color": f"C{index}"}
+            axes[0][col].plot(steps, [100 * c["accuracy"] for _, c in cells], **style)
+            axes[1][col].plot(steps, [c["fd"] for _, c in cells], **style)
         axes[0][col].set_title(model)
         axes[0][col].set_ylabel("judge accuracy, %")
         axes[1][col].set_ylabel("FD to real renders (8x8 pixels)")
@@ -158,8 +164,9 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="LABEL=PATH ('default': the shipped model)")
     parser.add_argument("--out", default="docs/samplers")
     parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--objects", type=int, choices=(1, 2), default=1, help="objects per prompt")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--nll-images", type=int, default=1000)
+    parser.add_argument("--nll-images", type=int, default=1000, help="0: no bits/dim")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="auto")
