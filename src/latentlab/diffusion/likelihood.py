@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Denoised
-from .process import _gather, q_posterior, q_sample
+from .process import gather, q_posterior, q_sample
 from .reverse import grid_log_variances, p_mean_variance
 
 DECODERS = ("continuous", "discretized")
@@ -80,9 +80,9 @@ def vlb_terms(denoised: Denoised, x_0: torch.Tensor, x_t: torch.Tensor, t: torch
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; accepted: {', '.join(DECODERS)}")
     ac = alphas_cumprod.to(x_0.device)
-    log_beta, log_beta_tilde = (_gather(v, t, x_0) for v in training_log_variances(ac))
-    a = _gather(ac, t, x_0)
-    a_prev = _gather(torch.cat([ac.new_ones(1), ac[:-1]]), t, x_0)
+    log_beta, log_beta_tilde = (gather(v, t, x_0) for v in training_log_variances(ac))
+    a = gather(ac, t, x_0)
+    a_prev = gather(torch.cat([ac.new_ones(1), ac[:-1]]), t, x_0)
     last = (t == 0).view_as(a)
     true_mean, _ = q_posterior(x_0, x_t, a, a_prev)
     mean, log_var = p_mean_variance(denoised, x_t, a, a_prev, log_beta, log_beta_tilde, variance, last)

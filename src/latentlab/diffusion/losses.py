@@ -9,7 +9,7 @@ import torch
 
 from .denoiser import Denoised, split_variance
 from .likelihood import vlb_terms
-from .process import DiffusionConfig, _gather, prediction_target, q_sample, snr, x0_and_eps
+from .process import DiffusionConfig, gather, prediction_target, q_sample, snr, x0_and_eps
 
 WEIGHTINGS = ("uniform", "min_snr")
 
@@ -53,7 +53,7 @@ def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     output, v = split_variance(model(x_t, t).float(), x_0.shape[1])
     if config.learned_variance and v is None:
         raise ValueError("the config has a learned variance but the network outputs no variance channels")
-    a = _gather(alphas_cumprod.to(x_0.device), t, x_0.float())
+    a = gather(alphas_cumprod.to(x_0.device), t, x_0.float())
     target = prediction_target(x_0.float(), eps.float(), a, config.prediction)
     weight = loss_weight(a.flatten(), config.prediction, weighting, snr_gamma)
     mse = weight * (output - target).pow(2).flatten(1).mean(1)

@@ -41,7 +41,7 @@ class DiffusionConfig:
         return torch.cumprod(1 - betas, dim=0)
 
 
-def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] shaped to broadcast against `like` (B, ...)."""
     out = values.to(like.device)[t].to(like.dtype)
     return out.view(-1, *([1] * (like.dim() - 1)))
@@ -49,7 +49,7 @@ def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.
 
 def q_sample(x_0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eq. 4."""
-    a = _gather(alphas_cumprod, t, x_0)
+    a = gather(alphas_cumprod, t, x_0)
     return a.sqrt() * x_0 + (1 - a).sqrt() * eps
 
 

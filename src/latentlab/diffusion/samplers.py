@@ -170,25 +170,25 @@ def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, 
 # ------------------------------------------------------------------ samplers on Karras sigmas
 
 
-def _sigma_denoiser(denoise: Denoise, sigmas: torch.Tensor, alphas_cumprod: torch.Tensor, x_T: torch.Tensor):
-    """D(x, i) -> x_0 at the i-th level of `sigmas`, for the variance-exploding state x = x_t / sqrt(alpha_bar)
-    of Karras et al.; the network sees x_t and the fractional timestep of that sigma."""
+def _karras_start(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int):
+    """(sigmas, D, x): the Karras grid; D(x, i) -> x_0 at its i-th level, for the variance-exploding state
+    x = x_t / sqrt(alpha_bar) of Karras et al. (the network sees x_t and the fractional timestep of that
+    sigma); and the starting state, x_T in those units."""
+    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
     timesteps = sigma_to_t(sigmas, alphas_cumprod).to(x_T.device)
 
     def D(x: torch.Tensor, i: int) -> torch.Tensor:
         alpha_bar = 1 / (1 + sigmas[i] ** 2)
         t = timesteps[i].expand(x.shape[0]).to(x_T.dtype)
         return denoise((x * alpha_bar.sqrt()).to(x_T.dtype), t, alpha_bar).x_0
-    return D
+    return sigmas, D, x_T.double() * (1 + sigmas[0] ** 2).sqrt()
 
 
 @torch.no_grad()
 def euler(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
           generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022)."""
-    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
-    D = _sigma_denoiser(denoise, sigmas, alphas_cumprod, x_T)
-    x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
+    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps)
     for i in range(steps):
         d = (x - D(x, i)) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
@@ -202,9 +202,7 @@ def heun(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
          generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Heun's method (Karras et al. 2022, Alg. 1): an Euler step, then the trapezoidal correction,
     except on the last step to sigma = 0."""
-    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
-    D = _sigma_denoiser(denoise, sigmas, alphas_cumprod, x_T)
-    x = x_T.double() * (1 + sigmas[0] ** 2).sqrt()
+    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps)
     for i in range(steps):
         d = (x - D(x, i)) / sigmas[i]
         x_next = x + d * (sigmas[i + 1] - sigmas[i])
