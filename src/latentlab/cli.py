@@ -36,6 +36,16 @@ def _positive(kind):
     return parse
 
 
+def _spacing(text: str):
+    """A spacing name, or comma-separated timesteps."""
+    if "," not in text and not text.strip().isdigit():
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a spacing name nor comma-separated timesteps") from None
+
+
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
@@ -165,8 +175,9 @@ def build_parser() -> Parser:
         p.add_argument("--variance", choices=VARIANCES, default=None,
                        help="ddpm's reverse variance (default: learned if the model learned one, else small)")
         p.add_argument("--eta", type=float, default=None, help="ddim's noise: 0 deterministic (default), 1 like ddpm")
-        p.add_argument("--spacing", choices=SPACINGS, default=None,
-                       help="how ddpm, ddim and dpmpp_2m pick their timesteps (default linspace)")
+        p.add_argument("--spacing", type=_spacing, default=None,
+                       help=f"how ddpm, ddim and dpmpp_2m pick their timesteps: {', '.join(SPACINGS)} (default "
+                            "linspace; dpmpp_2m trailing), or the timesteps themselves, e.g. 999,500,100,0")
 
     g = sub.add_parser("generate", help="generate images from text prompts")
     g.add_argument("prompts", nargs="*", help="one or more text prompts")

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .diffusion import DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options
+from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
+                        timesteps_for)
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
 from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
@@ -151,7 +152,10 @@ class Pipeline:
             if options.get("variance") == "learned" and not self.diffusion.learned_variance:
                 raise ValueError("variance 'learned' needs a model trained with a learned variance; "
                                  "this one was not: use 'small' or 'large'")
-            return sampler_options(sampler, **options)
+            options = sampler_options(sampler, **options)
+            if "spacing" in options and steps is not None:
+                timesteps_for(self.diffusion.timesteps, steps, options["spacing"])
+            return options
         except ValueError as e:
             raise LatentlabError(str(e)) from None
 

@@ -41,6 +41,18 @@ def test_timesteps_for():
         timesteps_for(10, 11)
     with pytest.raises(ValueError, match="accepted: linspace, leading, trailing"):
         timesteps_for(10, 2, "even")
+    assert timesteps_for(1000, 3, [999, 400, 0]) == [999, 400, 0]  # any subset of the training levels
+    for bad in ([999, 400], [400, 999, 0], [1000, 400, 0], [999, 400, -1]):
+        with pytest.raises(ValueError, match="a custom grid must be 3 decreasing"):
+            timesteps_for(1000, 3, bad)
+
+
+def test_a_custom_grid_is_the_grid():
+    ac = DiffusionConfig(schedule="linear").alphas_cumprod()
+    seen = []
+    denoise = oracle(ac)
+    ddim(lambda x, t, a: seen.append(int(t[0])) or denoise(x, t, a), noise(4), ac, 4, spacing=[900, 333, 50, 2])
+    assert seen == [900, 333, 50, 2]
 
 
 def test_karras_sigmas_span_the_schedule(alphas_cumprod):

@@ -18,7 +18,7 @@ last. `callback(i, steps)` is called after each step (progress bars).
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,21 +33,28 @@ SPACINGS = ("linspace", "leading", "trailing")
 # ------------------------------------------------------------------ time grids
 
 
-def timesteps_for(T: int, steps: int, spacing: str = "linspace") -> list[int]:
+def timesteps_for(T: int, steps: int, spacing: str | Sequence[int] = "linspace") -> list[int]:
     """`steps` training timesteps, noisiest first (Lin et al. 2024, table 2).
 
     linspace: evenly from T - 1 to 0, both ends included; leading: 0, T/steps, ... (never the noisiest
-    level); trailing: T - 1, T - 1 - T/steps, ... (always the noisiest level).
+    level); trailing: T - 1, T - 1 - T/steps, ... (always the noisiest level). A sequence of `steps`
+    decreasing timesteps is taken as the grid itself: any subset of the training levels.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and the {T} training steps, got {steps}")
+    if not isinstance(spacing, str):
+        grid = [int(t) for t in spacing]
+        if len(grid) != steps or any(a <= b for a, b in zip(grid, grid[1:])) or not 0 <= grid[-1] <= grid[0] < T:
+            raise ValueError(f"a custom grid must be {steps} decreasing timesteps from at most {T - 1} down to at "
+                             f"least 0, got {grid}")
+        return grid
     if spacing == "linspace":
         return [T - 1] if steps == 1 else [round(i * (T - 1) / (steps - 1)) for i in range(steps - 1, -1, -1)]
     if spacing == "leading":
         return [i * (T // steps) for i in range(steps - 1, -1, -1)]
     if spacing == "trailing":
         return [round(T - i * T / steps) - 1 for i in range(steps)]
-    raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(SPACINGS)}")
+    raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(SPACINGS)}, or a list of timesteps")
 
 
 def _levels(alphas_cumprod: torch.Tensor, timesteps: list[int], like: torch.Tensor):
@@ -86,7 +93,7 @@ def _step_t(t: int, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ddpm(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int | None = None, *,
-         variance: str = "small", spacing: str = "linspace", generator: torch.Generator | None = None,
+         variance: str = "small", spacing: str | Sequence[int] = "linspace", generator: torch.Generator | None = None,
          callback=None) -> torch.Tensor:
     """Ancestral sampling of p(x_prev | x_t) (Ho et al. 2020, Alg. 2) on a grid of `steps` levels (all T
     by default): with fewer, the respaced process of Nichol & Dhariwal (2021, sec. 4). No noise is
@@ -111,7 +118,7 @@ def ddpm(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
 
 @torch.no_grad()
 def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
-         eta: float = 0.0, spacing: str = "linspace", generator: torch.Generator | None = None,
+         eta: float = 0.0, spacing: str | Sequence[int] = "linspace", generator: torch.Generator | None = None,
          callback=None) -> torch.Tensor:
     """DDIM, Song et al. (2021) eq. 12; eta = 0 is deterministic, eta = 1 is DDPM's posterior noise."""
     T = alphas_cumprod.shape[0]
@@ -135,7 +142,7 @@ def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
 
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, *,
-             spacing: str = "trailing", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+             spacing: str | Sequence[int] = "trailing", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction), with lambda = log(alpha_t / sigma_t),
     alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar). Deterministic; `generator` is unused.
 
