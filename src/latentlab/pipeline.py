@@ -2,7 +2,7 @@
 
 A model folder holds one sub-folder per component:
 
-    model_index.json        {"format": "latentlab", "version": 1, "image_size": 32}
+    model_index.json        {"format": "latentlab", "version": 1, "image_size": 32, "text_encoder": "latentlab"}
     tokenizer/tokenizer.json
     text_encoder/  unet/  vae/   config.json + model.safetensors each
     scheduler/config.json   the DiffusionConfig the U-Net was trained with
@@ -24,7 +24,11 @@ from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, 
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
 from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
+from .models.bert import BertConfig, BertModel
 from .models.text_encoder import encode_prompts
+
+# the text encoder architectures a model folder may hold, by the name model_index.json gives them
+TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertModel, BertConfig)}
 
 FORMAT, VERSION = "latentlab", 1
 DEFAULT_MODEL = "shapes-default"
@@ -90,9 +94,13 @@ class Pipeline:
             tokenizer = Tokenizer.load(path / "tokenizer" / "tokenizer.json")
         except Exception as e:  # the tokenizers library raises its own exception types
             raise CheckpointError(f"{path / 'tokenizer' / 'tokenizer.json'} is not a readable tokenizer ({e})") from None
+        kind = index.get("text_encoder", "latentlab")
+        if kind not in TEXT_ENCODERS:
+            raise CheckpointError(f"{path / 'model_index.json'} names text encoder {kind!r}; accepted: "
+                                  f"{', '.join(TEXT_ENCODERS)}")
         pipe = cls(
             tokenizer=tokenizer,
-            text_encoder=load_component(path / "text_encoder", TextEncoder, TextEncoderConfig),
+            text_encoder=load_component(path / "text_encoder", *TEXT_ENCODERS[kind]),
             unet=load_component(path / "unet", UNet, UNetConfig),
             vae=load_component(path / "vae", AutoencoderKL, VAEConfig),
             diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
@@ -113,7 +121,8 @@ class Pipeline:
         save_component(path / "vae", self.vae, dtype=dtype)
         atomic_write(path / "tokenizer" / "tokenizer.json", self.tokenizer.to_json())
         atomic_write(path / "scheduler" / "config.json", json.dumps(dataclasses.asdict(self.diffusion), indent=2) + "\n")
-        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size}
+        kind = next(name for name, (module, _) in TEXT_ENCODERS.items() if isinstance(self.text_encoder, module))
+        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind}
         atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
 
     def to(self, device: str | torch.device) -> "Pipeline":

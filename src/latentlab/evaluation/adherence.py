@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 
 from ..data.judge import judge, score
+from ..data.paraphrase import paraphrase as reword
 from ..data.shapes import ShapesDataset
 from ..pipeline import Pipeline
 
 
 def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test", objects: int = 1, seed: int = 1234,
                      steps: int = 50, guidance: float = 4.0, sampler: str = "ddim", batch_size: int = 100,
-                     canonical: bool = False, callback=None, **sampler_options) -> dict:
+                     canonical: bool = False, paraphrase: str | None = None, callback=None,
+                     **sampler_options) -> dict:
     """Accuracy per attribute and for whole prompts, over `prompts` scenes of `objects` objects each.
 
     Prompts are fresh captions of the split (`test`: the training distribution, unseen examples;
     `heldout`: colour-shape pairs never trained on), with random wording unless `canonical`.
-    `sampler_options` (variance, eta, spacing) go to the sampler.
+    `paraphrase` ("templates" or "words", one object only) rewords the captions in ways the training
+    templates never produce (`data/paraphrase.py`). `sampler_options` (variance, eta, spacing) go to the sampler.
     """
     data = ShapesDataset(seed=seed, split=split, image_size=pipe.image_size, p_two=float(objects == 2),
                          canonical_captions=canonical)
     examples = [data.example(i) for i in range(prompts)]
+    if paraphrase is not None:
+        examples = [(scene, reword(scene, paraphrase, random.Random(seed * 7919 + i)))
+                    for i, (scene, _) in enumerate(examples)]
     totals: dict[str, float] = defaultdict(float)
     failures = []
     for start in range(0, prompts, batch_size):
@@ -34,7 +41,8 @@ def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test",
             if not result["all"] and len(failures) < 20:
                 failures.append(caption)
     return {
-        "prompts": prompts, "split": split, "objects": objects, "steps": steps, "guidance": guidance,
+        "prompts": prompts, "split": split, "objects": objects, "paraphrase": paraphrase, "steps": steps,
+        "guidance": guidance,
         "sampler": sampler, "seed": seed, **{k: v for k, v in sampler_options.items() if v is not None},
         "accuracy": {key: value / prompts for key, value in totals.items()},
         "failures": failures,

@@ -18,8 +18,10 @@ import torch
 
 from ..data.shapes import ShapesDataset, caption_corpus
 from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
+from ..errors import CheckpointError
 from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
+from ..models.bert import BertModel
 from ..pipeline import Pipeline
 from .ema import EMA
 from .loop import Progress, autocast, learning_rate, setup
@@ -50,6 +52,7 @@ class DiffusionTrainConfig:
     snr_gamma: float = 5.0  # gamma of min_snr
     vlb_weight: float = 1e-3  # lambda of the hybrid loss L_simple + lambda L_vlb (learned variance only)
     importance_sampling: bool = False  # draw t by the bound terms' second moments (Nichol & Dhariwal 2021, 3.3)
+    text_encoder: str = "trained"  # trained: ours, from scratch; minilm (or a BERT folder): pretrained, frozen
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -57,6 +60,22 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     if (path / "vae").is_dir():
         path = path / "vae"
     return load_component(path, AutoencoderKL, VAEConfig)
+
+
+def make_text_encoder(config: DiffusionTrainConfig):
+    """(tokenizer, text encoder) for a run from scratch: ours, fitted to the captions and trained with the
+    U-Net ("trained"), or a pretrained BERT used frozen, its per-token states the context: "minilm" (the
+    all-MiniLM-L6-v2 package) or a folder with a BERT's config.json, model.safetensors and tokenizer.json."""
+    if config.text_encoder == "trained":
+        tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
+        return tokenizer, TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size))
+    from ..models.pretrained import load_minilm, minilm_path, minilm_tokenizer
+
+    path = minilm_path() if config.text_encoder == "minilm" else Path(config.text_encoder)
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"text encoder {config.text_encoder!r} is neither 'trained', 'minilm' nor a folder "
+                              "holding a BERT's config.json, model.safetensors and tokenizer.json")
+    return minilm_tokenizer(config.text.max_length, path), load_minilm(path)
 
 
 def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
@@ -69,13 +88,16 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
         diffusion = start.diffusion
     else:
-        tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
-        text_encoder = TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)).to(device)
+        tokenizer, text_encoder = make_text_encoder(config)
+        text_encoder = text_encoder.to(device)
         out_channels = vae.config.latent_channels * (2 if diffusion.learned_variance else 1)
         unet = UNet(dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
-                                        out_channels=out_channels, context_dim=config.text.width))
+                                        out_channels=out_channels, context_dim=text_encoder.config.width))
         unet = unet.to(device)
-    params = list(text_encoder.parameters()) + list(unet.parameters())
+    frozen_text = isinstance(text_encoder, BertModel)  # a pretrained encoder stays as it is
+    if frozen_text:
+        text_encoder.eval().requires_grad_(False)
+    params = [p for p in text_encoder.parameters() if p.requires_grad] + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema_text, ema_unet = EMA(text_encoder, config.ema_decay), EMA(unet, config.ema_decay)
     alphas_cumprod = diffusion.alphas_cumprod().to(device)
@@ -108,7 +130,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         if importance is not None:
             t, weights = importance.sample(z_0.shape[0], device=device, generator=t_generator)
         with autocast(device):
-            context = text_encoder(ids, mask)
+            with torch.set_grad_enabled(not frozen_text):
+                context = text_encoder(ids, mask)
             terms = diffusion_loss(lambda x_t, t: unet(x_t, t, context, mask), z_0, alphas_cumprod, diffusion, t=t,
                                    weighting=config.weighting, snr_gamma=config.snr_gamma,
                                    vlb_weight=config.vlb_weight, generator=generator)
