@@ -9,6 +9,7 @@ one's text clean-up, so it gives other ids for the prompts listed in FAST_DIFFER
 
 import gzip
 import json
+import unicodedata
 from importlib import resources
 
 import pytest
@@ -46,10 +47,11 @@ class SlowCLIPTokenizer(PreTrainedTokenizer):
         self.cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
         self.pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
                                  r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
-        tok = dict(lstrip=False, rstrip=False)
-        super().__init__(unk_token=transformers.AddedToken("<|endoftext|>", **tok),
-                         bos_token=transformers.AddedToken("<|startoftext|>", **tok),
-                         eos_token=transformers.AddedToken("<|endoftext|>", **tok), pad_token="<|endoftext|>", **kwargs)
+        strip = dict(lstrip=False, rstrip=False)
+        super().__init__(unk_token=transformers.AddedToken("<|endoftext|>", **strip),
+                         bos_token=transformers.AddedToken("<|startoftext|>", **strip),
+                         eos_token=transformers.AddedToken("<|endoftext|>", **strip), pad_token="<|endoftext|>",
+                         **kwargs)
 
     @property
     def vocab_size(self):
@@ -136,15 +138,15 @@ CORPUS = [
     "(cat:1.3), (dog:0.7)", "a\\b/c|d_e-f+g*h#i@j$k%l^m", "https://example.com/a?b=c&d=e", "name.surname@mail.com",
     # apostrophes
     "it's a dog's life", "don't stop, won't stop", "I'LL BE THERE, WE'VE GOT IT, YOU'RE RIGHT", "she'd I'm they'll",
-    "it’s curly ‘quoted’", "rock 'n' roll '' ''s",
+    "it’s curly ‘quoted’", "rock 'n' roll '' ''s", "'ſ it'ſ <|ſtartoftext|>",
     # digits and numbers
     "1990", "3.5", "the year 1990 and 2024", "1,000,000 dollars", "4k 8K uhd f/1.8 50mm", "½ ² ³ Ⅻ ٣٤ १२",
     # accents, other scripts, emoji
     "café crème brûlée", "cafe\u0301 cre\u0300me (decomposed)", "naïve façade Æsir Øresund", "straße STRASSE",
     "İstanbul ıi", "ΟΔΟΣ ΣΤΟ ΣΠΙΤΙ, Σ Α'Σ ΑΣ'Α", "東京の夜", "一只猫坐在屋顶上", "서울의 밤 풍경",
-    "\U0002B820 Ext-E ideograph", "Кошка на крыше", "ПРИВЕТ Мир", "قطة على السطح", "שָׁלוֹם עולם",
+    "\U0002B820\U0002B821 Ext-E ideographs", "Кошка на крыше", "ПРИВЕТ Мир", "قطة على السطح", "שָׁלוֹם עולם",
     "नमस्ते दुनिया", "ภาษาไทย", "🐱🚀", "a cat 🐱 riding a rocket 🚀!!", "👨‍👩‍👧 family, 👍🏽 🇫🇷",
-    "🫠 melting, 🫨 shaking", "ＡＢＣ１２３ fullwidth", "x\u0345y ᾳ",
+    "🫠 melting, 🫨 shaking", "ＡＢＣ１２３ fullwidth", "x\u0345y ᾳ ΑΣ\u0345! ἈΣ\u0345",
     # mixed case
     "MiXeD CaSe TeXt", "camelCaseWord PascalCase SHOUTING",
     # whitespace
@@ -159,13 +161,21 @@ CORPUS = [
     # empty and over-long
     "", " ", LONG, "word " * 300, "a" * 500, "!" * 300, "東" * 100,
 ]
-# Prompts where transformers 5's tokenizers-backed CLIPTokenizer differs from the slow one: it neither drops control
-# and format characters nor splits CJK ideographs apart, and it lowercases a final capital sigma to σ
+# Where transformers 5's tokenizers-backed CLIPTokenizer gives other ids than the slow one (and so than ours), and why
 FAST_DIFFERS = {
-    "ΟΔΟΣ ΣΤΟ ΣΠΙΤΙ, Σ Α'Σ ΑΣ'Α", "東京の夜", "一只猫坐在屋顶上", "\U0002B820 Ext-E ideograph", "👨‍👩‍👧 family, 👍🏽 🇫🇷",
-    "🫠 melting, 🫨 shaking", "zero\u200bwidth soft\u00adhyphen", "control\x00chars\x07\x1b[0m\x7f\ufffd and \ue000",
-    "東" * 100,
+    "ΟΔΟΣ ΣΤΟ ΣΠΙΤΙ, Σ Α'Σ ΑΣ'Α": "lowercases a word-final Σ to σ, where str.lower gives ς",
+    "x\u0345y ᾳ ΑΣ\u0345! ἈΣ\u0345": "keeps U+0345, which the slow regex (IGNORECASE) matches nowhere and so skips; and Σ",
+    "'ſ it'ſ <|ſtartoftext|>": "its regex is case-sensitive: the slow one's 's and literals also match ſ",
+    "東京の夜": "does not split CJK ideographs apart", "一只猫坐在屋顶上": "CJK", "東" * 100: "CJK",
+    "\U0002B820\U0002B821 Ext-E ideographs": "CJK",
+    "👨\u200d👩\u200d👧 family, 👍🏽 🇫🇷": "keeps format (Cf) characters such as the zero-width joiner",
+    "zero\u200bwidth soft\u00adhyphen": "keeps format (Cf) characters", "control\x00chars\x07\x1b[0m\x7f\ufffd and \ue000":
+        "keeps control, private-use characters and U+FFFD",
+    "<|EndOfText|> in capitals": "matches the special tokens in the raw text only, where the slow one also matches "
+                                 "them in the lower-cased words",
 }
+if unicodedata.category("\U0001FAE8") == "Cn":  # Unicode 15's shaking face, unknown to Python 3.11's tables
+    FAST_DIFFERS["🫠 melting, 🫨 shaking"] = "keeps characters this Python's unicodedata calls unassigned (Cn)"
 
 
 def write_hf_files(folder):
@@ -201,17 +211,24 @@ def installed(hf_files):
     return transformers.CLIPTokenizer.from_pretrained(str(hf_files[0].parent), local_files_only=True)
 
 
+def reference(tokenizer, prompt):
+    """transformers' ids and attention mask for one prompt, padded and truncated to 77 as Stable Diffusion does."""
+    out = tokenizer(prompt, padding="max_length", max_length=L, truncation=True)
+    return out["input_ids"], [bool(m) for m in out["attention_mask"]]
+
+
 def reference_ids(tokenizer, prompt):
-    return tokenizer(prompt, padding="max_length", max_length=L, truncation=True)["input_ids"]
+    return reference(tokenizer, prompt)[0]
 
 
 @pytest.mark.parametrize("prompt", CORPUS, ids=[ascii(p)[1:40] for p in CORPUS])
 def test_matches_slow_clip_tokenizer(ours, slow, prompt):
     ids, mask = ours([prompt])
-    expected = reference_ids(slow, prompt)
+    expected, expected_mask = reference(slow, prompt)
     assert ids[0].tolist() == expected
-    n = int(mask[0].sum())
-    assert mask[0].tolist() == [True] * n + [False] * (L - n)
+    assert mask[0].tolist() == expected_mask
+    n = sum(expected_mask)
+    assert expected_mask == [True] * n + [False] * (L - n)
     assert expected[0] == BOS_ID and expected[n - 1] == EOS_ID and all(i == EOS_ID for i in expected[n:])
 
 
@@ -220,8 +237,8 @@ def test_matches_installed_transformers_clip_tokenizer(ours, slow, installed, pr
     ids = ours([prompt])[0][0].tolist()
     if not installed.is_fast or prompt not in FAST_DIFFERS:
         assert ids == reference_ids(installed, prompt)
-    else:  # the tokenizers-backed CLIPTokenizer of transformers 5 departs from the slow one here, and we follow the slow
-        assert ids != reference_ids(installed, prompt) and ids == reference_ids(slow, prompt)
+    else:  # the tokenizers-backed CLIPTokenizer of transformers 5 departs from the slow one here; we follow the slow
+        assert ids != reference_ids(installed, prompt) and ids == reference_ids(slow, prompt), FAST_DIFFERS[prompt]
 
 
 def test_known_ids_vocab_and_mask(ours):
@@ -245,8 +262,10 @@ def test_both_constructors_agree_and_max_length(ours, hf_files):
     assert ids.shape == (2, 8) and ids[0, -1] == EOS_ID and mask.sum(1).tolist() == [8, 4]
 
 
-def test_bad_files_raise_checkpoint_error(hf_files, tmp_path):
+def test_bad_files_raise_checkpoint_error(hf_files, tmp_path, monkeypatch):
     vocab, merges = hf_files
+    with pytest.raises(CheckpointError, match="merges.txt: not found"):
+        clip_tokenizer_from_files(vocab, tmp_path / "merges.txt")
     bad = tmp_path / "merges.txt"
     bad.write_text("#version: 0.2\ni n\nthis line has three\n", encoding="utf-8")
     with pytest.raises(CheckpointError, match="merges.txt: line 3"):
@@ -266,7 +285,25 @@ def test_bad_files_raise_checkpoint_error(hf_files, tmp_path):
     with pytest.raises(CheckpointError, match="vocab.json: unreadable") as error:
         clip_tokenizer_from_files(tmp_path / "vocab.json", merges)
     assert "\n" not in str(error.value)
+    (tmp_path / "vocab.json").write_text('{"a": 0}', encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"no <\|startoftext\|> entry"):
+        clip_tokenizer_from_files(tmp_path / "vocab.json", merges)
+    monkeypatch.setattr("latentlab.models.clip_tokenizer.ASSET", "assets/missing.txt.gz")
+    with pytest.raises(CheckpointError, match="assets/missing.txt.gz: not found"):
+        clip_tokenizer()
 
 
 def test_corpus_covers_what_it_claims():
-    assert len(CORPUS) >= 60 and len(set(CORPUS)) == len(CORPUS) and FAST_DIFFERS <= set(CORPUS)
+    assert len(CORPUS) >= 60 and len(set(CORPUS)) == len(CORPUS) and set(FAST_DIFFERS) <= set(CORPUS)
+
+
+def test_known_difference_capitalised_special_token_after_punctuation(ours, slow):
+    """The one difference from the slow tokenizer found: a special token's text that appears only after lower-casing
+    (or after dropping control characters), straight after punctuation. The slow tokenizer's regex takes the `<|`
+    into the punctuation run there, so it is byte pieces; ours matches special tokens on the normalised text and gives
+    the token. Anywhere else (start, after a space, letter or digit) both give the token, as the parity tests show."""
+    prompt = "x.<|ENDOFTEXT|>"
+    ids, mask = ours([prompt])
+    assert ids[0, :5].tolist() == [BOS_ID, 343, 269, EOS_ID, EOS_ID] and mask.sum() == 5  # x . <|endoftext|>
+    assert slow.tokenize(prompt) == ["x</w>", ".", "<", "|</w>", "endof", "text</w>", "|", "></w>"]
+    assert reference_ids(slow, prompt)[:10] == [BOS_ID, 343, 13, 27, 347, 40786, 4160, 91, 285, EOS_ID]

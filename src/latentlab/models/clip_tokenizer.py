@@ -41,14 +41,16 @@ VOCAB_SIZE = 49408
 N_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48,894: lines[1:49152-256-2+1] of OpenAI's merges file
 ASSET = "assets/bpe_simple_vocab_16e6.txt.gz"
 
-# CLIP's word regex, with CJK ideographs (BERT's "Chinese characters", which transformers' BasicTokenizer
-# surrounds with spaces) taken out of the letter runs and matched one at a time.
+# CLIP's word regex, case-insensitive as transformers compiles it (so 's also matches 'ſ), with CJK ideographs (BERT's
+# "Chinese characters", which transformers' BasicTokenizer surrounds with spaces) out of the letter runs, one a word.
 _CJK = (r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
         r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}")
 WORDS = (r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"
          rf"[{_CJK}]|[\p{{L}}&&[^{_CJK}]]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+")
-# Python's str.lower maps a capital sigma that ends a word to the final form; Rust's per-character lowercase does not
-_FINAL_SIGMA = r"(?<=\p{Cased}\p{Case_Ignorable}*)\x{03A3}(?!\p{Case_Ignorable}*\p{Cased})"
+# Python's str.lower maps a capital sigma that ends a word to the final form; Rust's per-character lowercase does not.
+# Final: the nearest character on its left that is not case-ignorable is cased, and the nearest on its right is not.
+_CASED = r"[\p{Cased}&&\P{Case_Ignorable}]"
+_FINAL_SIGMA = rf"(?<={_CASED}\p{{Case_Ignorable}}*)\x{{03A3}}(?!\p{{Case_Ignorable}}*{_CASED})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,12 +116,13 @@ def _build(vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int
         raise CheckpointError(f"{source}: not a valid BPE vocabulary and merges ({e})") from e
     tok = _Tokenizer(bpe)
     dropped, space = _cleanup_classes()
-    tok.normalizer = normalizers.Sequence([
+    tok.normalizer = normalizers.Sequence([  # transformers' BasicTokenizer(strip_accents=False, do_split_on_punc=False)
         normalizers.Replace(Regex(dropped), ""),
         normalizers.NFC(),
         normalizers.Replace(Regex(space + "+"), " "),
         normalizers.Replace(Regex(_FINAL_SIGMA), "\u03c2"),
         normalizers.Lowercase(),
+        # U+0345 is in no branch of the case-insensitive word regex in the `regex` module, so transformers skips it
         normalizers.Replace("\u0345", " "),
     ])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -138,11 +141,12 @@ def _build(vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int
 
 
 def _vocab_from_merges(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """OpenAI's vocabulary order: bytes, bytes with `</w>`, one symbol per merge, then the two special tokens."""
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + SUFFIX for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
-        raise CheckpointError("merges file: two merges make the same symbol; expected OpenAI's CLIP merges")
+        raise CheckpointError(f"{ASSET}: two merges make the same symbol; expected OpenAI's CLIP merges")
     return vocab
 
 
