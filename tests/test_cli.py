@@ -62,6 +62,13 @@ def test_bad_input_is_one_line_and_status_2(args, message, capsys):
     assert err.count("\n") == 1 and err.startswith("latentlab: error: ") and message in err
 
 
+def test_eval_with_paraphrases(model_dir, capsys):
+    assert main(["eval", "--model", str(model_dir), "--prompts", "2", "--steps", "2", "--device", "cpu",
+                 "--paraphrases"]) == 0
+    out = capsys.readouterr().out
+    assert "new templates" in out and "new words" in out
+
+
 def test_nll_reports_bits_per_dim(model_dir, tmp_path, capsys):
     code = main(["nll", "--model", str(model_dir), "--images", "3", "--device", "cpu", "--out", str(tmp_path / "nll.json")])
     assert code == 0

