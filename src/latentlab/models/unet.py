@@ -30,6 +30,7 @@ class UNetConfig:
     context_dim: int = 256  # width of the text encoder's states
     groups: int = 32  # group-norm groups
     dropout: float = 0.0
+    attention_gates: bool = False  # gate each skip connection by the decoder's features (Oktay et al. 2018)
 
     def __post_init__(self):
         self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
@@ -54,13 +55,33 @@ class UNetBlock(nn.Module):
         return x if self.attn is None else self.attn(x, context, mask)
 
 
-class Level(nn.Module):
-    """The blocks of one resolution and the resampling that follows them (None at the last)."""
+class AttentionGate(nn.Module):
+    """Attention U-Net's additive gate (Oktay et al. 2018, eq. 1-2): a per-pixel weight in (0, 1) for the
+    encoder's skip features x, from x and the decoder's features g at the same resolution:
+        alpha = sigmoid(psi(relu(W_x x + W_g g))),   output alpha * x.
+    """
 
-    def __init__(self, blocks: list[UNetBlock], resample: nn.Module | None):
+    def __init__(self, skip_channels: int, gate_channels: int):
+        super().__init__()
+        inner = max(skip_channels // 2, 1)
+        self.W_x = nn.Conv2d(skip_channels, inner, 1, bias=False)
+        self.W_g = nn.Conv2d(gate_channels, inner, 1)
+        self.psi = nn.Conv2d(inner, 1, 1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.psi(F.relu(self.W_x(x) + self.W_g(g))))  # (B, 1, H, W)
+        return alpha * x
+
+
+class Level(nn.Module):
+    """The blocks of one resolution and the resampling that follows them (None at the last); on the
+    decoder side, optionally one attention gate per block for the skip features it joins."""
+
+    def __init__(self, blocks: list[UNetBlock], resample: nn.Module | None, gates: list[AttentionGate] | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.resample = resample
+        self.gates = nn.ModuleList(gates) if gates else None
 
 
 class UNet(nn.Module):
@@ -93,11 +114,13 @@ class UNet(nn.Module):
 
         self.up = nn.ModuleList()
         for i, (width, attn) in reversed(list(enumerate(zip(c.channels, c.attention_levels)))):
-            blocks = []
+            blocks, gates = [], []
             for _ in range(c.blocks_per_level + 1):
-                blocks.append(UNetBlock(ch + skips.pop(), width, c, embed_dim, attn))
+                skip = skips.pop()
+                blocks.append(UNetBlock(ch + skip, width, c, embed_dim, attn))
+                gates.append(AttentionGate(skip, ch))
                 ch = width
-            self.up.append(Level(blocks, Upsample(ch) if i > 0 else None))
+            self.up.append(Level(blocks, Upsample(ch) if i > 0 else None, gates if c.attention_gates else None))
 
         self.norm_out = group_norm(ch, c.groups)
         self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
@@ -129,8 +152,11 @@ class UNet(nn.Module):
                 skips.append(h)
         h = self.mid_res(self.mid(h, emb, context, mask), emb)
         for level in self.up:
-            for block in level.blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
+            for j, block in enumerate(level.blocks):
+                skip = skips.pop()
+                if level.gates is not None:
+                    skip = level.gates[j](skip, h)
+                h = block(torch.cat([h, skip], dim=1), emb, context, mask)
             if level.resample is not None:
                 h = level.resample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
