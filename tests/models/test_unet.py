@@ -96,3 +96,30 @@ def test_a_gated_unet_round_trips(tmp_path):
     loaded = load_component(tmp_path / "unet", UNet, UNetConfig).eval()
     x, t, context, mask = inputs()
     assert loaded.config.attention_gates and torch.equal(loaded(x, t, context, mask), gated(x, t, context, mask))
+
+
+def test_heads_fix_the_number_of_heads_at_every_width():
+    unet = make(heads=4)
+    widths = {block.attn.blocks[0].attn1.heads for level in unet.down for block in level.blocks}
+    assert widths == {4}
+    with pytest.raises(ValueError, match="multiple of heads=5"):
+        UNetConfig(channels=(32, 64), heads=5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, t, context, mask = inputs()
+    grads = []
+    for enabled in (False, True):
+        unet = make().train().enable_gradient_checkpointing(enabled)
+        unet(x, t, context, mask).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_channels_last_gives_the_same_output():
+    x, t, context, mask = inputs()
+    unet = make()
+    want = unet(x, t, context, mask)
+    unet = unet.to(memory_format=torch.channels_last)
+    got = unet(x.contiguous(memory_format=torch.channels_last), t, context, mask)
+    assert torch.allclose(got, want, atol=1e-5)

@@ -42,7 +42,8 @@ def test_continuing_keeps_the_models_tokenizer_and_schedule(tmp_path):
     (DiffusionConfig(schedule="cosine", timesteps=50, learned_variance=True), {"importance_sampling": True}),
     (DiffusionConfig(schedule="scaled_linear", timesteps=50, prediction="v", zero_terminal_snr=True),
      {"weighting": "min_snr"}),
-    (DiffusionConfig(schedule="linear", timesteps=50, prediction="x0", learned_variance=True), {"weighting": "min_snr"}),
+    (DiffusionConfig(schedule="linear", timesteps=50, prediction="x0", learned_variance=True),
+     {"weighting": "min_snr", "gradient_checkpointing": True, "channels_last": True}),
 ])
 def test_every_objective_trains_and_samples(tmp_path, diffusion, changes):
     save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))

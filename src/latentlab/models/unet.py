@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm, timestep_embedding
@@ -26,7 +27,8 @@ class UNetConfig:
     blocks_per_level: int = 2  # residual blocks per encoder level (decoder levels have one more)
     attention_levels: tuple[bool, ...] = (True, True)  # which levels carry transformers
     transformer_depth: int = 1  # transformer blocks per spatial transformer
-    head_dim: int = 32  # width of one attention head
+    head_dim: int = 32  # width of one attention head (when heads is None)
+    heads: int | None = None  # heads per attention layer, whatever its width (Stable Diffusion 1.x: 8)
     context_dim: int = 256  # width of the text encoder's states
     groups: int = 32  # group-norm groups
     dropout: float = 0.0
@@ -35,6 +37,8 @@ class UNetConfig:
     def __post_init__(self):
         self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
         check_widths(self.channels)
+        if self.heads is not None and any(width % self.heads for width in self.channels):
+            raise ValueError(f"every level's width {self.channels} must be a multiple of heads={self.heads}")
         if len(self.channels) != len(self.attention_levels):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
                              f"channels has {len(self.channels)}; give one per level")
@@ -47,8 +51,9 @@ class UNetBlock(nn.Module):
         super().__init__()
         self.res = ResBlock(in_channels, out_channels, embed_dim=embed_dim, groups=config.groups,
                             dropout=config.dropout)
+        head_dim = out_channels // config.heads if config.heads else config.head_dim
         self.attn = SpatialTransformer(out_channels, config.context_dim, depth=config.transformer_depth,
-                                       head_dim=config.head_dim, groups=config.groups) if attention else None
+                                       head_dim=head_dim, groups=config.groups) if attention else None
 
     def forward(self, x, emb, context, mask):
         x = self.res(x, emb)
@@ -90,6 +95,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
+        self.gradient_checkpointing = False  # recompute each block's activations in the backward pass
         width0 = c.channels[0]
         embed_dim = 4 * width0
         self.time_embed = nn.Sequential(nn.Linear(width0, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
@@ -135,6 +141,16 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.proj_out.weight), nn.init.zeros_(module.proj_out.bias)
         nn.init.zeros_(self.conv_out.weight), nn.init.zeros_(self.conv_out.bias)
 
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> "UNet":
+        """Trade compute for memory in training: keep only each block's inputs, recompute the rest."""
+        self.gradient_checkpointing = enabled
+        return self
+
+    def _run(self, block: UNetBlock, h, emb, context, mask):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, mask, use_reentrant=False)
+        return block(h, emb, context, mask)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         # embeddings: timestep + pooled text -> (B, 4 * width0)
@@ -145,18 +161,18 @@ class UNet(nn.Module):
         skips = [h]
         for level in self.down:
             for block in level.blocks:
-                h = block(h, emb, context, mask)
+                h = self._run(block, h, emb, context, mask)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h)
                 skips.append(h)
-        h = self.mid_res(self.mid(h, emb, context, mask), emb)
+        h = self.mid_res(self._run(self.mid, h, emb, context, mask), emb)
         for level in self.up:
             for j, block in enumerate(level.blocks):
                 skip = skips.pop()
                 if level.gates is not None:
                     skip = level.gates[j](skip, h)
-                h = block(torch.cat([h, skip], dim=1), emb, context, mask)
+                h = self._run(block, torch.cat([h, skip], dim=1), emb, context, mask)
             if level.resample is not None:
                 h = level.resample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

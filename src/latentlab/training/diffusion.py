@@ -52,6 +52,8 @@ class DiffusionTrainConfig:
     snr_gamma: float = 5.0  # gamma of min_snr
     vlb_weight: float = 1e-3  # lambda of the hybrid loss L_simple + lambda L_vlb (learned variance only)
     importance_sampling: bool = False  # draw t by the bound terms' second moments (Nichol & Dhariwal 2021, 3.3)
+    gradient_checkpointing: bool = False  # recompute the U-Net's activations in the backward pass: less memory
+    channels_last: bool = False  # the U-Net's convolutions in NHWC memory layout (faster on tensor cores)
     text_encoder: str = "trained"  # trained: ours, from scratch; minilm (or a BERT folder): pretrained, frozen
 
 
@@ -94,6 +96,9 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
         unet = UNet(dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
                                         out_channels=out_channels, context_dim=text_encoder.config.width))
         unet = unet.to(device)
+    unet.enable_gradient_checkpointing(config.gradient_checkpointing)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    unet = unet.to(memory_format=memory_format)
     frozen_text = isinstance(text_encoder, BertModel)  # a pretrained encoder stays as it is
     if frozen_text:
         text_encoder.eval().requires_grad_(False)
@@ -125,7 +130,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
             group["lr"] = learning_rate(step, config.lr, config.warmup)
         images, ids, mask = make_batch(step)
         with torch.no_grad():
-            z_0 = vae.encode(images, generator=generator)
+            z_0 = vae.encode(images, generator=generator).contiguous(memory_format=memory_format)
         t, weights = None, None
         if importance is not None:
             t, weights = importance.sample(z_0.shape[0], device=device, generator=t_generator)
