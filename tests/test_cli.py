@@ -47,6 +47,7 @@ def test_eval_reports_accuracy(model_dir, tmp_path, capsys):
     (["generate", "a red circle", "--sampler", "ddpm", "--variance", "learned"], "use 'small' or 'large'"),
     (["generate", "a red circle", "--steps", "1001"], "steps must be between 1 and the model's 1000"),
     (["nll", "--variance", "huge"], "invalid choice: 'huge'"),
+    (["generate", "a red circle", "--model", "sd-v1-5.ckpt"], "sd-v1-5.ckpt is a pickle (.ckpt)"),
     (["generate", "a red circle", "--spacing", "even"], "accepted: linspace, leading, trailing, or a list"),
     (["generate", "a red circle", "--steps", "3", "--spacing", "999,500,100,0"], "a custom grid must be 3 decreasing"),
     (["generate", "a red circle", "--spacing", "999,x"], "neither a spacing name nor comma-separated timesteps"),

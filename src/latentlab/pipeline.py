@@ -31,6 +31,7 @@ from .models.text_encoder import encode_prompts
 TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertModel, BertConfig)}
 
 FORMAT, VERSION = "latentlab", 1
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DEFAULT_MODEL = "shapes-default"
 
 
@@ -83,6 +84,10 @@ class Pipeline:
     def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto") -> "Pipeline":
         """A pipeline from a model folder; `None` is the default model shipped in the package."""
         path = Path(path) if path is not None else default_model_path()
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CheckpointError(f"{path} is a pickle ({path.suffix}), which can run code when read; latentlab never "
+                                  "unpickles files. Convert it to safetensors where you trust it, e.g. "
+                                  "safetensors.torch.save_file(torch.load(f, weights_only=True)['state_dict'], out)")
         if not path.is_dir():
             raise CheckpointError(f"model folder {path} does not exist; give a folder written by "
                                   "`latentlab train` or Pipeline.save")
