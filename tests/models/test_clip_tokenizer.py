@@ -8,6 +8,7 @@ one's text clean-up, so it gives other ids for the prompts listed in FAST_DIFFER
 """
 
 import gzip
+import importlib
 import json
 import unicodedata
 from importlib import resources
@@ -288,7 +289,8 @@ def test_bad_files_raise_checkpoint_error(hf_files, tmp_path, monkeypatch):
     (tmp_path / "vocab.json").write_text('{"a": 0}', encoding="utf-8")
     with pytest.raises(CheckpointError, match=r"no <\|startoftext\|> entry"):
         clip_tokenizer_from_files(tmp_path / "vocab.json", merges)
-    monkeypatch.setattr("latentlab.models.clip_tokenizer.ASSET", "assets/missing.txt.gz")
+    # the module, not the function of the same name that latentlab.models exports
+    monkeypatch.setattr(importlib.import_module("latentlab.models.clip_tokenizer"), "ASSET", "assets/missing.txt.gz")
     with pytest.raises(CheckpointError, match="assets/missing.txt.gz: not found"):
         clip_tokenizer()
 
