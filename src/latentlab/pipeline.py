@@ -23,6 +23,7 @@ from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, 
                         timesteps_for)
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
+from .io.convert import blocks_from_latentlab_v1, vae_from_latentlab_v1
 from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from .models.bert import BertConfig, BertModel
 from .models.text_encoder import encode_prompts
@@ -30,9 +31,14 @@ from .models.text_encoder import encode_prompts
 # the text encoder architectures a model folder may hold, by the name model_index.json gives them
 TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertModel, BertConfig)}
 
-FORMAT, VERSION = "latentlab", 1
+FORMAT, VERSION = "latentlab", 2  # format 1: the first shipped model's module names (io/convert.py reads them)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DEFAULT_MODEL = "shapes-default"
+
+
+def vae_translation(state: dict, config: VAEConfig) -> dict:
+    """An autoencoder folder of either format: format 1's flat levels are renamed to the current layout."""
+    return vae_from_latentlab_v1(state, config.channels, config.blocks_per_level)
 
 
 def default_model_path() -> Path:
@@ -92,9 +98,11 @@ class Pipeline:
             raise CheckpointError(f"model folder {path} does not exist; give a folder written by "
                                   "`latentlab train` or Pipeline.save")
         index = read_json(path / "model_index.json")
-        if index.get("format") != FORMAT or index.get("version") != VERSION:
+        version = index.get("version")
+        if index.get("format") != FORMAT or version not in (1, VERSION):
             raise CheckpointError(f"{path / 'model_index.json'} is not a latentlab model index "
-                                  f"(need format {FORMAT!r}, version {VERSION})")
+                                  f"(need format {FORMAT!r}, version 1 or {VERSION})")
+        old_blocks = (lambda state, _: blocks_from_latentlab_v1(state)) if version == 1 else None
         try:
             tokenizer = Tokenizer.load(path / "tokenizer" / "tokenizer.json")
         except Exception as e:  # the tokenizers library raises its own exception types
@@ -105,9 +113,9 @@ class Pipeline:
                                   f"{', '.join(TEXT_ENCODERS)}")
         pipe = cls(
             tokenizer=tokenizer,
-            text_encoder=load_component(path / "text_encoder", *TEXT_ENCODERS[kind]),
-            unet=load_component(path / "unet", UNet, UNetConfig),
-            vae=load_component(path / "vae", AutoencoderKL, VAEConfig),
+            text_encoder=load_component(path / "text_encoder", *TEXT_ENCODERS[kind], translate=old_blocks),
+            unet=load_component(path / "unet", UNet, UNetConfig, translate=old_blocks),
+            vae=load_component(path / "vae", AutoencoderKL, VAEConfig, translate=vae_translation),
             diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
             image_size=int(index.get("image_size", 32)),
         )

@@ -10,12 +10,15 @@ from latentlab.training import DiffusionTrainConfig, VAETrainConfig, preset, tra
 from latentlab.training.loop import read_log
 
 STEPS_VAE, STEPS_LDM, BATCH, LR = 700, 1000, 16, 3e-3
+# The autoencoder at 3e-3 ends anywhere from 19.6 to 25.6 dB with the seed and the order of floating-point sums
+# (seeds 0-2, twice); at 1e-3 from 22.8 to 24.5 dB, so a threshold of 21 dB has a margin.
+LR_VAE = 1e-3
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    vae = train_vae(VAETrainConfig(out=str(root / "vae"), steps=STEPS_VAE, batch_size=BATCH, lr=LR, warmup=20,
+    vae = train_vae(VAETrainConfig(out=str(root / "vae"), steps=STEPS_VAE, batch_size=BATCH, lr=LR_VAE, warmup=20,
                                    device="cpu", model=preset("tiny", "vae")))
     train_diffusion(DiffusionTrainConfig(vae=str(root / "vae"), out=str(root / "model"), steps=STEPS_LDM,
                                          batch_size=BATCH, lr=LR, warmup=20, ema_decay=0.99, device="cpu",
@@ -25,7 +28,7 @@ def trained(tmp_path_factory):
 
 def test_autoencoder_learns_to_reconstruct(trained):
     _, vae = trained
-    assert vae["psnr_db"] > 22  # a constant background image scores about 18 dB
+    assert vae["psnr_db"] > 21  # a constant background image scores about 18 dB
 
 
 def test_diffusion_loss_falls(trained):

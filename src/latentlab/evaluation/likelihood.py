@@ -34,7 +34,7 @@ def quantise(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decoder_log_scale(pipe: Pipeline, images: torch.Tensor) -> float:
     """log sigma_x of p(x | z): the maximum-likelihood Gaussian scale of the reconstruction error."""
-    reconstruction = pipe.vae.decoder(pipe.vae.posterior(images).mean)
+    reconstruction = pipe.vae.reconstruct(pipe.vae.posterior(images).mean)
     return 0.5 * math.log((reconstruction - images).pow(2).mean().item())
 
 
@@ -65,7 +65,7 @@ def bits_per_dim(pipe: Pipeline, *, images: int = 256, batch_size: int = 128, va
                          callback=None if callback is None else lambda i, total: callback(start + n * i // total, images))
         latent_dims, pixel_dims = z[0].numel(), x[0].numel()
         # nats per image: -log p(x|z), -log p(z) (unscaled: the Jacobian of z -> s z), log q(z|x)
-        reconstruction = -discretized_gaussian_log_likelihood(x.double(), vae.decoder(z).double(),
+        reconstruction = -discretized_gaussian_log_likelihood(x.double(), vae.reconstruct(z).double(),
                                                               torch.tensor(log_sigma_x)).flatten(1).sum(1)
         prior = bound["total"] * latent_dims * LN2 - latent_dims * math.log(s)
         posterior = gaussian_log_likelihood(z.double(), q.mean.double(), 0.5 * q.logvar.double()).flatten(1).sum(1)

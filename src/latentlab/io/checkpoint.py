@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -75,10 +75,13 @@ def save_component(folder: str | Path, module: nn.Module, *, dtype: torch.dtype 
     atomic_write(folder / CONFIG, json.dumps(dataclasses.asdict(module.config), indent=2) + "\n")
 
 
-def load_component(folder: str | Path, module_cls: type[nn.Module], config_cls: type) -> nn.Module:
-    """Rebuild a module from its folder; every weight must match the config's architecture exactly."""
+def load_component(folder: str | Path, module_cls: type[nn.Module], config_cls: type,
+                   translate: Callable[[dict, object], dict] | None = None) -> nn.Module:
+    """Rebuild a module from its folder; every weight must match the config's architecture exactly.
+    `translate(state, config)`, from io/convert.py, renames the keys of an older or foreign layout first."""
     folder = Path(folder)
-    module = module_cls(read_config(folder / CONFIG, config_cls))
+    config = read_config(folder / CONFIG, config_cls)
+    module = module_cls(config)
     path = folder / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -86,6 +89,8 @@ def load_component(folder: str | Path, module_cls: type[nn.Module], config_cls: 
         state = load_safetensors(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    if translate is not None:
+        state = translate(state, config)
     expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -59,3 +59,53 @@ def diffusion_config_from_diffusers(scheduler: dict):
     return DiffusionConfig(schedule=schedule, timesteps=T, prediction=_DIFFUSERS_PREDICTIONS[prediction],
                            learned_variance=variance in ("learned", "learned_range"),
                            zero_terminal_snr=bool(scheduler.get("rescale_betas_zero_snr", False)))
+
+
+# ------------------------------------------------------------------ latentlab's own first format
+
+def _rename_blocks(key: str) -> str:
+    """Residual and attention blocks of format 1: skip -> conv_shortcut, embed -> time_emb_proj, to_out -> to_out.0."""
+    key = key.replace(".skip.", ".conv_shortcut.").replace(".embed.", ".time_emb_proj.")
+    return key.replace(".to_out.weight", ".to_out.0.weight").replace(".to_out.bias", ".to_out.0.bias")
+
+
+def blocks_from_latentlab_v1(state: StateDict) -> StateDict:
+    """A U-Net or text encoder written by latentlab format 1 (the first shipped model) -> the current names."""
+    return {_rename_blocks(k): v for k, v in state.items()}
+
+
+def vae_from_latentlab_v1(state: StateDict, channels: tuple[int, ...], blocks_per_level: int) -> StateDict:
+    """An autoencoder of format 1, whose levels were flat sequences (`encoder.down.N`, `decoder.up.N`)
+    and whose mid-block held `res1, norm, attn, res2`, -> diffusers' layout (down_blocks.i.resnets.j, ...)."""
+    if not any(k.startswith(("encoder.down.", "decoder.up.")) for k in state):
+        return state  # already the current layout
+    renames, levels = {}, len(channels)
+    flat = 0
+    for i in range(levels):  # encoder: blocks_per_level resnets, then a downsampler except at the last level
+        for j in range(blocks_per_level):
+            renames[f"encoder.down.{flat}."] = f"encoder.down_blocks.{i}.resnets.{j}."
+            flat += 1
+        if i < levels - 1:
+            renames[f"encoder.down.{flat}."] = f"encoder.down_blocks.{i}.downsamplers.0."
+            flat += 1
+    flat = 0
+    for i in range(levels):  # decoder: coarsest first, blocks_per_level + 1 resnets, then an upsampler
+        for j in range(blocks_per_level + 1):
+            renames[f"decoder.up.{flat}."] = f"decoder.up_blocks.{i}.resnets.{j}."
+            flat += 1
+        if i < levels - 1:
+            renames[f"decoder.up.{flat}."] = f"decoder.up_blocks.{i}.upsamplers.0."
+            flat += 1
+    for part in ("encoder", "decoder"):
+        renames.update({f"{part}.mid.res1.": f"{part}.mid_block.resnets.0.", f"{part}.mid.res2.": f"{part}.mid_block.resnets.1.",
+                        f"{part}.mid.norm.": f"{part}.mid_block.attentions.0.group_norm.",
+                        f"{part}.mid.attn.": f"{part}.mid_block.attentions.0.",
+                        f"{part}.norm_out.": f"{part}.conv_norm_out."})
+
+    def rename(key: str) -> str:
+        for old, new in renames.items():
+            if key.startswith(old):
+                return _rename_blocks(new + key[len(old):])
+        return _rename_blocks(key)
+
+    return {rename(k): v for k, v in state.items()}

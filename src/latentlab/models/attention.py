@@ -24,7 +24,7 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' layout: to_out.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,7 +35,7 @@ class Attention(nn.Module):
         q, k, v = (z.view(B, -1, h, C // h).transpose(1, 2) for z in (q, k, v))  # (B, h, N|L, C/h)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.to_out(out.transpose(1, 2).reshape(B, N, C))
+        return self.to_out[0](out.transpose(1, 2).reshape(B, N, C))
 
 
 class GEGLU(nn.Module):

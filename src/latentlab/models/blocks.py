@@ -40,20 +40,20 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.embed = nn.Linear(embed_dim, 2 * out_channels) if embed_dim else None
+        self.time_emb_proj = nn.Linear(embed_dim, 2 * out_channels) if embed_dim else None
         self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.norm2(h)
-        if self.embed is not None:
-            scale, shift = self.embed(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        if self.time_emb_proj is not None:
+            scale, shift = self.time_emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        return self.conv_shortcut(x) + h
 
 
 class Downsample(nn.Module):

@@ -22,7 +22,7 @@ from ..errors import CheckpointError
 from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..models.bert import BertModel
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, vae_translation
 from .ema import EMA
 from .loop import Progress, autocast, learning_rate, setup
 
@@ -61,7 +61,7 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     path = Path(path)
     if (path / "vae").is_dir():
         path = path / "vae"
-    return load_component(path, AutoencoderKL, VAEConfig)
+    return load_component(path, AutoencoderKL, VAEConfig, translate=vae_translation)
 
 
 def make_text_encoder(config: DiffusionTrainConfig):
