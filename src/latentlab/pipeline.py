@@ -21,6 +21,7 @@ from PIL import Image
 
 from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
                         timesteps_for)
+from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
 from .io.convert import blocks_from_latentlab_v1, vae_from_latentlab_v1
@@ -171,10 +172,9 @@ class Pipeline:
             get_sampler(sampler)
             if sampler == "ddpm" and options.get("variance") is None:
                 options["variance"] = "learned" if self.diffusion.learned_variance else "small"
-            if options.get("variance") == "learned" and not self.diffusion.learned_variance:
-                raise ValueError("variance 'learned' needs a model trained with a learned variance; "
-                                 "this one was not: use 'small' or 'large'")
             options = sampler_options(sampler, **options)
+            if "variance" in options:
+                check_variance(options["variance"], self.diffusion.learned_variance)
             if "spacing" in options and steps is not None:
                 timesteps_for(self.diffusion.timesteps, steps, options["spacing"])
             return options

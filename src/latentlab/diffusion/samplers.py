@@ -75,10 +75,6 @@ def karras_sigmas(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) ->
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def _batch(value, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    return torch.full((like.shape[0],), float(value), device=like.device, dtype=dtype or like.dtype)
-
-
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     device = generator.device if generator is not None else like.device
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)

@@ -57,14 +57,16 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a strided 3x3 convolution."""
+    """Halve the resolution with a strided 3x3 convolution, padded by 1 on every side ("symmetric") or
+    only on the right and below ("asymmetric", Stable Diffusion's autoencoder)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.asymmetric = padding == "asymmetric"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
 
 
 class Upsample(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResBlock, Upsample, check_widths, group_norm
+from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm
 
 
 @dataclass
@@ -74,18 +74,6 @@ class MidBlock(nn.Module):
         return self.resnets[1](self.attentions[0](self.resnets[0](x)))
 
 
-class Downsample2d(nn.Module):
-    """Halve the resolution with a strided 3x3 convolution, padded on every side or only right and below."""
-
-    def __init__(self, channels: int, padding: str):
-        super().__init__()
-        self.asymmetric = padding == "asymmetric"
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
-
-
 class EncoderLevel(nn.Module):
     def __init__(self, resnets: list[ResBlock], downsample: nn.Module | None):
         super().__init__()
@@ -123,7 +111,7 @@ class Encoder(nn.Module):
                 resnets.append(ResBlock(ch, width, groups=c.groups))
                 ch = width
             last = i == len(c.channels) - 1
-            self.down_blocks.append(EncoderLevel(resnets, None if last else Downsample2d(ch, c.downsample_padding)))
+            self.down_blocks.append(EncoderLevel(resnets, None if last else Downsample(ch, c.downsample_padding)))
         self.mid_block = MidBlock(ch, c)
         self.conv_norm_out = group_norm(ch, c.groups)
         self.conv_out = nn.Conv2d(ch, 2 * c.latent_channels, 3, padding=1)
