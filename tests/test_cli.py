@@ -40,7 +40,7 @@ def test_eval_reports_accuracy(model_dir, tmp_path, capsys):
     (["generate", "a red circle", "--colour", "red"], "unrecognized arguments: --colour red"),
     (["generate"], "give one or more non-empty prompts"),
     (["generate", ""], "give one or more non-empty prompts"),
-    (["generate", "a red circle", "--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
+    (["generate", "a red circle", "--model", "/nonexistent/model"], "model /nonexistent/model does not exist or is not a model; accepted: a folder"),
     (["generate", "a red circle", "--steps", "0"], "must be greater than 0"),
     (["generate", "a red circle", "--sampler", "lms"], "invalid choice: 'lms'"),
     (["generate", "a red circle", "--sampler", "euler", "--eta", "1"], "sampler 'euler' takes no option 'eta'"),

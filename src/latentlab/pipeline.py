@@ -1,8 +1,11 @@
 """Text to image: tokenizer -> text encoder -> sampler over the U-Net with guidance -> VAE decoder.
 
+`Pipeline.load` also reads Stable Diffusion 1.x models (diffusers folders and original single
+files, io/stable_diffusion.py); `Pipeline.save` writes any pipeline as a latentlab folder.
+
 A model folder holds one sub-folder per component:
 
-    model_index.json        {"format": "latentlab", "version": 1, "image_size": 32, "text_encoder": "latentlab"}
+    model_index.json        {"format": "latentlab", "version": 3, "image_size": 32, "text_encoder": "latentlab"}
     tokenizer/tokenizer.json
     text_encoder/  unet/  vae/   config.json + model.safetensors each
     scheduler/config.json   the DiffusionConfig the U-Net was trained with
@@ -24,15 +27,18 @@ from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, 
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
-from .io.convert import blocks_from_latentlab_v1, vae_from_latentlab_v1
-from .models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
+from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_from_latentlab_v1
+from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
+from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
+                     UNetConfig, VAEConfig)
 from .models.bert import BertConfig, BertModel
 from .models.text_encoder import encode_prompts
 
 # the text encoder architectures a model folder may hold, by the name model_index.json gives them
-TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertModel, BertConfig)}
+TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertModel, BertConfig),
+                 "clip": (CLIPTextModel, CLIPTextConfig)}
 
-FORMAT, VERSION = "latentlab", 2  # format 1: the first shipped model's module names (io/convert.py reads them)
+FORMAT, VERSION = "latentlab", 3  # formats 1 and 2: older module names, which io/convert.py translates
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DEFAULT_MODEL = "shapes-default"
 
@@ -89,21 +95,41 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto") -> "Pipeline":
-        """A pipeline from a model folder; `None` is the default model shipped in the package."""
+        """A pipeline from a latentlab model folder, a diffusers Stable Diffusion folder or an original
+        Stable Diffusion 1.x single file (.safetensors); `None` is the default model shipped in the package."""
         path = Path(path) if path is not None else default_model_path()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise CheckpointError(f"{path} is a pickle ({path.suffix}), which can run code when read; latentlab never "
                                   "unpickles files. Convert it to safetensors where you trust it, e.g. "
                                   "safetensors.torch.save_file(torch.load(f, weights_only=True)['state_dict'], out)")
-        if not path.is_dir():
-            raise CheckpointError(f"model folder {path} does not exist; give a folder written by "
-                                  "`latentlab train` or Pipeline.save")
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            parts = load_single_file(path)
+        elif is_diffusers_folder(path):
+            parts = load_diffusers_folder(path)
+        elif path.is_dir():
+            parts = cls._read_folder(path)
+        else:
+            raise CheckpointError(f"model {path} does not exist or is not a model; accepted: a folder written by "
+                                  "`latentlab train` or Pipeline.save, a diffusers Stable Diffusion folder, or a "
+                                  "Stable Diffusion 1.x .safetensors file")
+        pipe = cls(**parts)
+        channels = pipe.vae.config.latent_channels * (2 if pipe.diffusion.learned_variance else 1)
+        if pipe.unet.config.out_channels != channels:
+            raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
+                                  f"config needs {channels} ({pipe.vae.config.latent_channels} latent channels"
+                                  f"{', times 2 for the learned variance' if pipe.diffusion.learned_variance else ''})")
+        return pipe.to(resolve_device(device))
+
+    @staticmethod
+    def _read_folder(path: Path) -> dict:
+        """The parts of a latentlab model folder, of any format version."""
         index = read_json(path / "model_index.json")
         version = index.get("version")
-        if index.get("format") != FORMAT or version not in (1, VERSION):
+        if index.get("format") != FORMAT or version not in range(1, VERSION + 1):
             raise CheckpointError(f"{path / 'model_index.json'} is not a latentlab model index "
-                                  f"(need format {FORMAT!r}, version 1 or {VERSION})")
-        old_blocks = (lambda state, _: blocks_from_latentlab_v1(state)) if version == 1 else None
+                                  f"(need format {FORMAT!r}, version 1 to {VERSION})")
+        old_blocks = {1: lambda state, _: blocks_from_latentlab_v1(state),
+                      2: lambda state, _: blocks_from_latentlab_v2(state)}.get(version)
         try:
             tokenizer = Tokenizer.load(path / "tokenizer" / "tokenizer.json")
         except Exception as e:  # the tokenizers library raises its own exception types
@@ -112,7 +138,7 @@ class Pipeline:
         if kind not in TEXT_ENCODERS:
             raise CheckpointError(f"{path / 'model_index.json'} names text encoder {kind!r}; accepted: "
                                   f"{', '.join(TEXT_ENCODERS)}")
-        pipe = cls(
+        return dict(
             tokenizer=tokenizer,
             text_encoder=load_component(path / "text_encoder", *TEXT_ENCODERS[kind], translate=old_blocks),
             unet=load_component(path / "unet", UNet, UNetConfig, translate=old_blocks),
@@ -120,12 +146,6 @@ class Pipeline:
             diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
             image_size=int(index.get("image_size", 32)),
         )
-        channels = pipe.vae.config.latent_channels * (2 if pipe.diffusion.learned_variance else 1)
-        if pipe.unet.config.out_channels != channels:
-            raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
-                                  f"config needs {channels} ({pipe.vae.config.latent_channels} latent channels"
-                                  f"{', times 2 for the learned variance' if pipe.diffusion.learned_variance else ''})")
-        return pipe.to(resolve_device(device))
 
     def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
         """Write the model folder; `dtype` (e.g. torch.float16) casts the stored weights."""
@@ -202,7 +222,8 @@ class Pipeline:
         device = self.device
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
-        uncond, uncond_mask = uncond.expand(len(prompts), -1, -1), uncond_mask.expand(len(prompts), -1)
+        uncond = uncond.expand(len(prompts), -1, -1)
+        uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
         denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance)
         latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
         x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))

@@ -7,11 +7,9 @@ transformers calls by that name: in 4.x the slow one, in 5.x a `tokenizers` pipe
 one's text clean-up, so it gives other ids for the prompts listed in FAST_DIFFERS.
 """
 
-import gzip
 import importlib
 import json
 import unicodedata
-from importlib import resources
 
 import pytest
 import torch
@@ -26,7 +24,7 @@ except ImportError:  # transformers 4
     from transformers.models.bert.tokenization_bert import BasicTokenizer
 
 from latentlab.errors import CheckpointError
-from latentlab.models.clip_tokenizer import ASSET, bytes_to_unicode, clip_tokenizer, clip_tokenizer_from_files
+from latentlab.models.clip_tokenizer import bytes_to_unicode, clip_tokenizer, clip_tokenizer_from_files
 
 BOS_ID, EOS_ID, L = 49406, 49407, 77
 
@@ -173,22 +171,9 @@ if unicodedata.category("\U0001FAE8") == "Cn":  # Unicode 15's shaking face, unk
     FAST_DIFFERS["🫠 melting, 🫨 shaking"] = "keeps characters this Python's unicodedata calls unassigned (Cn)"
 
 
-def write_hf_files(folder):
-    """vocab.json and merges.txt in transformers' format, from the shipped merges file."""
-    with gzip.open(resources.files("latentlab").joinpath(ASSET).open("rb")) as f:
-        lines = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode_reference().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in lines]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
-                                       encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    return folder / "vocab.json", folder / "merges.txt"
-
-
 @pytest.fixture(scope="module")
-def hf_files(tmp_path_factory):
-    return write_hf_files(tmp_path_factory.mktemp("clip_tokenizer"))
+def hf_files(clip_vocab_files):
+    return clip_vocab_files
 
 
 @pytest.fixture(scope="module")

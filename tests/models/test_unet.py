@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from latentlab.models import UNet, UNetConfig
+from latentlab.models.attention import Attention
 from latentlab.training.presets import preset
 
 
@@ -73,19 +74,20 @@ def test_config_checks_level_lists():
 def test_attention_gates_weigh_the_skip_connections():
     """Attention U-Net: each decoder block's skip features pass a gate alpha in (0, 1) per pixel."""
     plain, gated = make(), make(attention_gates=True)
-    n_gates = sum(len(level.gates) for level in gated.up)
-    assert n_gates == sum(len(level.blocks) for level in gated.up) and all(level.gates is None for level in plain.up)
+    n_gates = sum(len(level.gates) for level in gated.up_blocks)
+    assert n_gates == sum(len(level.resnets) for level in gated.up_blocks)
+    assert all(level.gates is None for level in plain.up_blocks)
     x, t, context, mask = inputs()
     out = gated(x, t, context, mask)
     assert out.shape == x.shape and not torch.allclose(out, plain(x, t, context, mask))
     alphas = []
-    hooks = [g.psi.register_forward_hook(lambda m, i, o: alphas.append(torch.sigmoid(o))) for lv in gated.up for g in lv.gates]
+    hooks = [g.psi.register_forward_hook(lambda m, i, o: alphas.append(torch.sigmoid(o))) for lv in gated.up_blocks for g in lv.gates]
     gated(x, t, context, mask)
     for hook in hooks:
         hook.remove()
     assert len(alphas) == n_gates and all(((a > 0) & (a < 1)).all() and a.shape[1] == 1 for a in alphas)
     out.sum().backward()
-    assert all(p.grad is not None for lv in gated.up for g in lv.gates for p in g.parameters())
+    assert all(p.grad is not None for lv in gated.up_blocks for g in lv.gates for p in g.parameters())
 
 
 def test_a_gated_unet_round_trips(tmp_path):
@@ -100,10 +102,21 @@ def test_a_gated_unet_round_trips(tmp_path):
 
 def test_heads_fix_the_number_of_heads_at_every_width():
     unet = make(heads=4)
-    widths = {block.attn.blocks[0].attn1.heads for level in unet.down for block in level.blocks}
-    assert widths == {4}
-    with pytest.raises(ValueError, match="multiple of heads=5"):
+    heads = {m.heads for m in unet.modules() if isinstance(m, Attention)}
+    assert heads == {4}
+    with pytest.raises(ValueError, match="not a multiple of its 5 heads"):
         UNetConfig(channels=(32, 64), heads=5)
+
+
+def test_heads_and_depth_per_level():
+    unet = make(channels=(32, 64), heads=(2, 4), transformer_depth=(1, 2))
+    assert {len(t.transformer_blocks) for t in unet.down_blocks[1].attentions} == {2}
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.heads == 2
+    assert unet.mid_block.attentions[0].transformer_blocks[0].attn2.heads == 4  # the middle takes the last level's
+    x, t, context, mask = inputs()
+    assert unet(x, t, context, mask).shape == x.shape
+    with pytest.raises(ValueError, match="transformer_depth has 3 entries"):
+        UNetConfig(channels=(32, 64), transformer_depth=(1, 1, 1))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

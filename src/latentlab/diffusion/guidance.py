@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 
 
-def classifier_free_guidance(model: Callable[..., torch.Tensor], context: torch.Tensor, mask: torch.Tensor,
-                             uncond_context: torch.Tensor, uncond_mask: torch.Tensor, scale: float):
+def classifier_free_guidance(model: Callable[..., torch.Tensor], context: torch.Tensor, mask: torch.Tensor | None,
+                             uncond_context: torch.Tensor, uncond_mask: torch.Tensor | None, scale: float):
     """A network (x_t, t) -> out_uncond + scale * (out_cond - out_uncond).
 
     Both halves run as one batch. Scale 1 is the conditional model alone; 0 the unconditional one.
@@ -19,7 +19,7 @@ def classifier_free_guidance(model: Callable[..., torch.Tensor], context: torch.
     if scale == 1.0:
         return lambda x_t, t: model(x_t, t, context, mask)
     both_context = torch.cat([context, uncond_context])
-    both_mask = torch.cat([mask, uncond_mask])
+    both_mask = None if mask is None else torch.cat([mask, uncond_mask])  # None: every token is real
 
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond, uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both_context, both_mask).chunk(2)

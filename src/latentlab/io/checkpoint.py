@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -75,31 +75,48 @@ def save_component(folder: str | Path, module: nn.Module, *, dtype: torch.dtype 
     atomic_write(folder / CONFIG, json.dumps(dataclasses.asdict(module.config), indent=2) + "\n")
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (memory-mapped, so a multi-GB file is not read twice)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_safetensors_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def build(module_cls: type[nn.Module], config) -> nn.Module:
+    """The module without initialising its weights (on the meta device), for `load_weights` to fill."""
+    with torch.device("meta"):
+        return module_cls(config)
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Load `state` into `module` (built by `build` or not), float32 for floating-point weights; every key
+    and shape must match, and an error names the first differences. `source` names the file in errors."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit the architecture: missing keys {missing[:5]}, "
+                              f"unexpected keys {unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)")
+    wrong = [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{source}: {len(wrong)} weights have the wrong shape, e.g. {k} is "
+                              f"{tuple(state[k].shape)}, the architecture needs {tuple(expected[k].shape)}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, assign=True)
+    return module
+
+
 def load_component(folder: str | Path, module_cls: type[nn.Module], config_cls: type,
                    translate: Callable[[dict, object], dict] | None = None) -> nn.Module:
     """Rebuild a module from its folder; every weight must match the config's architecture exactly.
     `translate(state, config)`, from io/convert.py, renames the keys of an older or foreign layout first."""
     folder = Path(folder)
     config = read_config(folder / CONFIG, config_cls)
-    module = module_cls(config)
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        state = load_safetensors(path.read_bytes())
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    state = read_safetensors(folder / WEIGHTS)
     if translate is not None:
         state = translate(state, config)
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not match {folder / CONFIG}: missing keys {missing[:5]}, "
-                              f"unexpected keys {unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)")
-    wrong = [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{path}: {len(wrong)} weights have the wrong shape, e.g. {k} is "
-                              f"{tuple(state[k].shape)}, the config needs {tuple(expected[k].shape)}")
-    module.load_state_dict(state)
-    return module
+    return load_weights(build(module_cls, config), state, f"{folder / WEIGHTS} (with {folder / CONFIG})")

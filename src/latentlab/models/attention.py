@@ -16,7 +16,7 @@ class Attention(nn.Module):
     (flash or memory-efficient kernels where the device has them).
     """
 
-    def __init__(self, dim: int, *, context_dim: int | None = None, head_dim: int = 32):
+    def __init__(self, dim: int, *, context_dim: int | None = None, head_dim: int = 32, dropout: float = 0.0):
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"width {dim} is not a multiple of the head width {head_dim}")
@@ -24,7 +24,7 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' layout: to_out.0
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])  # diffusers' layout: to_out.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,25 +35,29 @@ class Attention(nn.Module):
         q, k, v = (z.view(B, -1, h, C // h).transpose(1, 2) for z in (q, k, v))  # (B, h, N|L, C/h)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.to_out[0](out.transpose(1, 2).reshape(B, N, C))
+        return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(B, N, C)))
 
 
 class GEGLU(nn.Module):
-    """Gated GELU feed-forward input (Shazeer 2020): x W * gelu(x V)."""
+    """Gated GELU feed-forward input (Shazeer 2020): x W * gelu(x V).
+
+    W and V are stored as one projection (diffusers' `proj`, W's rows first) but applied as two, so that
+    each half comes out contiguous and the gating runs on whole tensors rather than strided halves."""
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
+        self.inner = inner
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        weight, bias, n = self.proj.weight, self.proj.bias, self.inner
+        return F.linear(x, weight[:n], bias[:n]) * F.gelu(F.linear(x, weight[n:], bias[n:]))
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -62,11 +66,13 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: self-attention, cross-attention to the text, feed-forward."""
 
-    def __init__(self, dim: int, context_dim: int, head_dim: int = 32):
+    def __init__(self, dim: int, context_dim: int, head_dim: int = 32, dropout: float = 0.0):
         super().__init__()
-        self.norm1, self.attn1 = nn.LayerNorm(dim), Attention(dim, head_dim=head_dim)
-        self.norm2, self.attn2 = nn.LayerNorm(dim), Attention(dim, context_dim=context_dim, head_dim=head_dim)
-        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, head_dim=head_dim, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, context_dim=context_dim, head_dim=head_dim, dropout=dropout)
+        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))  # self-attention
@@ -75,18 +81,31 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer blocks over the pixels of a feature map (B, C, H, W), added back as a residual."""
+    """Transformer blocks over the pixels of a feature map (B, C, H, W), added back as a residual
+    (diffusers' Transformer2DModel). The projections in and out are linear layers over the tokens, or
+    the equivalent 1x1 convolutions over the map (`linear_projection=False`, Stable Diffusion 1.x)."""
 
-    def __init__(self, channels: int, context_dim: int, *, depth: int = 1, head_dim: int = 32, groups: int = 32):
+    def __init__(self, channels: int, context_dim: int, *, depth: int = 1, head_dim: int = 32, groups: int = 32,
+                 linear_projection: bool = True, dropout: float = 0.0):
         super().__init__()
         self.norm = group_norm(channels, groups)
-        self.proj_in = nn.Linear(channels, channels)
-        self.blocks = nn.ModuleList(TransformerBlock(channels, context_dim, head_dim) for _ in range(depth))
-        self.proj_out = nn.Linear(channels, channels)
+        projection = nn.Linear if linear_projection else (lambda a, b: nn.Conv2d(a, b, 1))
+        self.proj_in = projection(channels, channels)
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, context_dim, head_dim, dropout)
+                                                for _ in range(depth))
+        self.proj_out = projection(channels, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C)
-        for block in self.blocks:
+        h = project(self.proj_in, self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C), contiguous
+        for block in self.transformer_blocks:
             h = block(h, context, mask)
-        return x + self.proj_out(h).transpose(1, 2).view(B, C, H, W)
+        return x + project(self.proj_out, h).transpose(1, 2).view(B, C, H, W)
+
+
+def project(layer: nn.Linear | nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A linear layer, or a 1x1 convolution, applied to tokens (B, N, C): a 1x1 convolution over a map
+    is a linear layer over its pixels, and runs as one here, with no copy to or from the map's layout."""
+    if isinstance(layer, nn.Conv2d):
+        return F.linear(tokens, layer.weight.flatten(1), layer.bias)
+    return layer(tokens)

@@ -15,9 +15,9 @@ def check_widths(channels: tuple) -> None:
         raise ValueError(f"channels must be a list of positive integers, got {channels!r}")
 
 
-def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with as many groups as divide the channels, up to `groups`."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -28,32 +28,55 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+TIME_CONDITIONING = ("scale_shift", "additive")
+
+
 class ResBlock(nn.Module):
     """Pre-norm residual block of two 3x3 convolutions.
 
-    With an embedding (timestep, pooled text) it conditions the second normalisation by scale and
-    shift: h = norm(h) * (1 + scale) + shift (adaptive group norm, Dhariwal & Nichol 2021).
+    With an embedding (timestep, pooled text) it conditions the block in one of two ways:
+    "scale_shift" modulates the second normalisation, h = norm(h) * (1 + scale) + shift (adaptive
+    group norm, Dhariwal & Nichol 2021); "additive" adds a projection of it before that norm
+    (Ho et al. 2020; Stable Diffusion).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, embed_dim: int | None = None,
-                 groups: int = 32, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, *, embed_dim: int | None = None, groups: int = 32,
+                 dropout: float = 0.0, eps: float = 1e-6, time_conditioning: str = "scale_shift"):
         super().__init__()
-        self.norm1 = group_norm(in_channels, groups)
+        if time_conditioning not in TIME_CONDITIONING:
+            raise ValueError(f"unknown time_conditioning {time_conditioning!r}; accepted: {', '.join(TIME_CONDITIONING)}")
+        self.scale_shift = time_conditioning == "scale_shift"
+        self.norm1 = group_norm(in_channels, groups, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(embed_dim, 2 * out_channels) if embed_dim else None
-        self.norm2 = group_norm(out_channels, groups)
+        projected = 2 * out_channels if self.scale_shift else out_channels
+        self.time_emb_proj = nn.Linear(embed_dim, projected) if embed_dim else None
+        self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
-        if self.time_emb_proj is not None:
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
             scale, shift = self.time_emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.time_emb_proj(F.silu(emb))[:, :, None, None])
         h = self.conv2(self.dropout(F.silu(h)))
         return self.conv_shortcut(x) + h
+
+
+class TimestepEmbedding(nn.Module):
+    """The MLP over the sinusoidal timestep features: linear, SiLU, linear."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1, self.linear_2 = nn.Linear(in_dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class Downsample(nn.Module):

@@ -200,3 +200,21 @@ def clip_tokenizer_from_files(vocab_json: str | Path, merges_txt: str | Path, ma
         raise CheckpointError(f"{merges_txt}: first line is {lines[0][:60]!r}; expected a '#version' header")
     merges = _parse_merges(lines[1:N_MERGES + 1], str(merges_txt))  # transformers reads no further
     return _build(vocab, merges, max_length, f"{vocab_json.name} and {merges_txt.name}")
+
+
+def clip_tokenizer_from_tokenizer_json(path: str | Path, max_length: int = 77) -> Tokenizer:
+    """The CLIP tokenizer from the vocabulary and merges inside a `tokenizer.json` (what transformers 5 saves
+    in place of vocab.json and merges.txt). Only the BPE tables are read; the text clean-up and splitting
+    are ours, as `clip_tokenizer_from_files` builds them, so the ids are those of SD 1.x's CLIPTokenizer."""
+    path = Path(path)
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found; expected a tokenizer.json") from e
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); expected a tokenizers JSON file") from e
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if model.get("type") != "BPE" or not isinstance(vocab, dict) or not isinstance(merges, list):
+        raise CheckpointError(f"{path}: holds no BPE vocabulary and merges; expected a CLIP tokenizer")
+    lines = [m if isinstance(m, str) else " ".join(m) for m in merges[:N_MERGES]]
+    return _build(vocab, _parse_merges(lines, str(path)), max_length, str(path))

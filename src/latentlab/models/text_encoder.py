@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .attention import Attention, FeedForward
+from .clip import CLIPTextModel
 from .tokenizer import Tokenizer
 
 
@@ -53,9 +54,15 @@ class TextEncoder(nn.Module):
         return self.norm(x)
 
 
-def encode_prompts(tokenizer: Tokenizer, encoder: TextEncoder, prompts: list[str]):
-    """Prompts -> (context (B, L, D), mask (B, L)) on the encoder's device. "" is the unconditional prompt."""
+def encode_prompts(tokenizer: Tokenizer, encoder: nn.Module, prompts: list[str]):
+    """Prompts -> (context (B, L, D), mask (B, L) or None) on the encoder's device. "" is the unconditional prompt.
+
+    CLIP follows Stable Diffusion: the U-Net attends to all `max_length` states, padding included
+    (mask None); its causal attention already keeps the padding out of the real tokens' states.
+    """
     device = next(encoder.parameters()).device
     ids, mask = tokenizer(prompts)
     ids, mask = ids.to(device), mask.to(device)
+    if isinstance(encoder, CLIPTextModel):
+        return encoder(ids)[0], None
     return encoder(ids, mask), mask

@@ -2,8 +2,12 @@
 
 Encoder levels of residual blocks (each optionally followed by a spatial transformer with self- and
 cross-attention to the text) down to a middle, then decoder levels that join the encoder's skip
-features. The text enters twice: its tokens through cross-attention, and its pooled embedding,
-added to the timestep embedding, through the scale and shift of every residual block's norm.
+features. The timestep conditions every residual block through its normalisation; so, optionally,
+does the text's pooled embedding, while its tokens enter through cross-attention.
+
+The module tree is diffusers' `UNet2DConditionModel` (down_blocks.i.resnets.j, .attentions.j,
+.downsamplers.0, mid_block, up_blocks, ...): at `UNetConfig.stable_diffusion_1()` this is Stable
+Diffusion 1.x's U-Net, and a diffusers state dict loads with no renaming.
 """
 
 from __future__ import annotations
@@ -16,48 +20,71 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialTransformer
-from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm, timestep_embedding
+from .blocks import (TIME_CONDITIONING, Downsample, ResBlock, TimestepEmbedding, Upsample, check_widths, group_norm,
+                     timestep_embedding)
 
 
 @dataclass
 class UNetConfig:
     in_channels: int = 4  # latent channels in
-    out_channels: int = 4  # predicted noise channels out
+    out_channels: int = 4  # predicted channels out (twice the latent's with a learned variance)
     channels: tuple[int, ...] = (128, 256)  # width of each level; level i runs at 1/2^i resolution
     blocks_per_level: int = 2  # residual blocks per encoder level (decoder levels have one more)
-    attention_levels: tuple[bool, ...] = (True, True)  # which levels carry transformers
-    transformer_depth: int = 1  # transformer blocks per spatial transformer
+    attention_levels: tuple[bool, ...] = (True, True)  # which levels carry transformers (the middle always does)
+    transformer_depth: int | tuple[int, ...] = 1  # transformer blocks per spatial transformer, or one per level
     head_dim: int = 32  # width of one attention head (when heads is None)
-    heads: int | None = None  # heads per attention layer, whatever its width (Stable Diffusion 1.x: 8)
+    heads: int | tuple[int, ...] | None = None  # heads per attention layer, or per level (Stable Diffusion 1.x: 8)
     context_dim: int = 256  # width of the text encoder's states
     groups: int = 32  # group-norm groups
     dropout: float = 0.0
     attention_gates: bool = False  # gate each skip connection by the decoder's features (Oktay et al. 2018)
+    time_conditioning: str = "scale_shift"  # how the embedding enters each residual block: or "additive" (SD's)
+    pooled_text: bool = True  # add the mean of the text's tokens to the timestep embedding (SD: no)
+    linear_projection: bool = True  # transformers' projections in and out: linear, or 1x1 convolutions (SD 1.x)
+    norm_eps: float = 1e-6  # epsilon of the residual blocks' and the output's group norms (SD: 1e-5)
 
     def __post_init__(self):
         self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
         check_widths(self.channels)
-        if self.heads is not None and any(width % self.heads for width in self.channels):
-            raise ValueError(f"every level's width {self.channels} must be a multiple of heads={self.heads}")
-        if len(self.channels) != len(self.attention_levels):
+        levels = len(self.channels)
+        if len(self.attention_levels) != levels:
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
-                             f"channels has {len(self.channels)}; give one per level")
+                             f"channels has {levels}; give one per level")
+        for name in ("transformer_depth", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                value = tuple(value)
+                setattr(self, name, value)
+                if len(value) != levels:
+                    raise ValueError(f"{name} has {len(value)} entries, channels has {levels}; give one per level "
+                                     "or a single number")
+        for i, width in enumerate(self.channels):
+            heads = self.level_heads(i)
+            if heads is not None and width % heads:
+                raise ValueError(f"level {i}'s width {width} is not a multiple of its {heads} heads")
+            if heads is None and width % self.head_dim:
+                raise ValueError(f"level {i}'s width {width} is not a multiple of head_dim={self.head_dim}")
+        if self.time_conditioning not in TIME_CONDITIONING:
+            raise ValueError(f"unknown time_conditioning {self.time_conditioning!r}; "
+                             f"accepted: {', '.join(TIME_CONDITIONING)}")
 
+    @classmethod
+    def stable_diffusion_1(cls) -> "UNetConfig":
+        """Stable Diffusion 1.x's U-Net (859.5M parameters)."""
+        return cls(channels=(320, 640, 1280, 1280), blocks_per_level=2, attention_levels=(True, True, True, False),
+                   heads=8, context_dim=768, time_conditioning="additive", pooled_text=False,
+                   linear_projection=False, norm_eps=1e-5)
 
-class UNetBlock(nn.Module):
-    """A residual block, then a spatial transformer where the level has attention."""
+    def level_heads(self, level: int) -> int | None:
+        return self.heads[level] if isinstance(self.heads, tuple) else self.heads
 
-    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, embed_dim: int, attention: bool):
-        super().__init__()
-        self.res = ResBlock(in_channels, out_channels, embed_dim=embed_dim, groups=config.groups,
-                            dropout=config.dropout)
-        head_dim = out_channels // config.heads if config.heads else config.head_dim
-        self.attn = SpatialTransformer(out_channels, config.context_dim, depth=config.transformer_depth,
-                                       head_dim=head_dim, groups=config.groups) if attention else None
+    def level_head_dim(self, level: int) -> int:
+        heads = self.level_heads(level)
+        return self.channels[level] // heads if heads else self.head_dim
 
-    def forward(self, x, emb, context, mask):
-        x = self.res(x, emb)
-        return x if self.attn is None else self.attn(x, context, mask)
+    def level_depth(self, level: int) -> int:
+        depth = self.transformer_depth
+        return depth[level] if isinstance(depth, tuple) else depth
 
 
 class AttentionGate(nn.Module):
@@ -79,14 +106,24 @@ class AttentionGate(nn.Module):
 
 
 class Level(nn.Module):
-    """The blocks of one resolution and the resampling that follows them (None at the last); on the
-    decoder side, optionally one attention gate per block for the skip features it joins."""
+    """The residual blocks of one resolution, each followed by a spatial transformer where the level has
+    attention, then the resampling to the next level (none after the last). On the decoder side,
+    optionally one attention gate per block for the skip features it joins."""
 
-    def __init__(self, blocks: list[UNetBlock], resample: nn.Module | None, gates: list[AttentionGate] | None = None):
+    def __init__(self, resnets: list[ResBlock], attentions: list[SpatialTransformer] | None = None, *,
+                 downsample: nn.Module | None = None, upsample: nn.Module | None = None,
+                 gates: list[AttentionGate] | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.resample = resample
+        self.resnets = nn.ModuleList(resnets)
+        self.attentions = nn.ModuleList(attentions) if attentions else None
+        self.downsamplers = nn.ModuleList([downsample]) if downsample is not None else None
+        self.upsamplers = nn.ModuleList([upsample]) if upsample is not None else None
         self.gates = nn.ModuleList(gates) if gates else None
+
+    def layer(self, j: int, h, emb, context, mask):
+        """Residual block j, then its transformer."""
+        h = self.resnets[j](h, emb)
+        return h if self.attentions is None else self.attentions[j](h, context, mask)
 
 
 class UNet(nn.Module):
@@ -98,37 +135,47 @@ class UNet(nn.Module):
         self.gradient_checkpointing = False  # recompute each block's activations in the backward pass
         width0 = c.channels[0]
         embed_dim = 4 * width0
-        self.time_embed = nn.Sequential(nn.Linear(width0, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
-        self.context_embed = nn.Linear(c.context_dim, embed_dim)
         self.conv_in = nn.Conv2d(c.in_channels, width0, 3, padding=1)
+        self.time_embedding = TimestepEmbedding(width0, embed_dim)
+        self.context_embed = nn.Linear(c.context_dim, embed_dim) if c.pooled_text else None
+
+        def resnet(cin, cout):
+            return ResBlock(cin, cout, embed_dim=embed_dim, groups=c.groups, dropout=c.dropout, eps=c.norm_eps,
+                            time_conditioning=c.time_conditioning)
+
+        def transformer(level, width):
+            return SpatialTransformer(width, c.context_dim, depth=c.level_depth(level), head_dim=c.level_head_dim(level),
+                                      groups=c.groups, linear_projection=c.linear_projection, dropout=c.dropout)
 
         skips, ch, n_levels = [width0], width0, len(c.channels)
-        self.down = nn.ModuleList()
+        self.down_blocks = nn.ModuleList()
         for i, (width, attn) in enumerate(zip(c.channels, c.attention_levels)):
-            blocks = []
+            resnets = []
             for _ in range(c.blocks_per_level):
-                blocks.append(UNetBlock(ch, width, c, embed_dim, attn))
+                resnets.append(resnet(ch, width))
                 ch = width
                 skips.append(ch)
             last = i == n_levels - 1
-            self.down.append(Level(blocks, None if last else Downsample(ch)))
+            attentions = [transformer(i, width) for _ in resnets] if attn else None
+            self.down_blocks.append(Level(resnets, attentions, downsample=None if last else Downsample(ch)))
             if not last:
                 skips.append(ch)
 
-        self.mid = UNetBlock(ch, ch, c, embed_dim, attention=True)
-        self.mid_res = ResBlock(ch, ch, embed_dim=embed_dim, groups=c.groups, dropout=c.dropout)
+        self.mid_block = Level([resnet(ch, ch), resnet(ch, ch)], [transformer(n_levels - 1, ch)])
 
-        self.up = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
         for i, (width, attn) in reversed(list(enumerate(zip(c.channels, c.attention_levels)))):
-            blocks, gates = [], []
+            resnets, gates = [], []
             for _ in range(c.blocks_per_level + 1):
                 skip = skips.pop()
-                blocks.append(UNetBlock(ch + skip, width, c, embed_dim, attn))
+                resnets.append(resnet(ch + skip, width))
                 gates.append(AttentionGate(skip, ch))
                 ch = width
-            self.up.append(Level(blocks, Upsample(ch) if i > 0 else None, gates if c.attention_gates else None))
+            attentions = [transformer(i, width) for _ in resnets] if attn else None
+            self.up_blocks.append(Level(resnets, attentions, upsample=Upsample(ch) if i > 0 else None,
+                                        gates=gates if c.attention_gates else None))
 
-        self.norm_out = group_norm(ch, c.groups)
+        self.conv_norm_out = group_norm(ch, c.groups, c.norm_eps)
         self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
         self._zero_init_outputs()
 
@@ -146,36 +193,42 @@ class UNet(nn.Module):
         self.gradient_checkpointing = enabled
         return self
 
-    def _run(self, block: UNetBlock, h, emb, context, mask):
+    def _layer(self, level: Level, j: int, h, emb, context, mask):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, context, mask, use_reentrant=False)
-        return block(h, emb, context, mask)
+            return checkpoint(level.layer, j, h, emb, context, mask, use_reentrant=False)
+        return level.layer(j, h, emb, context, mask)
+
+    def embed(self, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype):
+        """The embedding every residual block sees: timestep (+ pooled text) -> (B, 4 * width0)."""
+        emb = self.time_embedding(timestep_embedding(t, self.config.channels[0]).to(dtype))
+        if self.context_embed is not None:
+            emb = emb + self.context_embed(pool(context, mask))
+        return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        # embeddings: timestep + pooled text -> (B, 4 * width0)
-        emb = self.time_embed(timestep_embedding(t, self.config.channels[0]).to(x.dtype))
-        emb = emb + self.context_embed(pool(context, mask))
-
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        emb = self.embed(t, context, mask, x.dtype)
         h = self.conv_in(x)
         skips = [h]
-        for level in self.down:
-            for block in level.blocks:
-                h = self._run(block, h, emb, context, mask)
+        for level in self.down_blocks:
+            for j in range(len(level.resnets)):
+                h = self._layer(level, j, h, emb, context, mask)
                 skips.append(h)
-            if level.resample is not None:
-                h = level.resample(h)
+            if level.downsamplers is not None:
+                h = level.downsamplers[0](h)
                 skips.append(h)
-        h = self.mid_res(self._run(self.mid, h, emb, context, mask), emb)
-        for level in self.up:
-            for j, block in enumerate(level.blocks):
+        h = self.mid_block.resnets[1](self._layer(self.mid_block, 0, h, emb, context, mask), emb)
+        for level in self.up_blocks:
+            for j in range(len(level.resnets)):
                 skip = skips.pop()
                 if level.gates is not None:
                     skip = level.gates[j](skip, h)
-                h = self._run(block, torch.cat([h, skip], dim=1), emb, context, mask)
-            if level.resample is not None:
-                h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+                h = self._layer(level, j, torch.cat([h, skip], dim=1), emb, context, mask)
+            if level.upsamplers is not None:
+                h = level.upsamplers[0](h)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
 def pool(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

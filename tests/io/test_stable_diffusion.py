@@ -1,0 +1,163 @@
+"""Stable Diffusion 1.x files, end to end: a tiny SD-shaped pipeline saved by diffusers' own save_pretrained,
+and the same weights as an original single file, loaded and run by latentlab (Python API and CLI) and
+checked image for image against diffusers' StableDiffusionPipeline."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from latentlab.cli import main
+from latentlab.errors import CheckpointError
+from latentlab.io.convert import to_ldm_checkpoint
+from latentlab.io.stable_diffusion import read_clip_tokenizer
+from latentlab.models import clip_tokenizer
+from latentlab.pipeline import Pipeline
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+
+SD15_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+PROMPTS = ["a red circle", "two blue squares, side by side"]
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere (no zero-initialised path hides a difference); norm scales about 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            p.copy_(scale + torch.randn(p.shape, generator=g) * 0.05)
+
+
+def tiny_components(vocab_files):
+    """SD 1.x's topology at toy widths. Widths are multiples of 32 (SD's group count) and the U-Net has
+    8 heads, as SD 1.x, so that a single file (whose heads and groups its shapes cannot tell) reads back."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+                                attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, num_attention_heads=1, num_hidden_layers=2,
+                                        intermediate_size=128, vocab_size=49408, max_position_embeddings=77,
+                                        eos_token_id=49407, bos_token_id=49406, pad_token_id=49407))
+    for i, module in enumerate((unet, vae, text)):
+        randomise(module, i)
+    tokenizer = CLIPTokenizer(*map(str, vocab_files), model_max_length=77)
+    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
+                scheduler=PNDMScheduler(**SD15_SCHEDULER, steps_offset=1, skip_prk_steps=True), safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory, clip_vocab_files):
+    """(diffusers pipeline, its save_pretrained folder, the same weights as an original single file)."""
+    pipe = StableDiffusionPipeline(**tiny_components(clip_vocab_files))
+    folder = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    single = folder.parent / "tiny-sd.safetensors"
+    save_file(to_ldm_checkpoint(pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict()), single)
+    return pipe, folder, single
+
+
+def initial_noise(n: int, seed: int, shape=(4, 8, 8)) -> torch.Tensor:
+    """x_T as latentlab's Pipeline.sample draws it: image i from a generator seeded with seed + i."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+def diffusers_images(pipe, steps=4, guidance=3.0, seed=0):
+    """DDIM, eta 0, trailing timesteps: the run latentlab's `ddim` sampler takes with spacing="trailing"."""
+    pipe.scheduler = DDIMScheduler(**SD15_SCHEDULER, steps_offset=0, clip_sample=False, set_alpha_to_one=True,
+                                   timestep_spacing="trailing")
+    out = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, latents=initial_noise(len(PROMPTS), seed),
+               output_type="pt", height=16, width=16)
+    return out.images  # (B, 3, H, W) in [0, 1]
+
+
+def our_images(pipe, steps=4, guidance=3.0, seed=0):
+    images = pipe.sample(PROMPTS, steps=steps, guidance=guidance, seed=seed, sampler="ddim", spacing="trailing", size=16)
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def reference(sd):
+    with torch.no_grad():
+        return diffusers_images(sd[0])
+
+
+def test_diffusers_folder_draws_diffusers_images(sd, reference):
+    pipe = Pipeline.load(sd[1], device="cpu")
+    assert pipe.image_size == 16 and pipe.diffusion.schedule == "scaled_linear"
+    got = our_images(pipe)
+    assert reference.std() > 0.05  # the images are not flat: the comparison means something
+    assert (got - reference).abs().max() < 1e-4
+
+
+def test_single_file_draws_the_same_images(sd, reference):
+    pipe = Pipeline.load(sd[2], device="cpu")
+    assert pipe.unet.config.channels == (32, 64) and pipe.unet.config.heads == 8
+    assert (our_images(pipe) - reference).abs().max() < 1e-4
+
+
+def test_saved_as_latentlab_folder_and_read_back(sd, tmp_path):
+    pipe = Pipeline.load(sd[1], device="cpu")
+    pipe.save(tmp_path / "ours")
+    index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
+    assert index["text_encoder"] == "clip"
+    assert torch.equal(our_images(Pipeline.load(tmp_path / "ours", device="cpu")), our_images(pipe))
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_cli_generates_from_both(sd, tmp_path, which, capsys):
+    out = tmp_path / "images"
+    code = main(["generate", "a red circle", "--model", str(sd[which]), "--steps", "2", "--size", "16",
+                 "--out", str(out), "--device", "cpu"])
+    assert code in (0, None) and (out / "000-a-red-circle.png").is_file() and (out / "grid.png").is_file()
+
+
+def test_pickle_only_folder_is_refused(sd, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(sd[1], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(CheckpointError, match="only pickles .*diffusion_pytorch_model.bin.*safe_serialization=True"):
+        Pipeline.load(folder, device="cpu")
+
+
+def test_other_pipelines_are_refused(sd, tmp_path):
+    folder = tmp_path / "other"
+    shutil.copytree(sd[1], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="unet is .*UNet2DModel.*accepted: a UNet2DConditionModel"):
+        Pipeline.load(folder, device="cpu")
+
+
+def test_unsupported_unet_config_names_the_file(sd, tmp_path):
+    folder = tmp_path / "lcm"
+    shutil.copytree(sd[1], folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["time_cond_proj_dim"] = 256
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"unet/config.json: .*time_cond_proj_dim"):
+        Pipeline.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize("layout", ["tokenizer.json", "vocab.json + merges.txt"])
+def test_both_tokenizer_layouts_give_clips_ids(sd, clip_vocab_files, tmp_path, layout):
+    """transformers 5 saves tokenizer.json, transformers 4 (SD 1.x's own folders) vocab.json and merges.txt."""
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd[1] / "tokenizer", folder)
+    if layout != "tokenizer.json":
+        (folder / "tokenizer.json").unlink()
+        for f in clip_vocab_files:
+            shutil.copy(f, folder / f.name)
+    prompts = PROMPTS + ["Ünïcode, 'quotes' & <|endoftext|> symbols!!", "word " * 100]
+    want = clip_tokenizer()(prompts)
+    got = read_clip_tokenizer(folder, 77)(prompts)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
