@@ -105,11 +105,12 @@ def variants(theirs, ours, compiled: bool):
     def diffusers_call(m):
         return lambda x, t, c: m(x, t, c).sample
 
+    ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
     if compiled:
         return {"diffusers": (diffusers_call(torch.compile(theirs)), False, False),
-                "latentlab": (torch.compile(ours), False, False)}
+                "latentlab": (torch.compile(ours), False, False),
+                "latentlab, channels-last": (torch.compile(ours_cl), True, False)}
     theirs_cl = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
-    ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
     return {"diffusers": (diffusers_call(theirs), False, False),
             "diffusers, channels-last": (diffusers_call(theirs_cl), True, False),
             "latentlab": (ours, False, False),

@@ -54,6 +54,8 @@ def test_eval_reports_accuracy(model_dir, tmp_path, capsys):
     (["train", "--out", "x", "--vae", "v", "--zero-terminal-snr"], "use prediction 'v' or 'x0'"),
     (["train-vae", "--out", "x", "--image-size", "48"], "invalid choice: 48"),
     (["train", "--out", "x", "--vae", "/nonexistent/vae", "--steps", "1"], "autoencoder folder /nonexistent/vae"),
+    (["generate", "a red circle", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA GPU; the model is on cpu"),
+    (["generate", "a red circle", "--dtype", "float8"], "invalid choice: 'float8'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "no command given"),
 ])

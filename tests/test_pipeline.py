@@ -125,3 +125,31 @@ def test_the_shipped_model_follows_prompts():
     images = pipe.sample([c for _, c in examples], steps=25, seed=0)
     right = sum(score(scene, judge(image))["all"] for (scene, _), image in zip(examples, images))
     assert right >= 14
+
+
+def test_half_precision_and_channels_last_draw_the_same_images(tiny_pipeline):
+    """Weights and activations in bfloat16 (the sampler's arithmetic stays in float32 or wider), and NHWC
+    feature maps, change the images only by rounding."""
+    want = tiny_pipeline.sample(["a red circle"], steps=4, seed=3)
+    tiny_pipeline.to("cpu", channels_last=True)
+    assert tiny_pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(tiny_pipeline.sample(["a red circle"], steps=4, seed=3), want, atol=1e-5)
+    tiny_pipeline.to("cpu", dtype="bfloat16")
+    assert tiny_pipeline.dtype == torch.bfloat16
+    got = tiny_pipeline.sample(["a red circle"], steps=4, seed=3)
+    assert got.dtype == torch.float32 and 0 < (got - want).abs().max() < 0.1
+
+
+def test_bad_dtype_and_cuda_graph_without_a_gpu(tiny_pipeline):
+    with pytest.raises(LatentlabError, match="unknown dtype 'float8'; accepted: float32, float16, bfloat16"):
+        tiny_pipeline.to("cpu", dtype="float8")
+    with pytest.raises(LatentlabError, match="cuda_graph needs the pipeline on a CUDA GPU; it is on cpu"):
+        tiny_pipeline.sample(["a red circle"], steps=2, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_the_same_images(tiny_pipeline):
+    tiny_pipeline.to("cuda")
+    want = tiny_pipeline.sample(["a red circle", "a blue square"], steps=6, seed=1)
+    got = tiny_pipeline.sample(["a red circle", "a blue square"], steps=6, seed=1, cuda_graph=True)
+    assert torch.allclose(got, want, atol=1e-5)

@@ -64,7 +64,9 @@ def cmd_generate(args) -> None:
     prompts = [p for p in args.prompts for _ in range(args.images_per_prompt)]
     if not prompts or any(not p.strip() for p in args.prompts):
         raise LatentlabError("give one or more non-empty prompts, e.g. latentlab generate \"a red circle\"")
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, channels_last=args.channels_last)
+    if args.cuda_graph and pipe.device.type != "cuda":
+        raise LatentlabError(f"--cuda-graph needs a CUDA GPU; the model is on {pipe.device}")
     size = args.size or pipe.image_size
     pipe.check_size(size)
     out = Path(args.out)
@@ -73,7 +75,8 @@ def cmd_generate(args) -> None:
     bar = tqdm(total=args.steps, desc="sampling", unit="step")
     images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
-                                callback=lambda i, n: bar.update(1), **_sampler_options(args)))
+                                cuda_graph=args.cuda_graph, callback=lambda i, n: bar.update(1),
+                                **_sampler_options(args)))
     bar.close()
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         image.save(out / f"{i:03d}-{_slug(prompt)}.png")
@@ -169,7 +172,9 @@ def build_parser() -> Parser:
 
     def common(p, *, model=True):
         if model:
-            p.add_argument("--model", default=None, help="model folder (default: the model shipped in the package)")
+            p.add_argument("--model", default=None,
+                           help="a latentlab model folder, a diffusers Stable Diffusion folder or an SD 1.x .safetensors "
+                                "file (default: the model shipped in the package)")
         p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
         p.add_argument("--seed", type=int, default=0)
 
@@ -194,6 +199,11 @@ def build_parser() -> Parser:
     g.add_argument("--images-per-prompt", type=_positive(int), default=1)
     g.add_argument("--size", type=_positive(int), default=None, help="image size in pixels (default: the model's)")
     g.add_argument("--grid-scale", type=_positive(int), default=4, help="enlarge grid.png this many times")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="the networks' weights and activations (default %(default)s; float16 or bfloat16 on a GPU)")
+    g.add_argument("--channels-last", action="store_true", help="feature maps in NHWC, the GPU convolutions' own layout")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="record the U-Net's kernels once and replay them each step (CUDA only; same images)")
     g.set_defaults(func=cmd_generate)
 
     def training(p, steps, batch_size, lr):

@@ -31,6 +31,7 @@ from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
 from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
                      UNetConfig, VAEConfig)
+from .models.cuda_graph import CUDAGraphed
 from .models.bert import BertConfig, BertModel
 from .models.text_encoder import encode_prompts
 
@@ -65,6 +66,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise LatentlabError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
     array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -94,9 +106,11 @@ class Pipeline:
     # ------------------------------------------------------------------ files
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto") -> "Pipeline":
+    def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto",
+             dtype: str | torch.dtype | None = None, channels_last: bool = False) -> "Pipeline":
         """A pipeline from a latentlab model folder, a diffusers Stable Diffusion folder or an original
-        Stable Diffusion 1.x single file (.safetensors); `None` is the default model shipped in the package."""
+        Stable Diffusion 1.x single file (.safetensors); `None` is the default model shipped in the package.
+        `dtype` and `channels_last` as for `to`."""
         path = Path(path) if path is not None else default_model_path()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise CheckpointError(f"{path} is a pickle ({path.suffix}), which can run code when read; latentlab never "
@@ -118,7 +132,7 @@ class Pipeline:
             raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
                                   f"config needs {channels} ({pipe.vae.config.latent_channels} latent channels"
                                   f"{', times 2 for the learned variance' if pipe.diffusion.learned_variance else ''})")
-        return pipe.to(resolve_device(device))
+        return pipe.to(resolve_device(device), dtype=dtype, channels_last=channels_last)
 
     @staticmethod
     def _read_folder(path: Path) -> dict:
@@ -159,14 +173,26 @@ class Pipeline:
         index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind}
         atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
 
-    def to(self, device: str | torch.device) -> "Pipeline":
+    def to(self, device: str | torch.device, *, dtype: str | torch.dtype | None = None,
+           channels_last: bool = False) -> "Pipeline":
+        """Move the networks to `device`; `dtype` (float32, float16, bfloat16) casts their weights, while the
+        sampler's arithmetic stays in float32 or wider. `channels_last` stores the U-Net's and the
+        autoencoder's feature maps pixel-major (NHWC), the layout GPU convolutions run in natively."""
+        dtype = resolve_dtype(dtype)
         for module in (self.text_encoder, self.unet, self.vae):
-            module.to(device).eval()
+            module.to(device, dtype).eval()
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
         return self
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
 
     # ------------------------------------------------------------------ generation
 
@@ -176,11 +202,17 @@ class Pipeline:
             raise LatentlabError(f"image size {size} is not accepted: use a multiple of {step} from {step} to 1024 "
                                  f"(this model was trained at {self.image_size})")
 
-    def denoiser(self, context: torch.Tensor, mask: torch.Tensor, uncond: torch.Tensor, uncond_mask: torch.Tensor,
-                 guidance: float):
-        """denoise(x_t, t, alpha_bar) -> Denoised: the U-Net under classifier-free guidance."""
-        network = classifier_free_guidance(self.unet, context, mask, uncond, uncond_mask, guidance)
-        return make_denoiser(network, self.diffusion.prediction)
+    def denoiser(self, context: torch.Tensor, mask: torch.Tensor | None, uncond: torch.Tensor,
+                 uncond_mask: torch.Tensor | None, guidance: float, *, cuda_graph: bool = False):
+        """denoise(x_t, t, alpha_bar) -> Denoised: the U-Net, in its own dtype, under classifier-free guidance;
+        with `cuda_graph`, its kernels recorded on the first step and replayed on the others (CUDA only)."""
+        dtype = self.dtype
+
+        def unet(x_t, t, context, mask):
+            return self.unet(x_t.to(dtype), t, context.to(dtype), mask).float()
+
+        network = classifier_free_guidance(unet, context, mask, uncond, uncond_mask, guidance)
+        return make_denoiser(CUDAGraphed(network) if cuda_graph else network, self.diffusion.prediction)
 
     def check_sampler(self, sampler: str, steps: int | None = None, **options) -> dict:
         """The options for `sampler`, with ddpm's variance defaulting to the learned one where there is one;
@@ -205,13 +237,15 @@ class Pipeline:
     def sample(self, prompts: list[str], *, steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
                variance: str | None = None, eta: float | None = None, spacing: str | None = None,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+               cuda_graph: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i starts from noise seeded by `seed + i`, so a prompt's image does not depend on the
         other prompts in the batch. `guidance` is the classifier-free guidance scale (1: off).
         `sampler` is one of diffusion.SAMPLERS; `variance` (ddpm: small, large or learned), `eta`
         (ddim) and `spacing` (ddpm, ddim, dpmpp_2m: linspace, leading or trailing) are its options.
+        `cuda_graph` replays the U-Net's recorded kernels from the second step on (CUDA only; the same
+        images, faster where launching kernels is the bottleneck, as at small batches).
         """
         prompts = list(prompts)
         if not prompts:
@@ -220,18 +254,20 @@ class Pipeline:
         self.check_size(size)
         options = self.check_sampler(sampler, steps, variance=variance, eta=eta, spacing=spacing)
         device = self.device
+        if cuda_graph and device.type != "cuda":
+            raise LatentlabError(f"cuda_graph needs the pipeline on a CUDA GPU; it is on {device}")
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
-        denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance)
+        denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph)
         latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
         x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))
                            for i in range(len(prompts))]).to(device)
         generator = torch.Generator().manual_seed(seed)
         z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generator,
                                    callback=callback, **options)
-        return self.vae.decode(z_0).clamp(-1, 1)
+        return self.vae.decode(z_0.to(next(self.vae.parameters()).dtype)).float().clamp(-1, 1)
 
     def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:
         """PIL images, one per prompt; keyword arguments as for `sample`."""

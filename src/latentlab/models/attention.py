@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import group_norm
+from .group_norm import group_norm_act
 
 
 class Attention(nn.Module):
@@ -97,7 +98,8 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = project(self.proj_in, self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C), contiguous
+        h = group_norm_act(x, self.norm, silu=False).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = project(self.proj_in, h)  # contiguous
         for block in self.transformer_blocks:
             h = block(h, context, mask)
         return x + project(self.proj_out, h).transpose(1, 2).view(B, C, H, W)

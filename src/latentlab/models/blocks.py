@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .group_norm import group_norm_act
+
 
 def check_widths(channels: tuple) -> None:
     """Per-level widths of a config: a non-empty list of positive integers."""
@@ -56,15 +58,15 @@ class ResBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(group_norm_act(x, self.norm1))
         if self.time_emb_proj is None:
-            h = self.norm2(h)
+            h = group_norm_act(h, self.norm2)
         elif self.scale_shift:
             scale, shift = self.time_emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = F.silu(self.norm2(h) * (1 + scale) + shift)
         else:
-            h = self.norm2(h + self.time_emb_proj(F.silu(emb))[:, :, None, None])
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = group_norm_act(h + self.time_emb_proj(F.silu(emb))[:, :, None, None], self.norm2)
+        h = self.conv2(self.dropout(h))
         return self.conv_shortcut(x) + h
 
 

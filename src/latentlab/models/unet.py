@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SpatialTransformer
 from .blocks import (TIME_CONDITIONING, Downsample, ResBlock, TimestepEmbedding, Upsample, check_widths, group_norm,
                      timestep_embedding)
+from .group_norm import group_norm_act
 
 
 @dataclass
@@ -228,7 +229,7 @@ class UNet(nn.Module):
                 h = self._layer(level, j, torch.cat([h, skip], dim=1), emb, context, mask)
             if level.upsamplers is not None:
                 h = level.upsamplers[0](h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(group_norm_act(h, self.conv_norm_out))
 
 
 def pool(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

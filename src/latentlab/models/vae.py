@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm
+from .group_norm import group_norm_act
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = group_norm_act(x, self.group_norm, silu=False).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = (proj(h)[:, None] for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)[:, 0]
         return x + self.to_out[0](h).transpose(1, 2).reshape(B, C, H, W)
@@ -120,7 +121,7 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down_blocks:
             h = level(h)
-        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(h))))
+        return self.conv_out(group_norm_act(self.mid_block(h), self.conv_norm_out))
 
 
 class Decoder(nn.Module):
@@ -145,7 +146,7 @@ class Decoder(nn.Module):
         h = self.mid_block(self.conv_in(z))
         for level in self.up_blocks:
             h = level(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(group_norm_act(h, self.conv_norm_out))
 
 
 @dataclass
