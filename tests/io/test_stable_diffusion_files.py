@@ -189,8 +189,8 @@ def test_stable_diffusion_1_5_configs():
         in_channels=4, out_channels=4, channels=(320, 640, 1280, 1280), blocks_per_level=2,
         attention_levels=(True, True, True, False), transformer_depth=1, heads=8, context_dim=768, groups=32,
         dropout=0.0, attention_gates=False, time_conditioning="additive", pooled_text=False,
-        linear_projection=False, norm_eps=1e-5)
-    assert vae_config_from_diffusers(SD15_VAE) == VAEConfig(
+        linear_projection=False, norm_eps=1e-5) == UNetConfig.stable_diffusion_1()
+    assert vae_config_from_diffusers(SD15_VAE) == VAEConfig.stable_diffusion_1() == VAEConfig(
         image_channels=3, latent_channels=4, channels=(128, 256, 512, 512), blocks_per_level=2, groups=32,
         scale_factor=0.18215, quant_conv=True, downsample_padding="asymmetric", attention_bias=True)
     assert clip_config_from_transformers(SD15_TEXT) == CLIPTextConfig(

@@ -36,6 +36,12 @@ class VAEConfig:
         if self.downsample_padding not in PADDINGS:
             raise ValueError(f"unknown downsample_padding {self.downsample_padding!r}; accepted: {', '.join(PADDINGS)}")
 
+    @classmethod
+    def stable_diffusion_1(cls) -> "VAEConfig":
+        """Stable Diffusion 1.x's autoencoder (83.7M parameters; 512x512x3 to 64x64x4)."""
+        return cls(channels=(128, 256, 512, 512), blocks_per_level=2, scale_factor=0.18215, quant_conv=True,
+                   downsample_padding="asymmetric", attention_bias=True)
+
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.channels) - 1)
