@@ -108,10 +108,20 @@ def cmd_train(args) -> None:
         weighting=args.weighting, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight,
         importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
+        grad_accum=args.grad_accum, checkpoint_every=args.checkpoint_every, resume=args.resume, compile=args.compile,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
-    print(json.dumps(train_diffusion(config)))
+    if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
+        raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
+                             "without --resume")
+    result = train_diffusion(config)
+    if not result.pop("main"):
+        return  # one report per run, from the main process
+    if result["interrupted"]:
+        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and the model are saved "
+              f"in {args.out}; run the same command with --resume to continue", file=sys.stderr)
+    print(json.dumps(result))
 
 
 def cmd_eval(args) -> None:
@@ -247,6 +257,14 @@ def build_parser() -> Parser:
     t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")
     t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
     t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
+    t.add_argument("--checkpoint-every", type=_positive(int), default=500,
+                   help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and "
+                        "Ctrl-C also write it before the run exits")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, exactly (same settings; --steps may grow)")
+    t.add_argument("--grad-accum", type=_positive(int), default=1,
+                   help="split each step's batch into this many micro-batches (same result, less memory)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="prompt adherence on held-out prompts, read by the shapes judge")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from latentlab.diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss, loss_weight, prediction_target
-from latentlab.diffusion.process import q_sample, snr
+from latentlab.diffusion.process import snr
 
 
 @pytest.mark.parametrize("prediction, divisor", [("eps", lambda s: s), ("x0", lambda s: 1.0), ("v", lambda s: s + 1)])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latentlab.diffusion import (DiffusionConfig, SCHEDULES, cosine_betas, linear_betas, make_betas,
-                                 rescale_zero_terminal_snr, scaled_linear_betas)
+                                 scaled_linear_betas)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

@@ -2,7 +2,6 @@
 the judge can read. Loss falls, and colour and position beat chance (1/6 and 1/5)."""
 
 import pytest
-import torch
 
 from latentlab import Pipeline
 from latentlab.evaluation import prompt_adherence

@@ -38,9 +38,9 @@ class Loss(NamedTuple):
 
 def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_0: torch.Tensor,
                    alphas_cumprod: torch.Tensor, config: DiffusionConfig, *, t: torch.Tensor | None = None,
-                   weighting: str = "uniform", snr_gamma: float = 5.0, vlb_weight: float = 1e-3,
-                   generator: torch.Generator | None = None) -> Loss:
-    """The loss at timesteps t (uniform over the T levels when None) with fresh noise eps.
+                   eps: torch.Tensor | None = None, weighting: str = "uniform", snr_gamma: float = 5.0,
+                   vlb_weight: float = 1e-3, generator: torch.Generator | None = None) -> Loss:
+    """The loss at timesteps t (uniform over the T levels when None) with noise eps (fresh when None).
 
     With a learned variance this is the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021,
     sec. 3.1), lambda = `vlb_weight`; the single-term estimate of L_vlb = sum_t L_t is T * L_t.
@@ -48,7 +48,8 @@ def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     T = alphas_cumprod.shape[0]
     if t is None:
         t = torch.randint(0, T, (x_0.shape[0],), device=x_0.device, generator=generator)
-    eps = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype, generator=generator)
+    if eps is None:
+        eps = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype, generator=generator)
     x_t = q_sample(x_0, t, eps, alphas_cumprod)
     output, v = split_variance(model(x_t, t).float(), x_0.shape[1])
     if config.learned_variance and v is None:

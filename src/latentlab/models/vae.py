@@ -162,9 +162,11 @@ class DiagonalGaussian:
     mean: torch.Tensor
     logvar: torch.Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + (0.5 * self.logvar).exp() * noise
+    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """mean + std * noise, with `noise` ~ N(0, I) drawn from `generator` unless given."""
+        if noise is None:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + (0.5 * self.logvar).exp() * noise.to(self.mean.dtype)
 
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) per example, summed over latent elements."""
@@ -193,10 +195,12 @@ class AutoencoderKL(nn.Module):
         """Unscaled latents -> images."""
         return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
 
-    def encode(self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> scaled latents, a sample of q(z | x) (or its mean)."""
+    def encode(self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> scaled latents, a sample of q(z | x) (with the given standard
+        normal `noise`, or drawn from `generator`), or its mean."""
         q = self.posterior(x)
-        z = q.sample(generator) if sample else q.mean
+        z = q.sample(generator, noise) if sample else q.mean
         return z * self.config.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -5,45 +5,64 @@ the empty prompt with probability p_uncond (so the one network also learns the u
 that classifier-free guidance needs), and minimise the diffusion loss: the squared error on the
 network's target (eps, x_0 or v) with a uniform or min-SNR weighting, plus Improved DDPM's bound term
 when the variance is learned, with timesteps uniform or importance-sampled.
+
+Every random draw of a step (caption drops, the latents' posterior noise, t, eps) is made for the
+whole global batch from generators seeded by the run's seed; each process of a distributed run
+(training/distributed.py) and each micro-batch of gradient accumulation takes its slice. A run's
+result is therefore the same on 1 or N processes and with any accumulation, up to the order of
+floating-point sums. Checkpoints (training/state.py) hold every state that a step reads, so
+`resume=True` continues exactly: a run killed and resumed ends with an uninterrupted run's weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.shapes import ShapesDataset, caption_corpus
 from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LatentlabError
 from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..models.bert import BertModel
 from ..pipeline import Pipeline, vae_translation
+from .distributed import close_world, init_world
 from .ema import EMA
-from .loop import Progress, autocast, learning_rate, setup
+from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .state import (FILENAME, load_module, load_optimizer, load_state, optimizer_state, prefixed, rng_state,
+                    save_state, set_rng_state)
 
 
 @dataclass
 class DiffusionTrainConfig:
     vae: str  # folder of a trained autoencoder (or a model folder: its vae/ is used)
-    out: str  # the model folder to write
+    out: str  # the model folder to write (and its checkpoint.safetensors)
     steps: int = 20_000
     minutes: float | None = None  # stop early when this much wall time has passed
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: over all processes and accumulated micro-batches
+    grad_accum: int = 1  # micro-batches per step (and per process)
     lr: float = 3e-4
     warmup: int = 500
     weight_decay: float = 0.01
+    grad_clip: float = 1.0  # clip the gradients' global norm to this
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
     p_two: float = 0.35  # fraction of two-object scenes in the data
     image_size: int = 32
     seed: int = 0
     device: str = "auto"
-    save_every: int = 2000
+    save_every: int = 2000  # write the model folder (EMA weights) every N steps
+    checkpoint_every: int = 500  # write the resumable checkpoint every N steps
+    resume: bool = False  # continue from out/checkpoint.safetensors
+    compile: bool = False  # torch.compile the U-Net
     init: str | None = None  # a model folder to continue from (tokenizer, text encoder, U-Net); None: from scratch
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -55,6 +74,10 @@ class DiffusionTrainConfig:
     gradient_checkpointing: bool = False  # recompute the U-Net's activations in the backward pass: less memory
     channels_last: bool = False  # the U-Net's convolutions in NHWC memory layout (faster on tensor cores)
     text_encoder: str = "trained"  # trained: ours, from scratch; minilm (or a BERT folder): pretrained, frozen
+
+
+# what may differ between a run and the run it resumes: how long it goes on, and where it runs
+RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "save_every", "checkpoint_every", "compile")
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -80,81 +103,200 @@ def make_text_encoder(config: DiffusionTrainConfig):
     return minilm_tokenizer(config.text.max_length, path), load_minilm(path)
 
 
-def train_diffusion(config: DiffusionTrainConfig) -> dict[str, float]:
-    device = setup(config.seed, config.device)
-    out = Path(config.out)
-    vae = load_vae(config.vae).to(device).eval().requires_grad_(False)
-    diffusion = config.diffusion
-    if config.init is not None:  # continue: the tokenizer, networks and noise schedule of that model
-        start = Pipeline.load(config.init, device=device)
-        tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
-        diffusion = start.diffusion
-    else:
-        tokenizer, text_encoder = make_text_encoder(config)
-        text_encoder = text_encoder.to(device)
-        out_channels = vae.config.latent_channels * (2 if diffusion.learned_variance else 1)
-        unet = UNet(dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
-                                        out_channels=out_channels, context_dim=text_encoder.config.width))
-        unet = unet.to(device)
-    unet.enable_gradient_checkpointing(config.gradient_checkpointing)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    unet = unet.to(memory_format=memory_format)
-    frozen_text = isinstance(text_encoder, BertModel)  # a pretrained encoder stays as it is
-    if frozen_text:
-        text_encoder.eval().requires_grad_(False)
-    params = [p for p in text_encoder.parameters() if p.requires_grad] + list(unet.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    ema_text, ema_unet = EMA(text_encoder, config.ema_decay), EMA(unet, config.ema_decay)
-    alphas_cumprod = diffusion.alphas_cumprod().to(device)
-    data = ShapesDataset(seed=config.seed, split="train", image_size=config.image_size, p_two=config.p_two)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    importance = ImportanceSampler(diffusion.timesteps) if config.importance_sampling else None
-    t_generator = torch.Generator().manual_seed(config.seed + 1)
+class TextToNoise(nn.Module):
+    """The trained networks as one module (what DDP wraps): token ids and mask -> context -> U-Net output."""
 
-    def make_batch(step: int):
-        """Images, token ids and mask of step `step`; each caption dropped to "" with p_uncond."""
-        images, captions, _ = data.batch(step * config.batch_size, config.batch_size, device)
-        drop = random.Random(config.seed * 1_000_003 + step)
-        captions = ["" if drop.random() < config.p_uncond else c for c in captions]
-        ids, mask = tokenizer(captions)
-        return images, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    def __init__(self, text_encoder: nn.Module, unet: UNet, train_text: bool):
+        super().__init__()
+        self.text_encoder, self.unet, self.train_text = text_encoder, unet, train_text
 
-    def snapshot() -> Pipeline:
-        return Pipeline(tokenizer=tokenizer, text_encoder=ema_text.model, unet=ema_unet.model, vae=vae,
-                        diffusion=diffusion, image_size=config.image_size)
+    def forward(self, ids, mask, x_t, t):
+        with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
+            context = self.text_encoder(ids, mask)
+        return self.unet(x_t, t, context, mask)
 
-    progress = Progress(out, config.steps, config.minutes, config.batch_size)
-    step = 0
-    while not progress.done(step):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config.lr, config.warmup)
-        images, ids, mask = make_batch(step)
-        with torch.no_grad():
-            z_0 = vae.encode(images, generator=generator).contiguous(memory_format=memory_format)
-        t, weights = None, None
-        if importance is not None:
-            t, weights = importance.sample(z_0.shape[0], device=device, generator=t_generator)
-        with autocast(device):
-            with torch.set_grad_enabled(not frozen_text):
-                context = text_encoder(ids, mask)
-            terms = diffusion_loss(lambda x_t, t: unet(x_t, t, context, mask), z_0, alphas_cumprod, diffusion, t=t,
-                                   weighting=config.weighting, snr_gamma=config.snr_gamma,
-                                   vlb_weight=config.vlb_weight, generator=generator)
-        if importance is not None:
-            importance.update(t, terms.vlb if terms.vlb is not None else terms.mse)
-            loss = (terms.loss * weights).mean()
+
+def config_json(config: DiffusionTrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def check_resumable(saved: dict, config: DiffusionTrainConfig, path: Path) -> None:
+    """A run resumes only the run it continues: every setting but RESUMABLE_CHANGES must be equal."""
+    current = config_json(config)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed)}); resume with "
+                              f"the same ones, or start a new run in another --out folder")
+
+
+class DiffusionTrainer:
+    """One training run. `run()` trains to the end (or until stopped) and writes the model folder."""
+
+    def __init__(self, config: DiffusionTrainConfig):
+        self.config = c = config
+        self.world = init_world(setup(c.seed, c.device))
+        self.device = device = self.world.device
+        if c.batch_size % (self.world.size * c.grad_accum):
+            raise LatentlabError(f"batch size {c.batch_size} does not split into {self.world.size} processes x "
+                                  f"{c.grad_accum} micro-batches; use a multiple of {self.world.size * c.grad_accum}")
+        self.out = Path(c.out)
+        self.vae = load_vae(c.vae).to(device).eval().requires_grad_(False)
+        self.diffusion = c.diffusion
+        if c.init is not None:  # continue: the tokenizer, networks and noise schedule of that model
+            start = Pipeline.load(c.init, device=device)
+            self.tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
+            self.diffusion = start.diffusion
         else:
-            loss = terms.loss.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema_text.update(text_encoder, step)
-        ema_unet.update(unet, step)
-        progress.log(step, loss)
-        step += 1
-        if step % config.save_every == 0:
-            snapshot().save(out)
-    progress.close()
-    snapshot().save(out)
-    return {"steps": step}
+            self.tokenizer, text_encoder = make_text_encoder(c)
+            out_channels = self.vae.config.latent_channels * (2 if self.diffusion.learned_variance else 1)
+            unet = UNet(dataclasses.replace(c.unet, in_channels=self.vae.config.latent_channels,
+                                            out_channels=out_channels, context_dim=text_encoder.config.width))
+        self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+        unet = unet.to(device, memory_format=self.memory_format).enable_gradient_checkpointing(c.gradient_checkpointing)
+        text_encoder = text_encoder.to(device)
+        self.train_text = not isinstance(text_encoder, BertModel)  # a pretrained encoder stays as it is
+        if not self.train_text:
+            text_encoder.eval().requires_grad_(False)
+        self.text_encoder, self.unet = text_encoder, unet
+        self.params = [p for p in text_encoder.parameters() if p.requires_grad] + list(unet.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.ema_text, self.ema_unet = EMA(text_encoder, c.ema_decay), EMA(unet, c.ema_decay)
+        network = TextToNoise(text_encoder, torch.compile(unet) if c.compile else unet, self.train_text)
+        self.network = DistributedDataParallel(network) if self.world.size > 1 else network
+        self.alphas_cumprod = self.diffusion.alphas_cumprod().to(device)
+        self.data = ShapesDataset(seed=c.seed, split="train", image_size=c.image_size, p_two=c.p_two)
+        self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
+        self.t_generator = torch.Generator().manual_seed(c.seed + 1)  # importance-sampled t
+        self.importance = ImportanceSampler(self.diffusion.timesteps) if c.importance_sampling else None
+        self.step = 0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / FILENAME
+
+    def save_checkpoint(self) -> None:
+        """Everything the next step reads (written by the main process; every process holds the same)."""
+        if not self.world.main:
+            return
+        tensors, meta = {}, {"step": self.step, "config": config_json(self.config),
+                             "tokenizer": self.tokenizer.to_json()}
+        for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet),
+                             ("ema_text", self.ema_text.model), ("ema_unet", self.ema_unet.model)):
+            tensors.update(prefixed(name, module.state_dict()))
+        optimizer_tensors, meta["optimizer"] = optimizer_state(self.optimizer)
+        random_tensors, meta["rng"] = rng_state({"noise": self.noise, "t": self.t_generator})
+        tensors.update(optimizer_tensors)
+        tensors.update(random_tensors)
+        if self.importance is not None:
+            tensors.update(prefixed("importance", self.importance.state_dict()))
+        save_state(self.checkpoint_path, tensors, meta)
+
+    def load_checkpoint(self) -> None:
+        tensors, meta = load_state(self.checkpoint_path)
+        check_resumable(meta["config"], self.config, self.checkpoint_path)
+        if meta["tokenizer"] != self.tokenizer.to_json():
+            raise CheckpointError(f"{self.checkpoint_path}: its tokenizer differs from this run's")
+        for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet),
+                             ("ema_text", self.ema_text.model), ("ema_unet", self.ema_unet.model)):
+            load_module(module, name, tensors)
+        load_optimizer(self.optimizer, tensors, meta["optimizer"])
+        set_rng_state(tensors, meta["rng"], {"noise": self.noise, "t": self.t_generator})
+        if self.importance is not None:
+            self.importance.load_state_dict({k: tensors[f"importance.{k}"] for k in ("values", "counts")})
+        self.step = int(meta["step"])
+
+    def snapshot(self) -> Pipeline:
+        return Pipeline(tokenizer=self.tokenizer, text_encoder=self.ema_text.model, unet=self.ema_unet.model,
+                        vae=self.vae, diffusion=self.diffusion, image_size=self.config.image_size)
+
+    # ------------------------------------------------------------------ one step
+
+    def draws(self, step: int):
+        """The global batch's random draws: caption drops, posterior noise, t (and importance weights), eps."""
+        c, B, device = self.config, self.config.batch_size, self.device
+        drop = random.Random(c.seed * 1_000_003 + step)
+        dropped = [drop.random() < c.p_uncond for _ in range(B)]
+        side = c.image_size // self.vae.config.downsampling
+        shape = (B, self.vae.config.latent_channels, side, side)
+        posterior_noise = torch.randn(shape, device=device, generator=self.noise)
+        if self.importance is not None:
+            t, weights = self.importance.sample(B, device=device, generator=self.t_generator)
+        else:
+            t, weights = torch.randint(0, self.diffusion.timesteps, (B,), device=device, generator=self.noise), None
+        eps = torch.randn(shape, device=device, generator=self.noise)
+        return dropped, posterior_noise, t, weights, eps
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimiser step over the global batch; returns the mean loss over this process's share."""
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, c.lr, c.warmup)
+        dropped, posterior_noise, t, weights, eps = self.draws(step)
+        local = self.world.shard(c.batch_size)
+        micro = (local.stop - local.start) // c.grad_accum
+        total, measured = 0.0, []
+        for k in range(c.grad_accum):
+            part = slice(local.start + k * micro, local.start + (k + 1) * micro)
+            images, captions, _ = self.data.batch(step * c.batch_size + part.start, micro, self.device)
+            captions = ["" if d else caption for d, caption in zip(dropped[part], captions)]
+            ids, mask = (x.to(self.device) for x in self.tokenizer(captions))
+            with torch.no_grad():
+                z_0 = self.vae.encode(images, noise=posterior_noise[part]).contiguous(memory_format=self.memory_format)
+            last = k == c.grad_accum - 1
+            sync = self.network.no_sync() if self.world.size > 1 and not last else nullcontext()
+            with sync:
+                with autocast(self.device):
+                    terms = diffusion_loss(lambda x_t, t_: self.network(ids, mask, x_t, t_), z_0, self.alphas_cumprod,
+                                           self.diffusion, t=t[part], eps=eps[part], weighting=c.weighting,
+                                           snr_gamma=c.snr_gamma, vlb_weight=c.vlb_weight)
+                loss = terms.loss * (weights[part] if weights is not None else 1)
+                (loss.mean() / c.grad_accum).backward()
+            total = total + loss.detach().mean() / c.grad_accum
+            if self.importance is not None:
+                measured.append(terms.vlb if terms.vlb is not None else terms.mse)
+        if self.importance is not None:  # every process records the whole global batch
+            self.importance.update(t, self.world.all_gather(torch.cat(measured).detach()))
+        torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema_text.update(self.text_encoder, step)
+        self.ema_unet.update(self.unet, step)
+        return total
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict:
+        c = self.config
+        if c.resume:
+            self.load_checkpoint()
+        progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step,
+                            enabled=self.world.main)
+        interrupted = False
+        with StopSignals() as stop:
+            while not progress.done(self.step):
+                loss = self.train_step(self.step)
+                progress.log(self.step, loss)
+                self.step += 1
+                if self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.step % c.save_every == 0 and self.world.main:
+                    self.snapshot().save(self.out)
+                if stop.requested:
+                    interrupted = True
+                    break
+        progress.close()
+        self.save_checkpoint()
+        if self.world.main:
+            self.snapshot().save(self.out)
+        self.world.barrier()
+        close_world(self.world)
+        return {"steps": self.step, "processes": self.world.size, "main": self.world.main,
+                "interrupted": interrupted, "signal": stop.signal_name}
+
+
+def train_diffusion(config: DiffusionTrainConfig) -> dict:
+    """Train (or, with `config.resume`, continue) a run; returns {"steps", "processes", "main" (whether this is
+    the main process), "interrupted", "signal"}."""
+    return DiffusionTrainer(config).run()
