@@ -109,7 +109,7 @@ def cmd_train(args) -> None:
         importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
         grad_accum=args.grad_accum, checkpoint_every=args.checkpoint_every, resume=args.resume, compile=args.compile,
-        data=args.data,
+        data=args.data, sample_every=args.sample_every,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -138,6 +138,12 @@ def cmd_cache_latents(args) -> None:
         raise LatentlabError(f"{args.data} is endless: give --count, the number of examples to encode")
     index = cache_latents(data, load_vae(args.vae), args.out, count=args.count, device=resolve_device(args.device))
     print(json.dumps({"count": index["count"], "shards": len(index["shards"]), "out": args.out}))
+
+
+def cmd_plot(args) -> None:
+    from .training.monitor import plot_run
+
+    print(f"wrote {plot_run(args.run, args.out)}")
 
 
 def cmd_eval(args) -> None:
@@ -284,7 +290,15 @@ def build_parser() -> Parser:
     t.add_argument("--grad-accum", type=_positive(int), default=1,
                    help="split each step's batch into this many micro-batches (same result, less memory)")
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    t.add_argument("--sample-every", type=int, default=1000,
+                   help="draw 8 samples from the EMA weights every N steps to OUT/samples/ (0: never; default "
+                        "%(default)s)")
     t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plot", help="draw a training run's loss and metric curves to a PNG")
+    pl.add_argument("run", help="the --out folder of a training run")
+    pl.add_argument("--out", default=None, help="the PNG to write (default RUN/curves.png)")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("cache-latents", help="encode a data set once with the autoencoder, for `train --data OUT`")
     c.add_argument("--vae", required=True, help="the autoencoder folder (or a model folder: its vae/)")
@@ -321,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, eval, nll (see latentlab -h)")
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, nll (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)

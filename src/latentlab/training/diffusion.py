@@ -37,6 +37,7 @@ from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .monitor import TensorBoard, sample_grid
 from .state import (FILENAME, load_module, load_optimizer, load_state, optimizer_state, prefixed, rng_state,
                     save_state, set_rng_state)
 
@@ -64,6 +65,7 @@ class DiffusionTrainConfig:
     checkpoint_every: int = 500  # write the resumable checkpoint every N steps
     resume: bool = False  # continue from out/checkpoint.safetensors
     compile: bool = False  # torch.compile the U-Net
+    sample_every: int = 0  # draw a grid of samples from the EMA weights every N steps (0: never)
     init: str | None = None  # a model folder to continue from (tokenizer, text encoder, U-Net); None: from scratch
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -78,7 +80,8 @@ class DiffusionTrainConfig:
 
 
 # what may differ between a run and the run it resumes: how long it goes on, and where it runs
-RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "save_every", "checkpoint_every", "compile")
+RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "save_every", "checkpoint_every", "compile",
+                     "sample_every")
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -159,6 +162,7 @@ class DiffusionTrainer:
             out_channels = self.vae.config.latent_channels * (2 if self.diffusion.learned_variance else 1)
             unet = UNet(dataclasses.replace(c.unet, in_channels=self.vae.config.latent_channels,
                                             out_channels=out_channels, context_dim=text_encoder.config.width))
+        self.sample_prompts = caption_corpus_of(c.data, self.data, seed=c.seed + 7, n=8)[:8]
         self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         unet = unet.to(device, memory_format=self.memory_format).enable_gradient_checkpointing(c.gradient_checkpointing)
         text_encoder = text_encoder.to(device)
@@ -290,12 +294,19 @@ class DiffusionTrainer:
             self.load_checkpoint()
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step,
                             enabled=self.world.main)
+        board = TensorBoard(self.out, enabled=self.world.main)
         interrupted = False
         with StopSignals() as stop:
             while not progress.done(self.step):
                 loss = self.train_step(self.step)
-                progress.log(self.step, loss)
+                row = progress.log(self.step, loss)
                 self.step += 1
+                if row is not None:
+                    board.scalars(self.step, {"train/loss": row["loss"], "train/samples_per_s": row["samples_per_s"]})
+                if c.sample_every and self.step % c.sample_every == 0 and self.world.main:
+                    grid = sample_grid(self.snapshot(), self.sample_prompts,
+                                       self.out / "samples" / f"step-{self.step:06d}.png")
+                    board.image(self.step, "samples", grid)
                 if self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.step % c.save_every == 0 and self.world.main:
@@ -304,6 +315,7 @@ class DiffusionTrainer:
                     interrupted = True
                     break
         progress.close()
+        board.close()
         self.save_checkpoint()
         if self.world.main:
             self.snapshot().save(self.out)

@@ -61,11 +61,11 @@ class Progress:
     def done(self, step: int) -> bool:
         return step >= self.steps or (self.deadline is not None and time.monotonic() >= self.deadline)
 
-    def log(self, step: int, loss: torch.Tensor) -> None:
+    def log(self, step: int, loss: torch.Tensor) -> dict | None:
         """Record a step's loss. It is read back (a device sync) only every `log_every` steps, so the
-        GPU is not held up; the CSV row is the mean loss since the last row."""
+        GPU is not held up; the CSV row is the mean loss since the last row, and is returned when written."""
         if not self.enabled:
-            return
+            return None
         self.total = loss.detach().float() if self.total is None else self.total + loss.detach().float()
         self.count += 1
         self.bar.update(1)
@@ -77,6 +77,8 @@ class Progress:
             self.csv.writerow([step + 1, f"{mean:.6f}", f"{rate:.1f}", f"{elapsed:.1f}"])
             self.file.flush()
             self.bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:.0f}")
+            return {"loss": mean, "samples_per_s": rate}
+        return None
 
     def close(self) -> None:
         if self.enabled:

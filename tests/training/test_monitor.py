@@ -1,0 +1,48 @@
+"""Watching a run: sample grids, TensorBoard event files, `latentlab plot`; and watching changes nothing."""
+
+import pytest
+import torch
+from PIL import Image
+
+from latentlab.cli import main
+from latentlab.io import save_component
+from latentlab.models import AutoencoderKL
+from latentlab.training import DiffusionTrainConfig, preset, train_diffusion
+from latentlab.training.state import FILENAME, load_state
+
+
+def run(tmp_path, name, **changes):
+    settings = dict(vae=str(tmp_path / "vae"), out=str(tmp_path / name), steps=4, batch_size=4, device="cpu",
+                    unet=preset("tiny", "unet"), text=preset("tiny", "text"))
+    return train_diffusion(DiffusionTrainConfig(**{**settings, **changes}))
+
+
+@pytest.fixture()
+def vae(tmp_path):
+    save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))
+
+
+def test_grids_tensorboard_and_plot(tmp_path, vae, capsys):
+    run(tmp_path, "run", sample_every=2)
+    grids = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())
+    assert grids == ["step-000002.png", "step-000004.png"]
+    assert Image.open(tmp_path / "run" / "samples" / grids[0]).size == (8 * 64, 64)  # 8 prompts, 32 px at 2x
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert "train/loss" in events.Tags()["scalars"] and "samples" in events.Tags()["images"]
+
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert Image.open(tmp_path / "run" / "curves.png").size[0] > 300
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "has no log.csv" in capsys.readouterr().err
+
+
+def test_sampling_during_a_run_changes_nothing(tmp_path, vae):
+    run(tmp_path, "plain")
+    run(tmp_path, "watched", sample_every=1)
+    plain, _ = load_state(tmp_path / "plain" / FILENAME)
+    watched, _ = load_state(tmp_path / "watched" / FILENAME)
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
