@@ -146,11 +146,40 @@ def cmd_plot(args) -> None:
     print(f"wrote {plot_run(args.run, args.out)}")
 
 
+def cmd_train_classifier(args) -> None:
+    from .data.sources import open_dataset
+    from .evaluation.classifier import train_classifier
+    from .pipeline import resolve_device
+
+    train, test = (open_dataset(args.data, split=split, seed=args.seed) for split in ("train", "test"))
+    if not hasattr(train, "class_captions"):
+        raise LatentlabError(f"--data {args.data} has no classes; accepted: fashion-mnist, mnist")
+    print(json.dumps(train_classifier(train, test, args.out, epochs=args.epochs, device=resolve_device(args.device),
+                                      seed=args.seed)))
+
+
+def cmd_eval_classes(args, pipe) -> None:
+    from .data.sources import open_dataset
+    from .evaluation.classifier import class_fidelity, load_classifier, shipped_classifier
+
+    test = open_dataset(args.data, split="test", image_size=pipe.image_size)
+    classifier = load_classifier(args.classifier or shipped_classifier(args.data), pipe.device)
+    report = class_fidelity(pipe, classifier, test, per_class=args.per_class, steps=args.steps,
+                            guidance=args.guidance, sampler=args.sampler, seed=args.seed, **_sampler_options(args))
+    print(f"class accuracy {report['class_accuracy']:.1%}  Frechet distance {report['frechet_distance']:.3f} "
+          f"(real test images: {report['frechet_floor']:.3f})")
+    if args.out:
+        from .io import atomic_write
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+
+
 def cmd_eval(args) -> None:
     from .evaluation import prompt_adherence
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device=args.device)
+    if args.data != "shapes":
+        return cmd_eval_classes(args, pipe)
     reports = []
     rows = [("test", 1, None), ("test", 2, None), ("heldout", 1, None), ("heldout", 2, None)][: 4 if args.all else 1]
     if args.paraphrases:
@@ -318,7 +347,19 @@ def build_parser() -> Parser:
                    help="also one-object prompts in wording the training captions never use: new sentence "
                         "templates, and new words (data/paraphrase.py)")
     e.add_argument("--out", default=None, help="write the full report as JSON here")
+    e.add_argument("--data", choices=("shapes", "fashion-mnist", "mnist"), default="shapes",
+                   help="shapes: the judge reads the images; fashion-mnist, mnist: a classifier's accuracy on "
+                        "class-prompted samples and the Frechet distance of its features to the test set")
+    e.add_argument("--classifier", default=None, help="the classifier folder (default: the one shipped for --data)")
+    e.add_argument("--per-class", type=_positive(int), default=100, help="samples per class (default %(default)s)")
     e.set_defaults(func=cmd_eval, seed=1234)
+
+    k = sub.add_parser("train-classifier", help="train the classifier that `eval --data` measures samples with")
+    k.add_argument("--data", choices=("fashion-mnist", "mnist"), required=True)
+    k.add_argument("--out", required=True, help="the classifier folder to write")
+    k.add_argument("--epochs", type=_positive(int), default=8)
+    common(k, model=False)
+    k.set_defaults(func=cmd_train_classifier)
 
     n = sub.add_parser("nll", help="bits per dimension: the variational bound on held-out images")
     common(n)
@@ -335,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, nll (see latentlab -h)")
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, train-classifier, nll (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)
