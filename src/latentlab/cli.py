@@ -109,7 +109,7 @@ def cmd_train(args) -> None:
         importance_sampling=args.importance_sampling, text_encoder=args.text_encoder,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
         grad_accum=args.grad_accum, checkpoint_every=args.checkpoint_every, resume=args.resume, compile=args.compile,
-        data=args.data, sample_every=args.sample_every,
+        data=args.data, sample_every=args.sample_every, eval_every=args.eval_every, eval_classifier=args.classifier,
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
@@ -322,6 +322,11 @@ def build_parser() -> Parser:
     t.add_argument("--sample-every", type=int, default=1000,
                    help="draw 8 samples from the EMA weights every N steps to OUT/samples/ (0: never; default "
                         "%(default)s)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="measure the EMA weights every N steps to OUT/metrics.csv: judge accuracy (shapes) or class "
+                        "accuracy and Frechet distance (fashion-mnist, mnist); 0 (default): never")
+    t.add_argument("--classifier", default=None, help="with --eval-every on a class-labelled set: the classifier "
+                                                      "(default: the one shipped)")
     t.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plot", help="draw a training run's loss and metric curves to a PNG")

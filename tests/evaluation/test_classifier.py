@@ -1,7 +1,6 @@
 """The classifier that measures class-labelled models, and the report it gives on a pipeline."""
 
 import pytest
-import torch
 
 from latentlab.cli import main
 from latentlab.data import mnist

@@ -46,3 +46,22 @@ def test_sampling_during_a_run_changes_nothing(tmp_path, vae):
     plain, _ = load_state(tmp_path / "plain" / FILENAME)
     watched, _ = load_state(tmp_path / "watched" / FILENAME)
     assert all(torch.equal(plain[k], watched[k]) for k in plain)
+
+
+def test_measuring_while_training(tmp_path, vae, monkeypatch):
+    """--eval-every writes the judge's accuracy per evaluation to metrics.csv, with the training minutes."""
+    from latentlab.evaluation import adherence
+    from latentlab.training.monitor import read_columns
+
+    calls = []
+    real = adherence.prompt_adherence
+
+    def fewer_prompts(pipe, **kwargs):
+        calls.append(kwargs)
+        return real(pipe, **{**kwargs, "prompts": 4, "steps": 2})
+
+    monkeypatch.setattr("latentlab.evaluation.prompt_adherence", fewer_prompts)
+    run(tmp_path, "run", eval_every=2)
+    columns = read_columns(tmp_path / "run" / "metrics.csv")
+    assert columns["step"] == [2, 4] and len(calls) == 2
+    assert all(0 <= a <= 1 for a in columns["single_object_accuracy"]) and columns["train_minutes"][1] > 0

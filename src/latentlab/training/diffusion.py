@@ -37,7 +37,7 @@ from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import Progress, StopSignals, autocast, learning_rate, setup
-from .monitor import TensorBoard, sample_grid
+from .monitor import MetricsLog, TensorBoard, sample_grid
 from .state import (FILENAME, load_module, load_optimizer, load_state, optimizer_state, prefixed, rng_state,
                     save_state, set_rng_state)
 
@@ -66,6 +66,9 @@ class DiffusionTrainConfig:
     resume: bool = False  # continue from out/checkpoint.safetensors
     compile: bool = False  # torch.compile the U-Net
     sample_every: int = 0  # draw a grid of samples from the EMA weights every N steps (0: never)
+    eval_every: int = 0  # measure the EMA weights every N steps to OUT/metrics.csv (0: never): the judge's
+    # accuracy on single-object prompts (shapes), or a classifier's class accuracy and Frechet distance
+    eval_classifier: str | None = None  # the classifier for class-labelled data (default: the one shipped)
     init: str | None = None  # a model folder to continue from (tokenizer, text encoder, U-Net); None: from scratch
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -81,7 +84,7 @@ class DiffusionTrainConfig:
 
 # what may differ between a run and the run it resumes: how long it goes on, and where it runs
 RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "save_every", "checkpoint_every", "compile",
-                     "sample_every")
+                     "sample_every", "eval_every", "eval_classifier")
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -286,6 +289,31 @@ class DiffusionTrainer:
         self.ema_unet.update(self.unet, step)
         return total
 
+    # ------------------------------------------------------------------ measuring while training
+
+    def evaluate(self) -> dict:
+        """The EMA weights' quality now: the shapes judge's accuracy on 200 single-object prompts, or, on a
+        class-labelled set, a classifier's class accuracy and Frechet distance over 50 samples per class."""
+        from ..evaluation import prompt_adherence
+
+        pipe = self.snapshot()
+        modes = {m: m.training for m in (pipe.text_encoder, pipe.unet)}
+        if self.config.data == "shapes":
+            report = prompt_adherence(pipe, prompts=200, steps=50)
+            result = {"single_object_accuracy": report["accuracy"]["all"]}
+        else:
+            from ..data.sources import open_dataset
+            from ..evaluation.classifier import class_fidelity, load_classifier, shipped_classifier
+
+            test = open_dataset(self.config.data, split="test", image_size=self.config.image_size)
+            classifier = load_classifier(self.config.eval_classifier or shipped_classifier(self.config.data),
+                                         self.device)
+            report = class_fidelity(pipe, classifier, test, per_class=50, steps=50)
+            result = {k: report[k] for k in ("class_accuracy", "frechet_distance", "frechet_floor")}
+        for module, mode in modes.items():
+            module.train(mode)
+        return result
+
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict:
@@ -295,6 +323,7 @@ class DiffusionTrainer:
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step,
                             enabled=self.world.main)
         board = TensorBoard(self.out, enabled=self.world.main)
+        metrics = MetricsLog(self.out / "metrics.csv", resume=c.resume) if c.eval_every and self.world.main else None
         interrupted = False
         with StopSignals() as stop:
             while not progress.done(self.step):
@@ -307,6 +336,11 @@ class DiffusionTrainer:
                     grid = sample_grid(self.snapshot(), self.sample_prompts,
                                        self.out / "samples" / f"step-{self.step:06d}.png")
                     board.image(self.step, "samples", grid)
+                if metrics is not None and self.step % c.eval_every == 0:
+                    with metrics.paused():
+                        values = self.evaluate()
+                    metrics.write(self.step, values)
+                    board.scalars(self.step, {f"eval/{k}": v for k, v in values.items()})
                 if self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.step % c.save_every == 0 and self.world.main:

@@ -10,6 +10,8 @@ generators of its own, so it changes nothing in the run it watches.
 from __future__ import annotations
 
 import csv
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,6 +68,32 @@ def sample_grid(pipe, prompts: list[str], path: Path, *, steps: int = SAMPLE_STE
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return grid
+
+
+class MetricsLog:
+    """OUT/metrics.csv: step, training minutes (wall time since this process started the run, less the time
+    spent measuring) and the measured values, one row per evaluation; a resumed run appends."""
+
+    def __init__(self, path: Path, resume: bool = False):
+        self.path, self.append = path, resume and path.is_file()
+        self.start, self.paused_seconds = time.monotonic(), 0.0
+
+    @contextmanager
+    def paused(self):
+        """A block whose time does not count as training time."""
+        start = time.monotonic()
+        yield
+        self.paused_seconds += time.monotonic() - start
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        minutes = (time.monotonic() - self.start - self.paused_seconds) / 60
+        row = {"step": step, "train_minutes": f"{minutes:.3f}", **{k: f"{v:.6f}" for k, v in values.items()}}
+        with open(self.path, "a" if self.append else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if not self.append:
+                writer.writeheader()
+            writer.writerow(row)
+        self.append = True
 
 
 # ------------------------------------------------------------------ latentlab plot RUN
