@@ -8,9 +8,10 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 $py -m latentlab train-vae --out "$out/vae" --minutes "$vae_minutes" --steps 1000000 --batch-size 128 \
-    --lr 4e-4 --preset "$preset" --device "$device" 2> "$out/train-vae.log" | tee "$out/vae.json"
+    --lr 4e-4 --preset "$preset" --device "$device" --disc-weight 0 2> "$out/train-vae.log" | tee "$out/vae.json"
 $py -m latentlab train --vae "$out/vae" --out "$out/ldm" --minutes "$ldm_minutes" --steps 1000000 \
-    --batch-size 256 --lr 4e-4 --preset "$preset" --device "$device" --save-every 5000 2> "$out/train.log"
+    --batch-size 256 --lr 4e-4 --preset "$preset" --device "$device" --save-every 5000 --sample-every 0 \
+    2> "$out/train.log"
 $py - "$out" <<'PY'
 import sys, torch
 from latentlab import Pipeline

@@ -89,8 +89,16 @@ def cmd_train_vae(args) -> None:
 
     config = VAETrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                             lr=args.lr, image_size=args.image_size, seed=args.seed, device=args.device,
-                            model=preset(args.preset, "vae"))
-    print(json.dumps(train_vae(config)))
+                            model=preset(args.preset, "vae"), data=args.data, disc_start=args.disc_start,
+                            disc_weight=args.disc_weight, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
+        raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
+                             "without --resume")
+    result = train_vae(config)
+    if result["interrupted"]:
+        print(f"stopped after step {result['steps']}; the checkpoint is saved in {args.out}; run the same command "
+              "with --resume to continue", file=sys.stderr)
+    print(json.dumps(result))
 
 
 def cmd_train(args) -> None:
@@ -280,8 +288,15 @@ def build_parser() -> Parser:
         p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="architecture size")
         common(p, model=False)
 
-    v = sub.add_parser("train-vae", help="train the autoencoder on the shapes data set")
+    v = sub.add_parser("train-vae", help="train the autoencoder")
     training(v, 4000, 64, 2e-4)
+    v.add_argument("--disc-start", type=int, default=2000,
+                   help="the step from which a patch discriminator's hinge loss joins L1 + KL (default %(default)s)")
+    v.add_argument("--disc-weight", type=float, default=0.1,
+                   help="its weight, times taming's adaptive factor; 0 turns it off (default %(default)s)")
+    v.add_argument("--checkpoint-every", type=_positive(int), default=500,
+                   help="write the resumable checkpoint every N steps (SIGTERM and Ctrl-C write it too)")
+    v.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, exactly")
     v.set_defaults(func=cmd_train_vae)
 
     t = sub.add_parser("train", help="train a latent diffusion model (text encoder + U-Net) on the shapes data set")
