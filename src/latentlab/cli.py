@@ -242,8 +242,8 @@ def build_parser() -> Parser:
     def common(p, *, model=True):
         if model:
             p.add_argument("--model", default=None,
-                           help="a latentlab model folder, a diffusers Stable Diffusion folder or an SD 1.x .safetensors "
-                                "file (default: the model shipped in the package)")
+                           help="a latentlab model folder, a diffusers Stable Diffusion folder, an SD 1.x .safetensors "
+                                "file, or a shipped model: shapes-default (the default) or fashion-mnist")
         p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
         p.add_argument("--seed", type=int, default=0)
 

@@ -42,6 +42,7 @@ TEXT_ENCODERS = {"latentlab": (TextEncoder, TextEncoderConfig), "bert": (BertMod
 FORMAT, VERSION = "latentlab", 3  # formats 1 and 2: older module names, which io/convert.py translates
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DEFAULT_MODEL = "shapes-default"
+SHIPPED_MODELS = ("shapes-default", "fashion-mnist")  # in the package's weights/; Pipeline.load takes their names
 
 
 def vae_translation(state: dict, config: VAEConfig) -> dict:
@@ -49,9 +50,9 @@ def vae_translation(state: dict, config: VAEConfig) -> dict:
     return vae_from_latentlab_v1(state, config.channels, config.blocks_per_level)
 
 
-def default_model_path() -> Path:
-    """The model that ships inside the package."""
-    return Path(str(resources.files("latentlab") / "weights" / DEFAULT_MODEL))
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """A model that ships inside the package (SHIPPED_MODELS), by default the shapes model."""
+    return Path(str(resources.files("latentlab") / "weights" / name))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -109,9 +110,12 @@ class Pipeline:
     def load(cls, path: str | Path | None = None, *, device: str | torch.device = "auto",
              dtype: str | torch.dtype | None = None, channels_last: bool = False) -> "Pipeline":
         """A pipeline from a latentlab model folder, a diffusers Stable Diffusion folder or an original
-        Stable Diffusion 1.x single file (.safetensors); `None` is the default model shipped in the package.
+        Stable Diffusion 1.x single file (.safetensors); `None` is the default model shipped in the package, and
+        the name of one of SHIPPED_MODELS ("fashion-mnist") that model.
         `dtype` and `channels_last` as for `to`."""
-        path = Path(path) if path is not None else default_model_path()
+        if path is None or (str(path) in SHIPPED_MODELS and not Path(path).exists()):
+            path = default_model_path(DEFAULT_MODEL if path is None else str(path))
+        path = Path(path)
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise CheckpointError(f"{path} is a pickle ({path.suffix}), which can run code when read; latentlab never "
                                   "unpickles files. Convert it to safetensors where you trust it, e.g. "

@@ -1,6 +1,7 @@
 """Latent caching: the shards hold each example's posterior, the trainer reads them in place of images,
 and a cache made by another autoencoder is refused."""
 
+import dataclasses
 import json
 
 import pytest
@@ -18,8 +19,7 @@ from latentlab.training import DiffusionTrainConfig, preset, train_diffusion
 def vae(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("vae") / "vae"
-    model = AutoencoderKL(preset("tiny", "vae"))
-    model.config.scale_factor = 0.7
+    model = AutoencoderKL(dataclasses.replace(preset("tiny", "vae"), scale_factor=0.7))
     save_component(folder, model)
     return folder, model.eval()
 

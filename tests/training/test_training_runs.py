@@ -95,3 +95,8 @@ def test_training_on_other_data(tmp_path, data):
     word = "seven" if data == "mnist" else "yellow"
     assert word in pipe.tokenizer.tokens(f"a {word}")  # a whole token: the vocabulary is the set's
     assert torch.isfinite(pipe.sample([f"a {word}"], steps=2)).all()
+
+
+def test_presets_are_copies():
+    preset("tiny", "vae").scale_factor = 123.0
+    assert preset("tiny", "vae").scale_factor == 1.0

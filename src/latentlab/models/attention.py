@@ -42,8 +42,10 @@ class Attention(nn.Module):
 class GEGLU(nn.Module):
     """Gated GELU feed-forward input (Shazeer 2020): x W * gelu(x V).
 
-    W and V are stored as one projection (diffusers' `proj`, W's rows first) but applied as two, so that
-    each half comes out contiguous and the gating runs on whole tensors rather than strided halves."""
+    W and V are stored as one projection (diffusers' `proj`, W's rows first). At inference they are
+    applied as two products, so that each half comes out contiguous and the gating runs on whole
+    tensors rather than strided halves; in training as one, whose weight gradient then needs no
+    gathering from two slices."""
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
@@ -51,6 +53,9 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.proj.weight.requires_grad:
+            x, gate = self.proj(x).chunk(2, dim=-1)
+            return x * F.gelu(gate)
         weight, bias, n = self.proj.weight, self.proj.bias, self.inner
         return F.linear(x, weight[:n], bias[:n]) * F.gelu(F.linear(x, weight[n:], bias[n:]))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from ..models import TextEncoderConfig, UNetConfig, VAEConfig
 
 PRESETS = {
@@ -20,6 +22,7 @@ PRESETS = {
 
 
 def preset(name: str, part: str):
+    """A fresh copy of a preset's config, so that changing it changes no other run's."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
-    return PRESETS[name][part]
+    return copy.deepcopy(PRESETS[name][part])
