@@ -17,7 +17,6 @@ floating-point sums. Checkpoints (training/state.py) hold every state that a ste
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import Progress, StopSignals, autocast, learning_rate, setup
 from .monitor import MetricsLog, TensorBoard, sample_grid
-from .state import (FILENAME, load_module, load_optimizer, load_state, optimizer_state, prefixed, rng_state,
-                    save_state, set_rng_state)
+from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
+                    optimizer_state, prefixed, rng_state, save_state, set_rng_state)
 
 
 @dataclass
@@ -123,19 +122,6 @@ class TextToNoise(nn.Module):
         return self.unet(x_t, t, context, mask)
 
 
-def config_json(config: DiffusionTrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def check_resumable(saved: dict, config: DiffusionTrainConfig, path: Path) -> None:
-    """A run resumes only the run it continues: every setting but RESUMABLE_CHANGES must be equal."""
-    current = config_json(config)
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed)}); resume with "
-                              f"the same ones, or start a new run in another --out folder")
-
-
 class DiffusionTrainer:
     """One training run. `run()` trains to the end (or until stopped) and writes the model folder."""
 
@@ -209,7 +195,7 @@ class DiffusionTrainer:
 
     def load_checkpoint(self) -> None:
         tensors, meta = load_state(self.checkpoint_path)
-        check_resumable(meta["config"], self.config, self.checkpoint_path)
+        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
         if meta["tokenizer"] != self.tokenizer.to_json():
             raise CheckpointError(f"{self.checkpoint_path}: its tokenizer differs from this run's")
         for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet),

@@ -9,6 +9,7 @@ whole. Nothing is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -47,6 +48,23 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if meta is None:
         raise CheckpointError(f"{path} is a safetensors file but not a latentlab training checkpoint")
     return tensors, json.loads(meta)
+
+
+# ------------------------------------------------------------------ the run's settings
+
+
+def config_json(config) -> dict:
+    """A run's dataclass config as plain JSON values (tuples as lists), as the checkpoint stores it."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def check_resumable(saved: dict, config, path: Path, may_change: tuple[str, ...]) -> None:
+    """A run resumes only the run it continues: every setting but `may_change` must be the saved one."""
+    current = config_json(config)
+    changed = sorted(k for k in current if k not in may_change and saved.get(k) != current[k])
+    if changed:
+        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed)}); resume with "
+                              f"the same ones, or start a new run in another --out folder")
 
 
 # ------------------------------------------------------------------ modules and optimisers

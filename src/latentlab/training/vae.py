@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +28,12 @@ import torch.nn.functional as F
 
 from ..data.dataset import CaptionedImages
 from ..data.sources import open_dataset
-from ..errors import CheckpointError
 from ..io import save_component
 from ..models import AutoencoderKL, VAEConfig
 from ..models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
 from .loop import Progress, StopSignals, autocast, learning_rate, setup
-from .state import (FILENAME, load_module, load_optimizer, load_state, optimizer_state, prefixed, rng_state,
-                    save_state, set_rng_state)
+from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
+                    optimizer_state, prefixed, rng_state, save_state, set_rng_state)
 
 
 @dataclass
@@ -151,19 +149,6 @@ class TermsLog:
 # ------------------------------------------------------------------ the run
 
 
-def config_json(config: VAETrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def check_resumable(saved: dict, config: VAETrainConfig, path: Path) -> None:
-    """A run resumes only the run it continues: every setting but RESUMABLE_CHANGES must be equal."""
-    current = config_json(config)
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed)}); resume with "
-                              f"the same ones, or start a new run in another --out folder")
-
-
 class VAETrainer:
     """One training run. `run()` trains to the end (or until stopped) and writes the autoencoder's folder."""
 
@@ -201,7 +186,7 @@ class VAETrainer:
 
     def load_checkpoint(self) -> None:
         tensors, meta = load_state(self.checkpoint_path)
-        check_resumable(meta["config"], self.config, self.checkpoint_path)
+        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
         load_module(self.vae, "vae", tensors)
         load_module(self.discriminator, "discriminator", tensors)
         for name, optimizer in (("optimizer", self.optimizer), ("disc_optimizer", self.disc_optimizer)):
