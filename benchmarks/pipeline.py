@@ -14,33 +14,15 @@ Needs a CUDA GPU, diffusers and transformers (test-only dependencies of latentla
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 DTYPE = torch.bfloat16
 PROMPT = "an astronaut riding a horse on mars, detailed oil painting"
-
-
-def clip_vocab_files(folder: Path) -> tuple[Path, Path]:
-    """vocab.json and merges.txt for transformers' CLIPTokenizer, from the merges file latentlab ships."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    from latentlab.models.clip_tokenizer import ASSET
-
-    with gzip.open(resources.files("latentlab").joinpath(ASSET).open("rb")) as f:
-        lines = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in lines]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    return folder / "vocab.json", folder / "merges.txt"
 
 
 def build():
@@ -55,6 +37,7 @@ def build():
     from latentlab.models import AutoencoderKL as OurVAE
     from latentlab.models import CLIPTextModel as OurCLIP
     from latentlab.models import UNet, clip_tokenizer
+    from latentlab.models.clip_tokenizer import write_vocab_files
     from latentlab.pipeline import Pipeline
 
     torch.manual_seed(0)
@@ -65,7 +48,7 @@ def build():
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
                                         num_hidden_layers=12, hidden_act="quick_gelu", eos_token_id=49407))
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer(*map(str, clip_vocab_files(Path(tmp))), model_max_length=77)
+        tokenizer = CLIPTokenizer(*map(str, write_vocab_files(tmp)), model_max_length=77)
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing")
     theirs = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,

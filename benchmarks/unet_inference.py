@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from latentlab.models.cuda_graph import CUDAGraphed
+
 DTYPE = torch.bfloat16
 
 
@@ -76,28 +78,6 @@ def flops(fn) -> float:
     return counter.get_total_flops()
 
 
-def cuda_graph(network, x, t, c):
-    """The network's kernels captured once into a CUDA graph and replayed: the same eager kernels without
-    the Python and launch overhead of each call. Inputs are copied into the captured buffers."""
-    static = [x.clone(), t.clone(), c.clone()]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            network(*static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = network(*static)
-
-    def replay(x, t, c):
-        for buffer, value in zip(static, (x, t, c)):
-            buffer.copy_(value)
-        graph.replay()
-        return out
-    return replay
-
-
 def variants(theirs, ours, compiled: bool):
     """name -> (network (x, t, context) -> output, wants channels-last inputs, capture as a CUDA graph)."""
     import copy
@@ -148,17 +128,18 @@ def run(part: str, batches: list[int], out: Path, profile_batch: int | None) -> 
     result["diffusers"] = diffusers.__version__
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     with torch.no_grad():
+        tflop = {batch: flops(lambda: ours(*inputs(batch))) / 1e12 for batch in batches}
         for name, (network, channels_last, graphed) in variants(theirs, ours, part == "compiled").items():
             for batch in batches:
                 x, t, c = inputs(batch, channels_last)
                 start = time.perf_counter()
-                call = cuda_graph(network, x, t, c) if graphed else network
+                call = CUDAGraphed(network) if graphed else network
                 call(x, t, c)  # the first call compiles
                 torch.cuda.synchronize()
                 first = time.perf_counter() - start
                 seconds = timeit(lambda: call(x, t, c))
                 row = {"network": name, "mode": part, "batch": batch, "steps_per_s": 1 / seconds,
-                       "first_call_s": first, "tflop_per_step": flops(lambda: ours(*inputs(batch))) / 1e12}
+                       "first_call_s": first, "tflop_per_step": tflop[batch]}
                 row["tflops"] = row["tflop_per_step"] * row["steps_per_s"]
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)

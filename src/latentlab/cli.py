@@ -50,6 +50,13 @@ def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
+def _check_resume(args) -> None:
+    """--resume needs the run's checkpoint; say so before any work starts."""
+    if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
+        raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
+                             "without --resume")
+
+
 def _sampler_options(args) -> dict:
     return {"variance": args.variance, "eta": args.eta, "spacing": args.spacing}
 
@@ -91,9 +98,7 @@ def cmd_train_vae(args) -> None:
                             lr=args.lr, image_size=args.image_size, seed=args.seed, device=args.device,
                             model=preset(args.preset, "vae"), data=args.data, disc_start=args.disc_start,
                             disc_weight=args.disc_weight, checkpoint_every=args.checkpoint_every, resume=args.resume)
-    if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
-        raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
-                             "without --resume")
+    _check_resume(args)
     result = train_vae(config)
     if result["interrupted"]:
         print(f"stopped after step {result['steps']}; the checkpoint is saved in {args.out}; run the same command "
@@ -121,9 +126,7 @@ def cmd_train(args) -> None:
     )
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
-    if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
-        raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
-                             "without --resume")
+    _check_resume(args)
     result = train_diffusion(config)
     if not result.pop("main"):
         return  # one report per run, from the main process

@@ -288,3 +288,12 @@ def test_known_difference_capitalised_special_token_after_punctuation(ours, slow
     assert ids[0, :5].tolist() == [BOS_ID, 343, 269, EOS_ID, EOS_ID] and mask.sum() == 5  # x . <|endoftext|>
     assert slow.tokenize(prompt) == ["x</w>", ".", "<", "|</w>", "endof", "text</w>", "|", "></w>"]
     assert reference_ids(slow, prompt)[:10] == [BOS_ID, 343, 13, 27, 347, 40786, 4160, 91, 285, EOS_ID]
+
+
+def test_written_vocab_files_are_transformers_own(clip_vocab_files, tmp_path):
+    """write_vocab_files gives the files the test oracle builds with transformers' byte table."""
+    from latentlab.models.clip_tokenizer import write_vocab_files
+
+    vocab, merges = write_vocab_files(tmp_path)
+    assert json.loads(vocab.read_text(encoding="utf-8")) == json.loads(clip_vocab_files[0].read_text(encoding="utf-8"))
+    assert merges.read_text(encoding="utf-8") == clip_vocab_files[1].read_text(encoding="utf-8")

@@ -45,6 +45,6 @@ def caption_corpus_of(spec: str, data: CaptionedImages, *, seed: int = 0, n: int
         from .shapes import caption_corpus
 
         return caption_corpus(n, seed=seed)
-    if hasattr(data, "captions"):  # a latent cache
+    if hasattr(data, "captions"):  # a latent cache, an image folder
         return list(data.captions[:n])
-    return data.batch(0, min(n, len(data)))[1]  # one epoch's worth (the set is finite)
+    return data.items(data.indices(0, min(n, len(data))))[1]  # one epoch's worth; no pixels converted

@@ -84,8 +84,9 @@ def load_diffusers_folder(path: Path) -> dict:
         if not isinstance(given, list) or len(given) != 2 or given[1] not in (kind, kind + "Fast", kind + "WithProjection"):
             raise CheckpointError(f"{path / 'model_index.json'}: {part} is {given!r}; accepted: a {kind} "
                                   "(Stable Diffusion 1.x's pipeline layout)")
+    unet_json = read_json(path / "unet" / "config.json")
     with _config_errors(path / "unet" / "config.json"):
-        unet_config = convert.unet_config_from_diffusers(read_json(path / "unet" / "config.json"))
+        unet_config = convert.unet_config_from_diffusers(unet_json)
     with _config_errors(path / "vae" / "config.json"):
         vae_config = convert.vae_config_from_diffusers(read_json(path / "vae" / "config.json"))
     with _config_errors(path / "text_encoder" / "config.json"):
@@ -93,7 +94,7 @@ def load_diffusers_folder(path: Path) -> dict:
     with _config_errors(path / "scheduler" / "scheduler_config.json"):
         diffusion = convert.diffusion_config_from_diffusers(read_json(path / "scheduler" / "scheduler_config.json"))
     text_weights = convert.from_transformers_clip_text(read_diffusers_weights(path / "text_encoder", "model"))
-    sample_size = read_json(path / "unet" / "config.json").get("sample_size", SD1_IMAGE_SIZE // vae_config.downsampling)
+    sample_size = unet_json.get("sample_size", SD1_IMAGE_SIZE // vae_config.downsampling)
     return dict(
         tokenizer=read_clip_tokenizer(path / "tokenizer", clip_config.max_positions),
         text_encoder=load_weights(build(CLIPTextModel, clip_config), text_weights, str(path / "text_encoder")),

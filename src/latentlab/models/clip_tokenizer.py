@@ -160,8 +160,8 @@ def _parse_merges(lines: list[str], source: str) -> list[tuple[str, str]]:
     return merges
 
 
-def clip_tokenizer(max_length: int = 77) -> Tokenizer:
-    """OpenAI's CLIP tokenizer from the merges file shipped with latentlab (49,408 tokens)."""
+def shipped_merges() -> list[tuple[str, str]]:
+    """OpenAI's CLIP merges, from the file shipped with latentlab."""
     path = resources.files("latentlab").joinpath(ASSET)
     try:
         with path.open("rb") as f, gzip.open(f) as g:
@@ -173,8 +173,24 @@ def clip_tokenizer(max_length: int = 77) -> Tokenizer:
     lines = text.split("\n")[1:N_MERGES + 1]  # line 1 is a header
     if len(lines) < N_MERGES:
         raise CheckpointError(f"{ASSET}: {len(lines)} merges; expected at least {N_MERGES}")
-    merges = _parse_merges(lines, ASSET)
+    return _parse_merges(lines, ASSET)
+
+
+def clip_tokenizer(max_length: int = 77) -> Tokenizer:
+    """OpenAI's CLIP tokenizer from the merges file shipped with latentlab (49,408 tokens)."""
+    merges = shipped_merges()
     return _build(_vocab_from_merges(merges), merges, max_length, ASSET)
+
+
+def write_vocab_files(folder: str | Path) -> tuple[Path, Path]:
+    """The shipped vocabulary as transformers' vocab.json and merges.txt in `folder` (what a diffusers
+    pipeline's tokenizer/ holds); returns their paths."""
+    folder = Path(folder)
+    merges = shipped_merges()
+    (folder / "vocab.json").write_text(json.dumps(_vocab_from_merges(merges), ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                       encoding="utf-8")
+    return folder / "vocab.json", folder / "merges.txt"
 
 
 def clip_tokenizer_from_files(vocab_json: str | Path, merges_txt: str | Path, max_length: int = 77) -> Tokenizer:
