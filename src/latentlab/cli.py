@@ -392,6 +392,12 @@ def build_parser() -> Parser:
                    help="reverse variance (default: learned if the model learned one, else small)")
     n.add_argument("--out", default=None, help="write the report as JSON here")
     n.set_defaults(func=cmd_nll)
+
+    lora = sub.add_parser("lora", help="low-rank adaptation: train, merge (see latentlab lora -h)")
+    lora_sub = lora.add_subparsers(dest="lora_command", metavar="LORA_COMMAND", parser_class=Parser)
+    lora.set_defaults(func=lambda args: (_ for _ in ()).throw(
+        LatentlabError("no lora command given; accepted: " + ", ".join(lora_sub.choices))))
+    # lora train: below; lora merge: below
     return parser
 
 

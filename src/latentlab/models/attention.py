@@ -45,7 +45,7 @@ class GEGLU(nn.Module):
     W and V are stored as one projection (diffusers' `proj`, W's rows first). At inference they are
     applied as two products, so that each half comes out contiguous and the gating runs on whole
     tensors rather than strided halves; in training as one, whose weight gradient then needs no
-    gathering from two slices."""
+    gathering from two slices, and whenever `proj` is not a plain linear layer (wrapped by an adapter)."""
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
@@ -53,7 +53,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.proj.weight.requires_grad:
+        if not isinstance(self.proj, nn.Linear) or torch.is_grad_enabled() and self.proj.weight.requires_grad:
             x, gate = self.proj(x).chunk(2, dim=-1)
             return x * F.gelu(gate)
         weight, bias, n = self.proj.weight, self.proj.bias, self.inner
@@ -115,4 +115,4 @@ def project(layer: nn.Linear | nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
     is a linear layer over its pixels, and runs as one here, with no copy to or from the map's layout."""
     if isinstance(layer, nn.Conv2d):
         return F.linear(tokens, layer.weight.flatten(1), layer.bias)
-    return layer(tokens)
+    return layer(tokens)  # a linear layer, or a wrapped layer (an adapter), which accepts tokens either way

@@ -1,0 +1,9 @@
+"""Parameter-efficient fine-tuning: adapters that wrap a frozen network's layers, injected by name."""
+
+from .lora import (DEFAULT_ADAPTER, TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, LoRALayer, adapters_of,
+                   add_lora, load_lora_state_dict, lora_alphas, lora_layers, lora_parameters, lora_state_dict,
+                   merge_lora, remove_lora, set_lora_scale, target_modules, unmerge_lora)
+
+__all__ = ["DEFAULT_ADAPTER", "TEXT_ENCODER", "UNET_ATTENTION", "UNET_CONVOLUTIONS", "LoRALayer", "adapters_of",
+           "add_lora", "load_lora_state_dict", "lora_alphas", "lora_layers", "lora_parameters", "lora_state_dict",
+           "merge_lora", "remove_lora", "set_lora_scale", "target_modules", "unmerge_lora"]

@@ -1,0 +1,356 @@
+"""Low-Rank Adaptation (Hu et al. 2021): W = W0 + (alpha / r) B A, with W0 frozen.
+
+A linear layer W0 (out x in) or a convolution W0 (out x in x k x k) is wrapped in a `LoRALayer`,
+which keeps W0 as `base` and adds, per named adapter, a down-projection A (r x in, or r x in x k x k:
+a convolution with W0's kernel, stride and padding) and an up-projection B (out x r, or a 1x1
+convolution). A starts like a linear layer's weight, B at zero, so a new adapter leaves the
+output unchanged. The layer computes
+
+    h = W0 x + sum_a  s_a (alpha_a / r_a) B_a A_a dropout(x)
+
+with `s_a` the adapter's scale (the multiplier a user sets: 0 removes it exactly, 1 is as trained).
+An adapter can be merged into W0 (no added latency) and unmerged again.
+
+Adapters are injected by module-name patterns (`add_lora`), so the networks' code never mentions
+them: a pattern matches a module whose dotted name ends with it ("to_q" matches
+"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"); patterns are regular expressions.
+
+The adapter's weights are named like PEFT's, relative to the model: `<module>.lora_A.weight` (A) and
+`<module>.lora_B.weight` (B); io/lora_files.py translates the ecosystem's file formats to these.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LatentlabError
+
+# the default targets: the attention projections (q, k, v, out) of the U-Net's self- and cross-attention
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+# and optionally its convolutions: the residual blocks' and the transformers' 1x1 projections
+UNET_CONVOLUTIONS = ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out")
+# a text encoder's attention and feed-forward layers: ours and SD's CLIP (transformers' names), and BERT
+TEXT_ENCODER = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
+                "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
+                "query", "key", "value", "attention.output.dense", "intermediate.dense", r"\d+\.output\.dense")
+DEFAULT_ADAPTER = "default"
+
+
+class LoRALayer(nn.Module):
+    """A frozen nn.Linear or nn.Conv2d (`base`) plus any number of named low-rank adapters."""
+
+    def __init__(self, base: nn.Linear | nn.Conv2d):
+        super().__init__()
+        if isinstance(base, nn.Conv2d) and base.groups != 1:
+            raise LatentlabError(f"LoRA needs an ungrouped convolution; this one has {base.groups} groups")
+        self.base = base
+        self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.alpha: dict[str, float] = {}
+        self.scale: dict[str, float] = {}  # the user's multiplier s_a
+        self.merged: dict[str, float] = {}  # adapter -> the scaling (s alpha / r) it was merged with
+
+    # ------------------------------------------------------------------ adapters
+
+    def add(self, name: str, rank: int, alpha: float | None = None, dropout: float = 0.0,
+            dtype: torch.dtype | None = None) -> None:
+        if name in self.lora_A:
+            raise LatentlabError(f"this layer already holds an adapter named {name!r}")
+        if rank < 1:
+            raise LatentlabError(f"LoRA rank must be a positive integer, got {rank}")
+        base = self.base
+        factory = dict(device=base.weight.device, dtype=dtype or torch.float32)
+        if isinstance(base, nn.Linear):
+            A = nn.Linear(base.in_features, rank, bias=False, **factory)
+            B = nn.Linear(rank, base.out_features, bias=False, **factory)
+        else:
+            A = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
+                          bias=False, **factory)
+            B = nn.Conv2d(rank, base.out_channels, 1, bias=False, **factory)
+        nn.init.kaiming_uniform_(A.weight, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        nn.init.zeros_(B.weight)
+        self.lora_A[name], self.lora_B[name] = A, B
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.alpha[name] = float(rank if alpha is None else alpha)
+        self.scale[name] = 1.0
+
+    def remove(self, name: str) -> None:
+        if name in self.merged:
+            self.unmerge(name)
+        for table in (self.lora_A, self.lora_B, self.lora_dropout):
+            del table[name]
+        del self.alpha[name], self.scale[name]
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.lora_A)
+
+    def rank(self, name: str) -> int:
+        return self.lora_A[name].weight.shape[0]
+
+    def scaling(self, name: str) -> float:
+        """s alpha / r: the factor of B A in W."""
+        return self.scale[name] * self.alpha[name] / self.rank(name)
+
+    def set_scale(self, name: str, scale: float) -> None:
+        """Change an adapter's multiplier; a merged adapter is re-merged with it."""
+        merged = name in self.merged
+        if merged:
+            self.unmerge(name)
+        self.scale[name] = float(scale)
+        if merged:
+            self.merge(name)
+
+    # ------------------------------------------------------------------ merging
+
+    def delta_weight(self, name: str, scaling: float | None = None) -> torch.Tensor:
+        """(alpha / r) s B A in W0's shape, in float32."""
+        A, B = self.lora_A[name].weight.float(), self.lora_B[name].weight.float()
+        delta = (B.flatten(1) @ A.flatten(1)).view(self.base.weight.shape)
+        return delta * (self.scaling(name) if scaling is None else scaling)
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        """W0 <- W0 + delta: the adapter costs nothing at inference until unmerged."""
+        if name in self.merged:
+            return
+        scaling = self.scaling(name)
+        self._add_to_base(self.delta_weight(name, scaling))
+        self.merged[name] = scaling
+
+    @torch.no_grad()
+    def unmerge(self, name: str) -> None:
+        if name not in self.merged:
+            return
+        self._add_to_base(-self.delta_weight(name, self.merged.pop(name)))
+
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        weight = self.base.weight
+        weight.copy_((weight.float() + delta).to(weight.dtype))  # summed in float32 whatever W0's dtype
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
+        out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
+        for name in self.lora_A:
+            scaling = self.scaling(name)
+            if scaling == 0 or name in self.merged:  # scale 0 is exactly the base layer
+                continue
+            h = self._product(self.lora_A[name].weight.to(x.dtype), self.lora_dropout[name](x), tokens, down=True)
+            out = out + scaling * self._product(self.lora_B[name].weight.to(x.dtype), h, tokens)
+        return out
+
+    def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,
+               down: bool = False) -> torch.Tensor:
+        base = self.base
+        if isinstance(base, nn.Linear) or tokens:
+            if tokens and base.kernel_size != (1, 1):
+                raise LatentlabError(f"a {base.kernel_size} convolution cannot be applied to tokens")
+            return F.linear(x, weight.flatten(1), bias)
+        if down:  # A has W0's kernel, stride and padding
+            return F.conv2d(x, weight, bias, base.stride, base.padding, base.dilation)
+        return F.conv2d(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}: r={self.rank(n)} alpha={self.alpha[n]:g} scale={self.scale[n]:g}"
+                         f"{' merged' if n in self.merged else ''}" for n in self.lora_A)
+
+
+# ---------------------------------------------------------------------- models
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(re.search(rf"(?:^|\.)(?:{p})$", name) for p in patterns)
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALayer]]:
+    """(name, layer) of every wrapped layer, named as the layer it wraps."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALayer):
+            yield name, module
+
+
+def adapters_of(model: nn.Module) -> list[str]:
+    names: dict[str, None] = {}
+    for _, layer in lora_layers(model):
+        names.update(dict.fromkeys(layer.adapters))
+    return list(names)
+
+
+def target_modules(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """The linear layers and convolutions whose names match `targets` (wrapped ones included)."""
+    targets = list(targets)
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALayer):
+            if _matches(name, targets):
+                found.append(name)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) and _matches(name, targets) and not name.endswith(".base") \
+                and ".lora_" not in name:
+            found.append(name)
+    return found
+
+
+def _wrap(model: nn.Module, name: str) -> LoRALayer:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    module = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+    if isinstance(module, LoRALayer):
+        return module
+    layer = LoRALayer(module)
+    if child.isdigit():
+        parent[int(child)] = layer
+    else:
+        setattr(parent, child, layer)
+    return layer
+
+
+def add_lora(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int | dict[str, int] = 4,
+             alpha: float | dict[str, float] | None = None, dropout: float = 0.0,
+             targets: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> list[str]:
+    """Add adapter `adapter` to every linear layer and convolution of `model` named by `targets`
+    (patterns; default UNET_ATTENTION), or, when `rank` is a dict, to exactly the modules it names with
+    their ranks. alpha: a number for all, a dict per module, or None (alpha = r: scaling 1). The
+    adapter's weights are float32 unless `dtype` says otherwise; W0 is frozen. Returns the module names."""
+    if isinstance(rank, dict):
+        names = list(rank)
+        known = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, LoRALayer))}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise LatentlabError(f"{len(missing)} LoRA modules are not linear layers or convolutions of this model, "
+                                 f"e.g. {', '.join(missing[:3])}")
+    else:
+        names = target_modules(model, UNET_ATTENTION if targets is None else targets)
+        if not names:
+            raise LatentlabError(f"no linear layer or convolution of this model matches the LoRA targets "
+                                 f"{list(UNET_ATTENTION if targets is None else targets)}")
+    for name in names:
+        layer = _wrap(model, name)
+        layer.base.requires_grad_(False)
+        r = rank[name] if isinstance(rank, dict) else rank
+        a = alpha.get(name) if isinstance(alpha, dict) else alpha
+        layer.add(adapter, r, a, dropout, dtype)
+    return names
+
+
+def _layers_with(model: nn.Module, adapter: str | None) -> list[tuple[str, LoRALayer]]:
+    layers = [(n, l) for n, l in lora_layers(model) if adapter is None or adapter in l.adapters]
+    if adapter is not None and not layers:
+        raise LatentlabError(f"this model has no LoRA adapter named {adapter!r}; it has: "
+                             f"{', '.join(adapters_of(model)) or 'none'}")
+    return layers
+
+
+def _each(model: nn.Module, adapter: str | None):
+    for _, layer in _layers_with(model, adapter):
+        for name in ([adapter] if adapter is not None else layer.adapters):
+            yield layer, name
+
+
+def set_lora_scale(model: nn.Module, adapter: str, scale: float) -> None:
+    """The adapter's multiplier s (0: the base model exactly); no reloading, merged or not."""
+    for layer, name in _each(model, adapter):
+        layer.set_scale(name, scale)
+
+
+def merge_lora(model: nn.Module, adapter: str | None = None) -> None:
+    """Merge one adapter (or all) into the base weights."""
+    for layer, name in _each(model, adapter):
+        layer.merge(name)
+
+
+def unmerge_lora(model: nn.Module, adapter: str | None = None) -> None:
+    for layer, name in _each(model, adapter):
+        layer.unmerge(name)
+
+
+def remove_lora(model: nn.Module, adapter: str | None = None, *, keep_merged: bool = False) -> None:
+    """Delete one adapter (or all); a layer left with none is replaced by its base layer again. With
+    `keep_merged`, merged adapters stay in the base weights (what `lora merge` writes); otherwise they
+    are unmerged first."""
+    for name, layer in _layers_with(model, adapter):
+        for a in [adapter] if adapter is not None else layer.adapters:
+            if keep_merged:
+                layer.merged.pop(a, None)
+            layer.remove(a)
+        if not layer.adapters:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if child.isdigit():
+                parent[int(child)] = layer.base
+            else:
+                setattr(parent, child, layer.base)
+
+
+def lora_parameters(model: nn.Module, adapter: str | None = None) -> list[nn.Parameter]:
+    return [p for layer, name in _each(model, adapter)
+            for p in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
+
+
+def lora_state_dict(model: nn.Module, adapter: str = DEFAULT_ADAPTER) -> dict[str, torch.Tensor]:
+    """{"<module>.lora_A.weight": A, "<module>.lora_B.weight": B} of one adapter."""
+    state = {}
+    for name, layer in _layers_with(model, adapter):
+        state[f"{name}.lora_A.weight"] = layer.lora_A[adapter].weight.detach()
+        state[f"{name}.lora_B.weight"] = layer.lora_B[adapter].weight.detach()
+    return state
+
+
+def lora_alphas(model: nn.Module, adapter: str = DEFAULT_ADAPTER) -> dict[str, float]:
+    return {name: layer.alpha[adapter] for name, layer in _layers_with(model, adapter)}
+
+
+def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter: str = DEFAULT_ADAPTER, *,
+                         alphas: dict[str, float] | None = None, scale: float = 1.0,
+                         dtype: torch.dtype | None = None) -> list[str]:
+    """Add adapter `adapter` holding the weights in `state` (named as lora_state_dict names them) to the
+    modules they name, with their ranks. Keys naming no module, A without B and shapes that do not fit
+    W0 raise LatentlabError naming them; nothing is added then. alphas: per module (default alpha = r)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, tensor in state.items():
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", key)
+        if match is None:
+            unknown.append(key)
+        else:
+            modules.setdefault(match.group(1), {})[match.group(2)] = tensor
+    if unknown:
+        raise LatentlabError(f"{len(unknown)} keys are not LoRA weights (<module>.lora_A.weight or .lora_B.weight), "
+                             f"e.g. {', '.join(unknown[:3])}")
+    incomplete = [m for m, ab in modules.items() if len(ab) != 2]
+    if incomplete:
+        raise LatentlabError(f"{len(incomplete)} LoRA modules lack their A or B weight, e.g. {', '.join(incomplete[:3])}")
+    layers = dict(model.named_modules())
+    missing = [m for m in modules if not isinstance(layers.get(m), (nn.Linear, nn.Conv2d, LoRALayer))]
+    if missing:
+        raise LatentlabError(f"{len(missing)} LoRA modules are not in this model (is the file for another base "
+                             f"model?), e.g. {', '.join(sorted(missing)[:3])}")
+    bad = [m for m, ab in modules.items() if not _fits(layers[m], ab["lora_A"], ab["lora_B"])]
+    if bad:
+        raise LatentlabError(f"{len(bad)} LoRA weights do not fit their layers' shapes (another base model, or "
+                             f"a wrong rank?), e.g. {', '.join(sorted(bad)[:3])}")
+    ranks = {m: ab["lora_A"].shape[0] for m, ab in modules.items()}
+    add_lora(model, adapter, rank=ranks, alpha=alphas, dtype=dtype)
+    with torch.no_grad():
+        for m, ab in modules.items():
+            layer = model.get_submodule(m)
+            layer.lora_A[adapter].weight.copy_(ab["lora_A"])
+            layer.lora_B[adapter].weight.copy_(ab["lora_B"])
+            layer.scale[adapter] = float(scale)
+    return list(modules)
+
+
+def _fits(layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> bool:
+    base = layer.base if isinstance(layer, LoRALayer) else layer
+    r = A.shape[0]
+    if isinstance(base, nn.Linear):
+        return tuple(A.shape) == (r, base.in_features) and tuple(B.shape) == (base.out_features, r)
+    return (tuple(A.shape) == (r, base.in_channels, *base.kernel_size)
+            and tuple(B.shape) == (base.out_channels, r, 1, 1))
