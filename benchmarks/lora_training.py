@@ -1,0 +1,163 @@
+"""LoRA and full fine-tuning of the Stable Diffusion 1.5 U-Net, ours against diffusers + peft, on one GPU.
+
+The reference loop is `../shared/bench/diffusers_anchor.py`'s: diffusers' UNet2DConditionModel at SD 1.5's
+size with random weights, float32 weights under bf16 autocast, AdamW, the MSE of the output against the
+input, batch 8 of 64x64x4 latents with 77 context tokens of width 768; LoRA by peft (r=4, alpha=4, on
+to_q, to_k, to_v, to_out.0). Ours runs the same step on our U-Net holding the same weights:
+- full fine-tuning: float32 weights under bf16 autocast, as the reference;
+- LoRA (adapters/lora.py, same rank, alpha and targets): the frozen base in bfloat16 (it has no
+  gradient, so it needs no float32 master copy), the adapters' A and B in float32, bf16 autocast.
+Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode).
+Peak memory is torch.cuda.max_memory_allocated over the timed steps, the weights included.
+
+    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--no-compile] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def timeit(step, n: int, warm: int) -> float:
+    for _ in range(warm):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+
+def diffusers_unet(mode: str, checkpointing: bool):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).train()
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    if mode == "lora":
+        from peft import LoraConfig
+
+        model.requires_grad_(False)
+        model.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian", target_modules=TARGETS))
+    return model, lambda x, t, c: model(x, t, c).sample
+
+
+def our_unet(mode: str, checkpointing: bool, compiled: bool, channels_last: bool):
+    from diffusers import UNet2DConditionModel
+
+    from latentlab.adapters import add_lora
+    from latentlab.models import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        theirs = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+        model = UNet(UNetConfig.stable_diffusion_1())
+    model.load_state_dict(theirs.state_dict())  # the same weights
+    del theirs
+    model.train().enable_gradient_checkpointing(checkpointing)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if mode == "lora":
+        model.requires_grad_(False).to(torch.bfloat16)  # frozen: no gradient, no float32 master copy
+        add_lora(model, rank=RANK, alpha=RANK, targets=TARGETS, dtype=torch.float32)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=1e-3)  # nonzero, so that B's gradient path is exercised as trained
+    network = torch.compile(model) if compiled else model
+    return model, network
+
+
+def measure(label: str, model, network, n: int, warm: int) -> dict:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, 4, 64, 64, device="cuda", generator=g)
+    c = torch.randn(B, 77, 768, device="cuda", generator=g)
+    t = torch.randint(0, 1000, (B,), device="cuda", generator=g)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.mse_loss(network(x, t, c).float(), x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    torch.cuda.reset_peak_memory_stats()
+    seconds = timeit(step, n, warm)
+    row = {"run": label, "samples_per_s": B / seconds, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30,
+           "trainable_M": sum(p.numel() for p in params) / 1e6, "first_step_s": first}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    n, warm = (5, 2) if args.quick else (10, 3)
+    rows = []
+    for mode in ("full", "lora"):
+        for checkpointing in (False, True):
+            tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+            model, network = diffusers_unet(mode, checkpointing)
+            rows.append(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
+            del model, network
+            torch.cuda.empty_cache()
+            for channels_last in (False, True) if args.channels_last else (False,):
+                model, network = our_unet(mode, checkpointing, False, channels_last)
+                rows.append(measure(f"latentlab, {tag}{', channels-last' if channels_last else ''}", model, network,
+                                    n, warm))
+                del model, network
+                torch.cuda.empty_cache()
+    if not args.no_compile:
+        for mode, checkpointing in (("lora", False), ("lora", True), ("full", False)):
+            model, network = our_unet(mode, checkpointing, True, False)
+            tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+            rows.append(measure(f"latentlab, {tag}, compiled", model, network, n, warm))
+            del model, network
+            torch.cuda.empty_cache()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_table(result, args.out / "table.md")
+
+
+def write_table(result: dict, path: Path) -> None:
+    rows = result["rows"]
+
+    def reference(run: str) -> dict:
+        tag = run.split(", ", 1)[1].replace(", compiled", "").replace(", channels-last", "")
+        name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
+        return next(r for r in rows if r["run"] == f"{name}, {tag}")
+
+    lines = [f"{result['device']}, torch {result['torch']}, batch {result['batch']}, bf16 autocast, AdamW\n",
+             "| run | trainable | samples/s | peak GiB | samples/s vs reference | peak vs reference |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ref = reference(r["run"])
+        lines.append(f"| {r['run']} | {r['trainable_M']:.2f}M | {r['samples_per_s']:.1f} | {r['peak_GiB']:.1f} | "
+                     f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x | {r['peak_GiB'] / ref['peak_GiB']:.2f}x |")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
