@@ -10,7 +10,7 @@ to_q, to_k, to_v, to_out.0). Ours runs the same step on our U-Net holding the sa
 Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode).
 Peak memory is torch.cuda.max_memory_allocated over the timed steps, the weights included.
 
-    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--no-compile] [--quick]
+    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt] [--compiled lora]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
+RUNS = [("full", False), ("full", True), ("lora", False), ("lora", True)]
 
 
 def timeit(step, n: int, warm: int) -> float:
@@ -110,26 +111,31 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--runs", default="full,full+ckpt,lora,lora+ckpt", help="eager runs (each beside its reference)")
+    parser.add_argument("--compiled", default="lora,lora+ckpt,full", help="our runs under torch.compile")
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     n, warm = (5, 2) if args.quick else (10, 3)
     rows = []
-    for mode in ("full", "lora"):
-        for checkpointing in (False, True):
-            tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
-            model, network = diffusers_unet(mode, checkpointing)
-            rows.append(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
+    for mode, checkpointing in RUNS:
+        if f"{mode}{'+ckpt' if checkpointing else ''}" not in args.runs.split(","):
+            continue
+        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+        model, network = diffusers_unet(mode, checkpointing)
+        rows.append(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
+        del model, network
+        torch.cuda.empty_cache()
+        for channels_last in (False, True) if args.channels_last else (False,):
+            model, network = our_unet(mode, checkpointing, False, channels_last)
+            rows.append(measure(f"latentlab, {tag}{', channels-last' if channels_last else ''}", model, network,
+                                n, warm))
             del model, network
             torch.cuda.empty_cache()
-            for channels_last in (False, True) if args.channels_last else (False,):
-                model, network = our_unet(mode, checkpointing, False, channels_last)
-                rows.append(measure(f"latentlab, {tag}{', channels-last' if channels_last else ''}", model, network,
-                                    n, warm))
-                del model, network
-                torch.cuda.empty_cache()
     if not args.no_compile:
-        for mode, checkpointing in (("lora", False), ("lora", True), ("full", False)):
+        for mode, checkpointing in RUNS:
+            if f"{mode}{'+ckpt' if checkpointing else ''}" not in args.compiled.split(","):
+                continue
             model, network = our_unet(mode, checkpointing, True, False)
             tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
             rows.append(measure(f"latentlab, {tag}, compiled", model, network, n, warm))

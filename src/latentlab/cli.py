@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -46,6 +47,23 @@ def _spacing(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is neither a spacing name nor comma-separated timesteps") from None
 
 
+def _lora_file(text: str) -> tuple[str, float]:
+    """FILE or FILE:SCALE (the multiplier s of W0 + s alpha / r B A; default 1); the file must exist."""
+    path, scale = text, 1.0
+    if ":" in text and not Path(text).exists():
+        path, _, number = text.rpartition(":")
+        try:
+            scale = float(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: scale {number!r} is not a number; write FILE or FILE:SCALE, "
+                                             "e.g. style.safetensors:0.8") from None
+        if not math.isfinite(scale):
+            raise argparse.ArgumentTypeError(f"{text!r}: scale must be a finite number")
+    if not Path(path).exists():
+        raise argparse.ArgumentTypeError(f"LoRA file {path} does not exist")
+    return path, scale
+
+
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
@@ -72,6 +90,8 @@ def cmd_generate(args) -> None:
     if not prompts or any(not p.strip() for p in args.prompts):
         raise LatentlabError("give one or more non-empty prompts, e.g. latentlab generate \"a red circle\"")
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, channels_last=args.channels_last)
+    for path, scale in args.lora or ():
+        pipe.load_lora(path, scale=scale)
     if args.cuda_graph and pipe.device.type != "cuda":
         raise LatentlabError(f"--cuda-graph needs a CUDA GPU; the model is on {pipe.device}")
     size = args.size or pipe.image_size
@@ -188,7 +208,11 @@ def cmd_eval(args) -> None:
     from .evaluation import prompt_adherence
     from .pipeline import Pipeline
 
+    if args.concept and args.data != "shapes":
+        raise LatentlabError(f"--concept measures a shapes-world colour; it does not go with --data {args.data}")
     pipe = Pipeline.load(args.model, device=args.device)
+    for path, scale in args.lora or ():
+        pipe.load_lora(path, scale=scale)
     if args.data != "shapes":
         return cmd_eval_classes(args, pipe)
     reports = []
@@ -203,6 +227,18 @@ def cmd_eval(args) -> None:
         accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
         reworded = f", new {paraphrase}" if paraphrase else ""
         print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  {accuracy}")
+    if args.concept:
+        from .evaluation.concept import concept_accuracy
+
+        report = concept_accuracy(pipe, colour=args.concept, prompts=args.prompts, seed=args.seed, steps=args.steps,
+                                  guidance=args.guidance, sampler=args.sampler, **_sampler_options(args))
+        reports.append(report)
+        accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
+        print(f"{'concept':8s} {args.concept + ' 1 object':25s}  {accuracy}")
+        read = ", ".join(f"{k} {v:.0%}" for k, v in report["colours_read"].items())
+        round_trip = report["vae_round_trip"]
+        print(f"{'':8s} colour drawn: {read}; ground truth through the autoencoder: all {round_trip['all']:.1%}, "
+              f"colour {round_trip['colour']:.1%}")
     if args.out:
         from .io import atomic_write
         atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
@@ -232,10 +268,46 @@ def cmd_nll(args) -> None:
         atomic_write(args.out, json.dumps(report, indent=2) + "\n")
 
 
+def cmd_lora_train(args) -> None:
+    from .training.lora import LoRATrainConfig, train_lora
+
+    config = LoRATrainConfig(
+        data=args.data, out=args.out, model=args.model or "shapes-default", rank=args.rank, alpha=args.alpha,
+        dropout=args.dropout, targets=tuple(args.targets), unet_convolutions=args.unet_convolutions,
+        text_encoder_lora=args.text_encoder_lora, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        p_uncond=args.p_uncond, image_size=args.image_size, seed=args.seed, device=args.device,
+        prior_prompts=tuple(args.prior_prompt or ()), prior_images=args.prior_images, prior_weight=args.prior_weight,
+        prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
+    )
+    _check_resume(args)
+    result = train_lora(config)
+    if result["interrupted"]:
+        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and {result['lora']} are "
+              f"saved; run the same command with --resume to continue", file=sys.stderr)
+    print(json.dumps(result))
+
+
+def cmd_lora_merge(args) -> None:
+    from .pipeline import Pipeline, resolve_dtype
+
+    pipe = Pipeline.load(args.model, device=args.device)  # merged in float32, cast when saved
+    for path, scale in args.lora:
+        pipe.load_lora(path, scale=scale)
+    pipe.merge_lora()
+    pipe.remove_lora(keep_merged=True)
+    pipe.save(args.out, dtype=resolve_dtype(args.dtype))
+    print(f"merged {len(args.lora)} LoRA{'s' if len(args.lora) > 1 else ''} into {args.out}")
+
+
 # ------------------------------------------------------------------ parser
 
 
 def build_parser() -> Parser:
+    from .adapters.lora import UNET_ATTENTION, UNET_CONVOLUTIONS
+    from .data.shapes import NEW_COLOURS
     from .diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES, WEIGHTINGS
     from .training import PRESETS
 
@@ -276,6 +348,9 @@ def build_parser() -> Parser:
     g.add_argument("--channels-last", action="store_true", help="feature maps in NHWC, the GPU convolutions' own layout")
     g.add_argument("--cuda-graph", action="store_true",
                    help="record the U-Net's kernels once and replay them each step (CUDA only; same images)")
+    g.add_argument("--lora", type=_lora_file, action="append", metavar="FILE[:SCALE]",
+                   help="add a LoRA (latentlab, kohya, diffusers or peft file) at multiplier SCALE (default 1: "
+                        "W = W0 + SCALE * alpha/rank * B A); repeat for several")
     g.set_defaults(func=cmd_generate)
 
     def training(p, steps, batch_size, lr):
@@ -375,6 +450,11 @@ def build_parser() -> Parser:
                         "class-prompted samples and the Frechet distance of its features to the test set")
     e.add_argument("--classifier", default=None, help="the classifier folder (default: the one shipped for --data)")
     e.add_argument("--per-class", type=_positive(int), default=100, help="samples per class (default %(default)s)")
+    e.add_argument("--concept", choices=list(NEW_COLOURS), default=None,
+                   help="also one-object prompts of this colour the model never trained on, taught afterwards "
+                        "(data/concept.py); read by the judge with the palette plus that colour")
+    e.add_argument("--lora", type=_lora_file, action="append", metavar="FILE[:SCALE]",
+                   help="add a LoRA at multiplier SCALE (default 1) before measuring; repeat for several")
     e.set_defaults(func=cmd_eval, seed=1234)
 
     k = sub.add_parser("train-classifier", help="train the classifier that `eval --data` measures samples with")
@@ -398,6 +478,65 @@ def build_parser() -> Parser:
     lora.set_defaults(func=lambda args: (_ for _ in ()).throw(
         LatentlabError("no lora command given; accepted: " + ", ".join(lora_sub.choices))))
     # lora train: below; lora merge: below
+
+    lm = lora_sub.add_parser("merge", help="fold LoRAs into a model's weights and save it as a latentlab model folder")
+    lm.add_argument("--model", required=True, help="the base model (any Pipeline.load accepts)")
+    lm.add_argument("--lora", type=_lora_file, action="append", required=True, metavar="FILE[:SCALE]",
+                    help="a LoRA file and its multiplier (default 1: W = W0 + SCALE * alpha/rank * B A); repeatable")
+    lm.add_argument("--out", required=True, help="the model folder to write")
+    lm.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                    help="store the merged weights in this dtype (default: float32)")
+    lm.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    lm.set_defaults(func=cmd_lora_merge)
+
+    lt = lora_sub.add_parser("train", help="train a LoRA on a folder of captioned images; the base model stays frozen")
+    common(lt)
+    lt.add_argument("--data", required=True,
+                    help="a folder of captioned images (a .txt beside each image, or metadata.jsonl), a latent cache "
+                         "of this model's autoencoder, or shapes, fashion-mnist, mnist")
+    lt.add_argument("--out", required=True,
+                    help="the run folder: lora.safetensors (the result), checkpoint.safetensors, log.csv, prior/")
+    lt.add_argument("--rank", type=_positive(int), default=4,
+                    help="r, the adapters' rank (default %(default)s); the update B A is scaled by alpha/rank")
+    lt.add_argument("--alpha", type=_positive(float), default=None,
+                    help="alpha of the scale alpha/rank (default: the rank, so the scale is 1)")
+    lt.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    lt.add_argument("--targets", nargs="+", default=list(UNET_ATTENTION), metavar="PATTERN",
+                    help="the U-Net layers to adapt: regular expressions matching the end of a module's dotted name "
+                         "(default: %(default)s, the attention projections)")
+    lt.add_argument("--unet-convolutions", action="store_true",
+                    help="also adapt the U-Net's convolutions (" + " ".join(UNET_CONVOLUTIONS) + ")")
+    lt.add_argument("--text-encoder-lora", action="store_true",
+                    help="also adapt the text encoder's attention and feed-forward layers")
+    lt.add_argument("--steps", type=_positive(int), default=1000)
+    lt.add_argument("--minutes", type=_positive(float), default=None, help="stop after this much wall time")
+    lt.add_argument("--batch-size", type=_positive(int), default=8,
+                    help="images per step (default %(default)s; as many prior images join them)")
+    lt.add_argument("--lr", type=_positive(float), default=1e-4, help="AdamW's learning rate (default %(default)s)")
+    lt.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps (default %(default)s)")
+    lt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's weight decay (default %(default)s)")
+    lt.add_argument("--grad-clip", type=_positive(float), default=1.0, help="clip the gradient norm to this")
+    lt.add_argument("--p-uncond", type=float, default=0.1,
+                    help="probability of training on the empty prompt, which keeps guidance working (default "
+                         "%(default)s)")
+    lt.add_argument("--image-size", type=_positive(int), default=None, help="default: the base model's")
+    lt.add_argument("--prior-prompt", action="append", metavar="PROMPT",
+                    help="prior preservation (DreamBooth): a class prompt the base model draws images of before "
+                         "training, cached in OUT/prior; repeat for several")
+    lt.add_argument("--prior-images", type=_positive(int), default=100,
+                    help="how many prior images to draw (default %(default)s)")
+    lt.add_argument("--prior-weight", type=float, default=1.0,
+                    help="lambda of loss = L_data + lambda L_prior (default %(default)s)")
+    lt.add_argument("--prior-steps", type=_positive(int), default=50, help="sampler steps for the prior images")
+    lt.add_argument("--prior-guidance", type=float, default=4.0, help="guidance scale for the prior images")
+    lt.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
+    lt.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    lt.add_argument("--checkpoint-every", type=_positive(int), default=500,
+                    help="write the resumable checkpoint every N steps; SIGTERM and Ctrl-C also write it")
+    lt.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its checkpoint, exactly (same settings; --steps may grow)")
+    lt.set_defaults(func=cmd_lora_train)
     return parser
 
 

@@ -21,13 +21,16 @@ from typing import Callable
 
 import torch
 from PIL import Image
+from torch import nn
 
+from .adapters.lora import adapters_of, merge_lora, remove_lora, set_lora_scale, unmerge_lora
 from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
                         timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
 from .io import atomic_write, load_component, read_config, read_json, save_component
 from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_from_latentlab_v1
+from .io.lora_files import apply_lora, read_lora, save_lora
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
 from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
                      UNetConfig, VAEConfig)
@@ -197,6 +200,56 @@ class Pipeline:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    # ------------------------------------------------------------------ LoRA
+
+    def lora_parts(self) -> dict[str, nn.Module]:
+        """The networks a LoRA adapts, by the names LoRA files give them."""
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
+
+    def _holding(self, name: str | None) -> list[nn.Module]:
+        """The networks holding LoRA `name` (None: any LoRA); an unknown name raises."""
+        held = [m for m in self.lora_parts().values() if (name in adapters_of(m) if name else adapters_of(m))]
+        if name is not None and not held:
+            raise LatentlabError(f"no LoRA named {name!r} is loaded; loaded: {', '.join(self.loras) or 'none'}")
+        return held
+
+    @property
+    def loras(self) -> list[str]:
+        """The names of the loaded LoRAs."""
+        return list(dict.fromkeys(a for m in self.lora_parts().values() for a in adapters_of(m)))
+
+    def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None, *,
+                  check_base: bool = True) -> str:
+        """Add the LoRA file `path` (latentlab, kohya, diffusers or peft; io/lora_files.py) as LoRA `name`
+        (default: the file's name) at multiplier `scale` (W = W0 + scale alpha / r B A), on the pipeline's
+        device and in its dtype; returns the name. Several LoRAs can be loaded, each with its own scale.
+        `check_base`: refuse a file whose base-model fingerprint is not this model's."""
+        return apply_lora(self.lora_parts(), read_lora(path), name, scale, check_base)
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        """LoRA `name`'s multiplier (0: as if not loaded), merged or not."""
+        for module in self._holding(name):
+            set_lora_scale(module, name, scale)
+
+    def merge_lora(self, name: str | None = None) -> None:
+        """Fold LoRA `name` (None: all) into the base weights: no extra work per step until unmerged."""
+        for module in self._holding(name):
+            merge_lora(module, name)
+
+    def unmerge_lora(self, name: str | None = None) -> None:
+        for module in self._holding(name):
+            unmerge_lora(module, name)
+
+    def remove_lora(self, name: str | None = None, *, keep_merged: bool = False) -> None:
+        """Drop LoRA `name` (None: all); with `keep_merged`, merged ones stay in the base weights."""
+        for module in self._holding(name):
+            remove_lora(module, name, keep_merged=keep_merged)
+
+    def save_lora(self, path: str | Path, name: str, *, format: str = "latentlab",
+                  metadata: dict | None = None) -> None:
+        """Write LoRA `name` as a file of `format` (latentlab, kohya, diffusers, or peft: a folder)."""
+        save_lora(path, self.lora_parts(), name, format=format, metadata=metadata)
 
     # ------------------------------------------------------------------ generation
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LatentlabError
+from ..models.precision import to_autocast_dtype
 
 # the default targets: the attention projections (q, k, v, out) of the U-Net's self- and cross-attention
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -136,7 +137,14 @@ class LoRALayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def plain_layer(self) -> nn.Linear | nn.Conv2d | None:
+        """W0's layer when no adapter adds anything (each at scale 0 or merged), else None: a network
+        that computes a layer's product its own way (GEGLU's halves) then computes exactly W0's output."""
+        active = any(self.scaling(n) != 0 and n not in self.merged for n in self.lora_A)
+        return None if active else self.base
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
         tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
         out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
         for name in self.lora_A:
@@ -144,7 +152,7 @@ class LoRALayer(nn.Module):
             if scaling == 0 or name in self.merged:  # scale 0 is exactly the base layer
                 continue
             h = self._product(self.lora_A[name].weight.to(x.dtype), self.lora_dropout[name](x), tokens, down=True)
-            out = out + scaling * self._product(self.lora_B[name].weight.to(x.dtype), h, tokens)
+            out = torch.add(out, self._product(self.lora_B[name].weight.to(x.dtype), h, tokens), alpha=scaling)
         return out
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,

@@ -6,6 +6,10 @@ background keeps that direction, so anti-aliased edges count too); the coverage 
 projection onto the object's mean colour. From an object's coverage map the judge reads its size
 (area), its position (centroid) and its shape (the best-overlapping shape template, drawn with the
 renderer's own distance functions at the object's centroid and area).
+
+The colours the judge knows are the training palette unless `palette` says otherwise: a concept colour
+(shapes.NEW_COLOURS) is read by adding it to the palette (evaluation/concept.py). Adding one only moves
+the decision boundaries next to it, so ordinary prompts are always judged with the palette alone.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ class Detection:
     area: float  # fraction of the image covered
 
 
-def _palette_directions(background: torch.Tensor) -> torch.Tensor:
-    palette = torch.tensor(list(COLOURS.values()))
-    d = palette - background
+def _palette_directions(background: torch.Tensor, palette: dict[str, tuple[float, float, float]]) -> torch.Tensor:
+    rgb = torch.tensor(list(palette.values()))
+    d = rgb - background
     return d / d.norm(dim=1, keepdim=True)
 
 
@@ -63,24 +67,26 @@ def _shape(alpha: torch.Tensor, cx: float, cy: float, radius: float) -> str:
     return SHAPES[int(iou.argmax())]
 
 
-def judge(image: torch.Tensor) -> list[Detection]:
-    """Objects in one image, (3, H, W) in [-1, 1], largest first."""
+def judge(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] | None = None) -> list[Detection]:
+    """Objects in one image, (3, H, W) in [-1, 1], largest first; colours named from `palette`
+    (name -> RGB in [0, 1], default the training palette COLOURS)."""
+    palette = COLOURS if palette is None else palette
     rgb = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1)
     S = rgb.shape[-1]
     pixels = rgb.reshape(3, -1).T  # (HW, 3)
     background = pixels.median(dim=0).values
     offset = pixels - background
     distance = offset.norm(dim=1)
-    directions = _palette_directions(background)
+    directions = _palette_directions(background, palette)
     label = (offset @ directions.T).argmax(dim=1)
     foreground = distance > FOREGROUND
     # a member pixel has at least 3 foreground pixels of its colour in its 3x3 neighbourhood (itself
     # included): isolated noise pixels are no object
-    one_hot = torch.stack([(foreground & (label == k)).view(S, S) for k in range(len(COLOURS))]).float()
-    neighbours = F.conv2d(one_hot[:, None], torch.ones(1, 1, 3, 3), padding=1)[:, 0].view(len(COLOURS), -1)
+    one_hot = torch.stack([(foreground & (label == k)).view(S, S) for k in range(len(palette))]).float()
+    neighbours = F.conv2d(one_hot[:, None], torch.ones(1, 1, 3, 3), padding=1)[:, 0].view(len(palette), -1)
     ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")  # pixel centres
     detections = []
-    for k, name in enumerate(COLOURS):
+    for k, name in enumerate(palette):
         member = (one_hot[k].view(-1) > 0) & (neighbours[k] >= 3)
         if member.sum() < 2:
             continue

@@ -4,7 +4,8 @@ Every image is drawn from a seed and an index, so the set is infinite and determ
 attributes are: shape, colour, size and position of each object, and for two objects the relation of
 the first to the second. Captions come from several templates with varied wording. Some
 colour-shape combinations never appear in the training split; the "heldout" split is made of them,
-to test compositional generalisation.
+to test compositional generalisation. NEW_COLOURS are colours no split ever draws: concepts to teach
+a trained model afterwards (data/concept.py); scenes of them render and caption like any other.
 
 Rendering is vectorised in torch (any device): each shape is a signed distance field, anti-aliased
 by clamping the distance to one pixel. All shapes of one size have the same area, so size is
@@ -27,6 +28,11 @@ COLOURS = {  # name -> RGB in [0, 1]
     "green": (0.15, 0.72, 0.22),
     "blue": (0.15, 0.30, 0.92),
     "purple": (0.62, 0.22, 0.82),
+}
+NEW_COLOURS = {  # name -> RGB: never drawn by any split, so a model trained on the shapes world has never seen them
+    # green and blue in equal parts: 37 degrees from each, seen from the background (the judge reads directions;
+    # the palette's closest pair, orange and yellow, is 18 degrees apart)
+    "cyan": (0.10, 0.85, 0.80),
 }
 BACKGROUND = (0.16, 0.16, 0.16)
 SIZES = {"small": 0.10, "large": 0.16}  # radius of the equal-area circle, as a fraction of the width
@@ -101,20 +107,34 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    """A caption of the scene; with `rng`, a random template and wording, else the canonical one."""
+def colour_rgb(name: str) -> tuple[float, float, float]:
+    """The RGB of a palette colour or of one of NEW_COLOURS."""
+    if name in COLOURS:
+        return COLOURS[name]
+    if name in NEW_COLOURS:
+        return NEW_COLOURS[name]
+    raise ValueError(f"unknown colour {name!r}; accepted: {', '.join([*COLOURS, *NEW_COLOURS])}")
+
+
+def caption(scene: Scene, rng: random.Random | None = None, *, colour_words: dict[str, str] | None = None) -> str:
+    """A caption of the scene; with `rng`, a random template and wording, else the canonical one.
+    `colour_words` names colours by other words in the caption (a concept's identifier, data/concept.py)."""
     pick = (lambda options: options[0]) if rng is None else rng.choice
+    colour_words = colour_words or {}
+
+    def colour(obj: ShapeObject) -> str:
+        return colour_words.get(obj.colour, obj.colour)
 
     def words(obj: ShapeObject) -> str:
-        return f"{pick(SIZE_WORDS[obj.size])} {obj.colour} {obj.shape}"
+        return f"{pick(SIZE_WORDS[obj.size])} {colour(obj)} {obj.shape}"
 
     if len(scene.objects) == 1:
         (obj,) = scene.objects
         size = pick(SIZE_WORDS[obj.size])
         template = SINGLE_TEMPLATES[0] if rng is None else rng.choice(SINGLE_TEMPLATES)
         return template.format(
-            a=_article(size), a_colour=_article(obj.colour), a_shape=_article(obj.shape),
-            size=size, colour=obj.colour, shape=obj.shape, pos=pick(POSITION_WORDS[obj.position]),
+            a=_article(size), a_colour=_article(colour(obj)), a_shape=_article(obj.shape),
+            size=size, colour=colour(obj), shape=obj.shape, pos=pick(POSITION_WORDS[obj.position]),
         )
     first, second = (words(o) for o in scene.objects)
     template = PAIR_TEMPLATES[0] if rng is None else rng.choice(PAIR_TEMPLATES)
@@ -185,7 +205,7 @@ def coverage(distance: torch.Tensor) -> torch.Tensor:
 
 
 def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Render scenes to a (B, 3, H, W) tensor in [-1, 1]."""
+    """Render scenes to a (B, 3, H, W) tensor in [-1, 1]. Colours: the palette's and NEW_COLOURS."""
     n_max = max(len(s.objects) for s in scenes)
     B, S = len(scenes), image_size
     rows = []  # per object slot: shape id, r, g, b, centre x, centre y, radius, present
@@ -197,7 +217,7 @@ def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str
             obj = scene.objects[k]
             jx, jy = scene.jitter[k] if scene.jitter else (0.0, 0.0)
             px, py = POSITIONS[obj.position]
-            rows.append((SHAPES.index(obj.shape), *COLOURS[obj.colour], (px + jx) * S, (py + jy) * S,
+            rows.append((SHAPES.index(obj.shape), *colour_rgb(obj.colour), (px + jx) * S, (py + jy) * S,
                          SIZES[obj.size] * S, 1.0))
     table = torch.tensor(rows, dtype=torch.float32).view(B, n_max, 8).to(device)
     shape_ids, colour, centre = table[..., 0].long(), table[..., 1:4], table[..., 4:6]

@@ -8,6 +8,7 @@ from torch import nn
 
 from .blocks import group_norm
 from .group_norm import group_norm_act
+from .precision import to_autocast_dtype
 
 
 class Attention(nn.Module):
@@ -29,7 +30,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
+        x = to_autocast_dtype(x)  # cast once for the three projections that read it
+        context = x if context is None else to_autocast_dtype(context)
         B, N, C = x.shape
         h = self.heads
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
@@ -53,10 +55,14 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(self.proj, nn.Linear) or torch.is_grad_enabled() and self.proj.weight.requires_grad:
-            x, gate = self.proj(x).chunk(2, dim=-1)
+        x = to_autocast_dtype(x)
+        proj = self.proj
+        if hasattr(proj, "plain_layer"):  # a wrapping layer (an adapter) that adds nothing now is its base layer
+            proj = proj.plain_layer() or proj
+        if not isinstance(proj, nn.Linear) or torch.is_grad_enabled() and proj.weight.requires_grad:
+            x, gate = proj(x).chunk(2, dim=-1)
             return x * F.gelu(gate)
-        weight, bias, n = self.proj.weight, self.proj.bias, self.inner
+        weight, bias, n = proj.weight, proj.bias, self.inner
         return F.linear(x, weight[:n], bias[:n]) * F.gelu(F.linear(x, weight[n:], bias[n:]))
 
 

@@ -1,0 +1,370 @@
+"""Training a LoRA (Hu et al. 2021) on a frozen latent diffusion model.
+
+Every weight of the base model (U-Net, text encoder, autoencoder) stays as it is; only the adapters'
+A and B (adapters/lora.py) are trained, so the result is a small file of low-rank updates
+W = W0 + (alpha / r) B A. On CUDA the frozen base is cast to bfloat16 and runs under bf16 autocast:
+it gets no gradient, so it needs no float32 master copy; the adapters stay float32 and are the only
+parameters AdamW holds. On the CPU everything is float32.
+
+Each step: a batch of captioned images (the data set's epoch order), encoded by the autoencoder under
+no_grad, each caption dropped to the empty prompt with probability p_uncond (so guidance keeps
+working), and the base model's own diffusion loss (its DiffusionConfig) through the adapted networks.
+With prior preservation (DreamBooth, Ruiz et al. 2023, eq. 2) the base model first draws
+`prior_images` images of the class prompts with its own sampler, cached in OUT/prior as PNG + .txt;
+each step then adds as many of them to the batch, and the loss is
+L_instance + prior_weight * L_prior.
+
+The run folder `out` holds lora.safetensors (the result, written at the end and when stopped),
+checkpoint.safetensors (adapters, optimiser, random generators, step, config: `resume=True` continues
+exactly), log.csv and prior/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapters.lora import (TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, add_lora, lora_layers, lora_parameters,
+                             lora_state_dict)
+from ..data.sources import NAMED, open_dataset
+from ..errors import CheckpointError, LatentlabError
+from ..io import atomic_write
+from ..models.text_encoder import encode_prompts
+from ..pipeline import Pipeline
+from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, optimizer_state, prefixed,
+                    rng_state, save_state, set_rng_state, unprefixed)
+
+LORA_FILENAME = "lora.safetensors"
+PRIOR_FOLDER = "prior"
+
+
+@dataclass
+class LoRATrainConfig:
+    data: str  # a folder of captioned images (.txt beside each image, or metadata.jsonl), or what `train --data` takes
+    out: str  # the run folder: lora.safetensors (the result), checkpoint.safetensors, log.csv, prior/
+    model: str = "shapes-default"  # the base model: anything Pipeline.load takes (folder, SD file, shipped name)
+    rank: int = 4  # r: A is r x in, B is out x r
+    alpha: float | None = None  # the update B A is scaled by alpha / r; None: alpha = r (scale 1)
+    dropout: float = 0.0  # dropout on the adapters' input
+    targets: tuple[str, ...] = UNET_ATTENTION  # module-name patterns of the U-Net layers to adapt
+    unet_convolutions: bool = False  # also adapt the U-Net's convolutions (UNET_CONVOLUTIONS)
+    text_encoder_lora: bool = False  # also adapt the text encoder's attention and feed-forward (TEXT_ENCODER)
+    steps: int = 1000
+    minutes: float | None = None  # stop early when this much wall time has passed
+    batch_size: int = 8  # images of the data per step (plus as many prior images with prior preservation)
+    lr: float = 1e-4
+    warmup: int = 50  # linear learning-rate warm-up over this many steps
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0  # clip the adapters' gradient norm to this
+    p_uncond: float = 0.1  # probability of training on the empty prompt (keeps classifier-free guidance working)
+    image_size: int | None = None  # None: the base model's
+    seed: int = 0
+    device: str = "auto"
+    prior_prompts: tuple[str, ...] = ()  # class prompts for prior preservation (DreamBooth); empty: off
+    prior_images: int = 100  # images the base model draws of them (cycling through the prompts)
+    prior_weight: float = 1.0  # lambda: loss = L_instance + lambda L_prior
+    prior_steps: int = 50  # sampler steps (ddim) for the prior images
+    prior_guidance: float = 4.0  # their classifier-free guidance scale
+    gradient_checkpointing: bool = False  # recompute the U-Net's activations in the backward pass: less memory
+    compile: bool = False  # torch.compile the U-Net
+    checkpoint_every: int = 500  # write the resumable checkpoint every N steps (SIGTERM and Ctrl-C too)
+    resume: bool = False  # continue from out/checkpoint.safetensors
+
+
+# what may differ between a run and the run it resumes
+RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "compile")
+
+
+def check_config(c: LoRATrainConfig) -> LoRATrainConfig:
+    """Bad settings raise LatentlabError before any model is loaded."""
+    checks = [(c.rank >= 1, f"rank must be a positive integer, got {c.rank}"),
+              (c.alpha is None or c.alpha > 0, f"alpha must be greater than 0, got {c.alpha}"),
+              (0 <= c.dropout < 1, f"dropout must be in [0, 1), got {c.dropout}"),
+              (0 <= c.p_uncond <= 1, f"p_uncond must be in [0, 1], got {c.p_uncond}"),
+              (c.steps >= 1 and c.batch_size >= 1 and c.checkpoint_every >= 1,
+               "steps, batch_size and checkpoint_every must be positive"),
+              (not c.prior_prompts or c.prior_images >= 1, "prior preservation needs prior_images >= 1"),
+              (c.prior_weight >= 0, f"prior_weight must be >= 0, got {c.prior_weight}"),
+              (bool(c.targets) or c.unet_convolutions, "give at least one LoRA target")]
+    for ok, message in checks:
+        if not ok:
+            raise LatentlabError(message)
+    for pattern in c.targets:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise LatentlabError(f"LoRA target {pattern!r} is not a regular expression ({e})") from None
+    if c.data not in NAMED and not Path(c.data).is_dir():
+        raise LatentlabError(f"no image folder at {c.data}; --data takes a folder of captioned images (a .txt beside "
+                             f"each image, or metadata.jsonl), a latent cache, or {', '.join(NAMED)}")
+    return c
+
+
+def open_data(c: LoRATrainConfig, image_size: int, vae: nn.Module):
+    """The instance data; a latent cache must come from this model's autoencoder (checked in float32)."""
+    data = open_dataset(c.data, image_size=image_size, seed=c.seed, split="train")
+    if getattr(data, "is_latent", False):
+        data.check_vae(vae)
+        if data.image_size != image_size:
+            raise LatentlabError(f"the latent cache {c.data} holds {data.image_size}px images; train with "
+                                 f"--image-size {data.image_size}")
+    return data
+
+
+def frozen_dtype(device: torch.device) -> torch.dtype:
+    """The frozen base's weights: bfloat16 on CUDA (no gradient, so no float32 master copy), else float32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class LoRATrainer:
+    """One LoRA training run. `run()` trains to the end (or until stopped) and writes OUT/lora.safetensors."""
+
+    def __init__(self, config: LoRATrainConfig):
+        self.config = c = check_config(config)
+        self.device = device = setup(c.seed, c.device)
+        self.out = Path(c.out)
+        pipe = Pipeline.load(c.model, device="cpu")  # float32 on the host; cast once on the way to the device
+        self.image_size = c.image_size or pipe.image_size
+        pipe.check_size(self.image_size)
+        self.data = open_data(c, self.image_size, pipe.vae)
+        self.pipe = pipe.to(device, dtype=frozen_dtype(device))
+        for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+            module.requires_grad_(False)
+        self.prior = self.prior_data() if c.prior_prompts else None  # drawn by the base model, before the adapters
+        self.parts = self.add_adapters()
+        self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
+        self.unet = torch.compile(pipe.unet) if c.compile else pipe.unet
+        self.alphas_cumprod = pipe.diffusion.alphas_cumprod().to(device)
+        self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
+        self.step = 0
+
+    def add_adapters(self) -> dict[str, nn.Module]:
+        """Adapter "default" (float32) on the U-Net's targets, and on the text encoder's if asked; returns the
+        adapted networks by the names the LoRA file gives them."""
+        c = self.config
+        targets = tuple(c.targets) + (UNET_CONVOLUTIONS if c.unet_convolutions else ())
+        parts = {"unet": self.pipe.unet}
+        if c.text_encoder_lora:
+            parts["text_encoder"] = self.pipe.text_encoder
+        for name, part in parts.items():
+            add_lora(part, rank=c.rank, alpha=c.alpha, dropout=c.dropout, dtype=torch.float32,
+                     targets=targets if name == "unet" else TEXT_ENCODER)
+            for _, layer in lora_layers(part):  # the base stays in eval mode; the adapters' dropout trains
+                layer.lora_dropout.train()
+        return parts
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    # ------------------------------------------------------------------ prior preservation
+
+    def prior_data(self):
+        """The class images for prior preservation, drawn by the base model once and cached in OUT/prior
+        (image i of prompt i mod P, from noise seeded by seed + i): a resumed run reads them back."""
+        from ..data.folder import ImageFolder
+
+        c, folder = self.config, self.out / PRIOR_FOLDER
+        settings = {"model": c.model, "prompts": list(c.prior_prompts), "steps": c.prior_steps,
+                    "guidance": c.prior_guidance, "seed": c.seed, "image_size": self.image_size}
+        settings_file = folder / "settings.json"
+        fresh = not settings_file.is_file() or json.loads(settings_file.read_text()) != settings
+        for index, path in _numbered(folder):  # drawn with other settings, or beyond the count
+            if fresh or index >= c.prior_images:
+                path.unlink()
+        if fresh:
+            atomic_write(settings_file, json.dumps(settings, indent=2) + "\n")
+        missing = [i for i in range(c.prior_images) if not (folder / f"{i:06d}.png").is_file()]
+        self.draw_prior(folder, missing)
+        return ImageFolder(folder, image_size=self.image_size, seed=c.seed + 1)
+
+    def draw_prior(self, folder: Path, missing: list[int]) -> None:
+        from tqdm import tqdm
+
+        from ..pipeline import to_pil
+
+        c = self.config
+        if not missing:
+            return
+        bar = tqdm(total=len(missing), desc="prior images", unit="image")
+        for start, count in _runs(missing, c.batch_size):
+            prompts = [c.prior_prompts[i % len(c.prior_prompts)] for i in range(start, start + count)]
+            images = to_pil(self.pipe.sample(prompts, steps=c.prior_steps, guidance=c.prior_guidance,
+                                             seed=c.seed + start, size=self.image_size))
+            for i, (prompt, image) in enumerate(zip(prompts, images), start=start):
+                png = io.BytesIO()
+                image.save(png, format="PNG")
+                atomic_write(folder / f"{i:06d}.txt", prompt + "\n")
+                atomic_write(folder / f"{i:06d}.png", png.getvalue())  # last: a PNG means the pair is whole
+            bar.update(count)
+        bar.close()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / FILENAME
+
+    def save_checkpoint(self) -> None:
+        tensors = {}
+        for name, part in self.parts.items():
+            tensors.update(prefixed(name, lora_state_dict(part)))
+        optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
+        random_tensors, random_meta = rng_state({"noise": self.noise})
+        meta = {"step": self.step, "config": config_json(self.config), "optimizer": optimizer_meta,
+                "rng": random_meta}
+        save_state(self.checkpoint_path, {**tensors, **optimizer_tensors, **random_tensors}, meta)
+
+    def load_checkpoint(self) -> None:
+        tensors, meta = load_state(self.checkpoint_path)
+        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
+        with torch.no_grad():
+            for name, part in self.parts.items():
+                mine, saved = lora_state_dict(part), unprefixed(name, tensors)
+                if mine.keys() != saved.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
+                    raise CheckpointError(f"{self.checkpoint_path}: its {name} adapters do not fit this run's")
+                for key, value in mine.items():
+                    value.copy_(saved[key])
+        load_optimizer(self.optimizer, tensors, meta["optimizer"])
+        set_rng_state(tensors, meta["rng"], {"noise": self.noise})
+        self.step = int(meta["step"])
+
+    # ------------------------------------------------------------------ one step
+
+    def draws(self, n: int):
+        """Posterior noise, t and eps for n examples, from the run's generator."""
+        vae = self.pipe.vae.config
+        side = self.image_size // vae.downsampling
+        shape = (n, vae.latent_channels, side, side)  # (B, C, h, w)
+        posterior_noise = torch.randn(shape, device=self.device, generator=self.noise)
+        t = torch.randint(0, self.pipe.diffusion.timesteps, (n,), device=self.device, generator=self.noise)
+        eps = torch.randn(shape, device=self.device, generator=self.noise)
+        return posterior_noise, t, eps
+
+    @torch.no_grad()
+    def latents(self, data, start: int, n: int, noise: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """Scaled latents z_0 ~ q(z | x) (float32) of examples start .. start + n - 1, and their captions."""
+        vae = self.pipe.vae
+        if getattr(data, "is_latent", False):
+            mean, logvar, captions, _ = data.latent_batch(start, n, self.device)
+            return (mean + (0.5 * logvar).exp() * noise) * vae.config.scale_factor, captions
+        images, captions, _ = data.batch(start, n, self.device)
+        dtype = next(vae.parameters()).dtype
+        return vae.encode(images.to(dtype), noise=noise.to(dtype)).float(), captions
+
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+        """The step's (z_0, captions, t, eps): batch_size examples of the data (captions dropped with p_uncond),
+        then as many prior images, if any."""
+        c, B = self.config, self.config.batch_size
+        n = B * (2 if self.prior is not None else 1)
+        posterior_noise, t, eps = self.draws(n)
+        z_0, captions = self.latents(self.data, step * B, B, posterior_noise[:B])
+        drop = random.Random(c.seed * 1_000_003 + step)
+        captions = ["" if drop.random() < c.p_uncond else caption for caption in captions]
+        if self.prior is not None:
+            z_prior, prior_captions = self.latents(self.prior, step * B, B, posterior_noise[B:])
+            z_0, captions = torch.cat([z_0, z_prior]), captions + prior_captions
+        return z_0, captions, t, eps
+
+    def loss(self, z_0: torch.Tensor, captions: list[str], t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """L_instance + prior_weight * L_prior (the second half of the batch is the prior's, if any)."""
+        from ..diffusion import diffusion_loss
+
+        pipe, dtype = self.pipe, self.pipe.dtype
+        with autocast(self.device):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and "text_encoder" in self.parts):
+                context, mask = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions)
+            terms = diffusion_loss(lambda x_t, t_: self.unet(x_t.to(dtype), t_, context.to(dtype), mask),
+                                   z_0, self.alphas_cumprod, pipe.diffusion, t=t, eps=eps)
+        if self.prior is None:
+            return terms.loss.mean()
+        instance, prior = terms.loss.chunk(2)  # (B,), (B,)
+        return instance.mean() + self.config.prior_weight * prior.mean()
+
+    def train_step(self, step: int) -> torch.Tensor:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, c.lr, c.warmup)
+        loss = self.loss(*self.batch(step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ the run
+
+    def save_lora(self) -> Path:
+        """OUT/lora.safetensors, with what it was trained on in its metadata."""
+        from ..io.lora_files import save_lora
+
+        c = self.config
+        # rank, alpha and the adapted modules are in the file's own header (io/lora_files.py)
+        patterns = {"unet": list(c.targets) + (list(UNET_CONVOLUTIONS) if c.unet_convolutions else [])}
+        if c.text_encoder_lora:
+            patterns["text_encoder"] = list(TEXT_ENCODER)
+        metadata = {"base_model": str(c.model), "steps": str(self.step), "data": str(c.data),
+                    "target_patterns": json.dumps(patterns)}
+        path = self.out / LORA_FILENAME
+        save_lora(path, self.parts, "default", format="latentlab", metadata=metadata)
+        return path
+
+    def run(self) -> dict:
+        c = self.config
+        if c.resume:
+            self.load_checkpoint()
+        progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step)
+        loss, interrupted = None, False
+        with StopSignals() as stop:
+            while not progress.done(self.step):
+                loss = self.train_step(self.step)
+                progress.log(self.step, loss)
+                self.step += 1
+                if self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if stop.requested:
+                    interrupted = True
+                    break
+        progress.close()
+        self.save_checkpoint()
+        path = self.save_lora()
+        return {"steps": self.step, "loss": None if loss is None else loss.item(), "lora": str(path),
+                "trainable_parameters": self.trainable_parameters, "file_bytes": path.stat().st_size,
+                "interrupted": interrupted, "signal": stop.signal_name}
+
+
+def train_lora(config: LoRATrainConfig) -> dict:
+    """Train (or, with `config.resume`, continue) a LoRA; returns {"steps", "loss" (the last step's), "lora" (the
+    file's path), "trainable_parameters", "file_bytes", "interrupted", "signal"}."""
+    return LoRATrainer(config).run()
+
+
+def _numbered(folder: Path):
+    """(i, path) of the prior images and captions in `folder`: 000000.png, 000000.txt, ..."""
+    for path in sorted(folder.glob("*")) if folder.is_dir() else ():
+        if re.fullmatch(r"\d{6}\.(png|txt)", path.name):
+            yield int(path.stem), path
+
+
+def _runs(indices: list[int], longest: int):
+    """(start, count) of the runs of consecutive indices, each at most `longest` long."""
+    start = count = None
+    for i in indices:
+        if count is not None and i == start + count and count < longest:
+            count += 1
+            continue
+        if count is not None:
+            yield start, count
+        start, count = i, 1
+    if count is not None:
+        yield start, count

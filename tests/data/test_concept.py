@@ -1,0 +1,166 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from latentlab.data.concept import ConceptDataset, main, write_concept_folder
+from latentlab.data.folder import ImageFolder
+from latentlab.data.judge import judge, score
+from latentlab.data.shapes import COLOURS, NEW_COLOURS, ShapesDataset, caption_corpus, render
+from latentlab.errors import LatentlabError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The judge and the renderer work on tiny tensors: more threads only add overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def digest(split, size, seed, canonical=False):
+    images, captions, scenes = ShapesDataset(seed=seed, split=split, image_size=size,
+                                             canonical_captions=canonical).batch(0, 64)
+    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    h.update("\n".join(captions).encode())
+    h.update(repr(scenes).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("split, size, seed, canonical, expected", [
+    # computed with shapes.py before new colours existed: the data sets must stay bit-identical
+    ("train", 32, 0, False, "5a18a6c2574ae69f"),
+    ("test", 32, 0, False, "84f1d1f67aa93fc0"),
+    ("heldout", 32, 0, False, "edbd873a5b7ad484"),
+    ("train", 64, 7, False, "5ba71a4182ea4805"),
+    ("test", 64, 1234, False, "851267869239e73d"),
+    ("heldout", 32, 11, False, "c1ded2af20e8fe2f"),
+    ("test", 32, 1234, True, "b4dc9457688a8134"),
+])
+def test_shapes_data_is_bit_identical_to_before_new_colours(split, size, seed, canonical, expected):
+    assert digest(split, size, seed, canonical) == expected
+
+
+def test_caption_corpus_is_unchanged():
+    assert hashlib.sha256("\n".join(caption_corpus(500)).encode()).hexdigest()[:16] == "ded101b0b2fbac16"
+
+
+def test_no_split_ever_draws_a_new_colour():
+    for split in ("train", "test", "heldout"):
+        data = ShapesDataset(seed=0, split=split)
+        assert not {o.colour for i in range(500) for o in data.example(i)[0].objects} & set(NEW_COLOURS)
+
+
+def test_concept_streams_are_deterministic_and_apart():
+    a, b = ConceptDataset(seed=0).batch(0, 16), ConceptDataset(seed=0).batch(0, 16)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    train = [ConceptDataset(seed=0).example(i)[1] for i in range(50)]
+    test = [ConceptDataset(seed=0, split="test").example(i)[1] for i in range(50)]
+    assert train != test
+
+
+def test_concept_scenes_vary_and_name_the_concept():
+    data = ConceptDataset(colour="cyan", seed=3)
+    examples = [data.example(i) for i in range(300)]
+    objects = [scene.objects[0] for scene, _ in examples]
+    assert {o.colour for o in objects} == {"cyan"} and all(len(s.objects) == 1 for s, _ in examples)
+    assert len({(o.shape, o.size, o.position) for o in objects}) == 3 * 2 * 5
+    assert all("cyan" in text for _, text in examples) and len({text for _, text in examples}) > 100
+
+
+def test_a_concept_word_replaces_the_colour_name():
+    texts = [ConceptDataset(seed=0, word="sks").example(i)[1] for i in range(100)]
+    assert all("sks" in t and "cyan" not in t for t in texts)
+    assert any(t.startswith("a sks ") for t in texts) and not any(" an sks" in t for t in texts)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"colour": "red"}, "unknown concept colour 'red'; accepted: cyan"),
+    ({"word": "two words"}, "one lower-case word"),
+    ({"split": "heldout"}, "unknown concept split"),
+    ({"image_size": 48}, "image size 48"),
+])
+def test_bad_concepts_raise(kwargs, message):
+    with pytest.raises(LatentlabError, match=message):
+        ConceptDataset(**kwargs)
+
+
+def test_folder_writer_writes_captioned_images_the_folder_reader_reads(tmp_path):
+    out = write_concept_folder(tmp_path / "data", "cyan", count=12, seed=0)
+    assert len(list(out.glob("*.png"))) == 12 and len(list(out.glob("*.txt"))) == 12
+    folder = ImageFolder(out, image_size=32, log=lambda line: None)
+    images, captions, scenes = ConceptDataset(colour="cyan", seed=0).batch(0, 12)
+    assert folder.captions == captions and all("cyan" in c for c in captions)
+    expected = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(folder.pixels, expected)
+    assert (out / "concept.json").is_file()
+
+
+def test_folder_writer_adds_prior_images_and_refuses_a_used_folder(tmp_path):
+    out = write_concept_folder(tmp_path / "data", count=3, prior=2)
+    assert sorted(p.name for p in out.glob("*.png")) == ["cyan-0000.png", "cyan-0001.png", "cyan-0002.png",
+                                                       "prior-0000.png", "prior-0001.png"]
+    with pytest.raises(LatentlabError, match="already holds images"):
+        write_concept_folder(out, count=3)
+
+
+def test_module_main(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "a"), "--count", "4"]) == 0
+    assert len(list((tmp_path / "a").glob("*.png"))) == 4
+    assert main(["--out", str(tmp_path / "b"), "--colour", "teal"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown concept colour 'teal'" in err
+
+
+# ---------------------------------------------------------------- the judge with a concept colour
+
+
+def concept_palette():
+    return {**COLOURS, "cyan": NEW_COLOURS["cyan"]}
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_judge_reads_the_concept_colour_on_renders(size):
+    images, _, scenes = ConceptDataset(seed=5, split="test", image_size=size).batch(0, 300)
+    results = [score(s, judge(x, concept_palette())) for s, x in zip(scenes, images)]
+    assert sum(r["all"] for r in results) / len(results) >= 0.95
+    assert sum(r["colour"] for r in results) / len(results) >= 0.99
+
+
+def test_judge_reads_the_concept_through_mild_noise():
+    images, _, scenes = ConceptDataset(seed=6, split="test").batch(0, 200)
+    noisy = images + 0.08 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    assert sum(score(s, judge(x, concept_palette()))["colour"] for s, x in zip(scenes, noisy)) / 200 >= 0.97
+
+
+def test_judge_never_calls_palette_colours_cyan():
+    """The ordinary test split, read with the concept in the palette: no object is cyan, and the
+    objects read are the palette-only judge's (noise may nudge a centroid by a pixel's fraction)."""
+    images, _, scenes = ShapesDataset(seed=1234, split="test").batch(0, 500)
+    noisy = images + 0.08 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
+
+    def names(detections):
+        return sorted((d.shape, d.colour, d.size, d.position) for d in detections)
+
+    for batch in (images, noisy):
+        extended = [judge(x, concept_palette()) for x in batch]
+        assert not any(d.colour == "cyan" for ds in extended for d in ds)
+        assert [names(ds) for ds in extended] == [names(judge(x)) for x in batch]
+    assert sum(score(s, judge(x, concept_palette()))["all"] for s, x in zip(scenes, images)) / 500 >= 0.99
+
+
+def test_judge_default_palette_is_the_training_palette():
+    images = ShapesDataset(seed=2).batch(0, 20)[0]
+    assert [judge(x) for x in images] == [judge(x, COLOURS) for x in images]
+
+
+def test_render_accepts_new_colours_and_refuses_unknown_ones():
+    scene = ConceptDataset(seed=0).example(0)[0]
+    image = render([scene])[0]
+    inside = ((image + 1) / 2 - torch.tensor(NEW_COLOURS["cyan"]).view(3, 1, 1)).abs().amax(0) < 1e-6
+    assert inside.sum() > 10
+    bad = scene.__class__((scene.objects[0].__class__("circle", "teal", "small", "left"),))
+    with pytest.raises(ValueError, match="unknown colour 'teal'"):
+        render([bad])

@@ -1,0 +1,116 @@
+"""Concept accuracy: the judge's report on images of a taught colour, scored on ground truth instead of a model."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from latentlab.cli import main
+from latentlab.data.concept import ConceptDataset
+from latentlab.data.shapes import COLOURS, NEW_COLOURS
+from latentlab.evaluation.concept import concept_accuracy, read_concept
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The judge works on tiny tensors: more threads only add overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def recolour(images: torch.Tensor, source: str, target: tuple[float, float, float]) -> torch.Tensor:
+    """Pixels of colour `source` (and their anti-aliased edges) painted `target` instead."""
+    background = torch.tensor((0.16, 0.16, 0.16)).view(1, 3, 1, 1)
+    rgb, old, new = (images + 1) / 2, torch.tensor(NEW_COLOURS[source]).view(1, 3, 1, 1), torch.tensor(target)
+    alpha = ((rgb - background) * (old - background)).sum(1, keepdim=True) / ((old - background) ** 2).sum()
+    return (background + alpha.clamp(0, 1) * (new.view(1, 3, 1, 1) - background)) * 2 - 1
+
+
+class GroundTruth:
+    """A stand-in pipeline whose samples are the renders of the prompts' own scenes."""
+
+    def __init__(self, colour="cyan", seed=1234, paint=None):
+        self.data = ConceptDataset(colour=colour, seed=seed, split="test")
+        self.seed, self.paint, self.colour = seed, paint, colour
+        self.image_size, self.device, self.dtype = 32, torch.device("cpu"), torch.float32
+        self.vae = SimpleNamespace(encode=lambda x, sample: x, decode=lambda z: z)
+        self.prompts = []
+
+    def sample(self, prompts, *, seed, **options):
+        start = seed - self.seed  # concept_accuracy seeds chunk [start, start + n) with seed + start
+        images, captions, _ = self.data.batch(start, len(prompts))
+        assert captions == prompts
+        self.prompts += prompts
+        return images if self.paint is None else recolour(images, self.colour, self.paint)
+
+
+def test_ground_truth_scores_nearly_perfect():
+    images, _, scenes = ConceptDataset(seed=1234, split="test").batch(0, 200)
+    report = read_concept(scenes, images, "cyan")
+    assert report["accuracy"]["all"] >= 0.95 and report["accuracy"]["colour"] == 1.0
+    assert report["colours_read"] == {"cyan": 1.0}
+
+
+@pytest.mark.parametrize("drawn", ["blue", "green"])
+def test_a_palette_colour_drawn_for_the_concept_is_a_wrong_colour(drawn):
+    images, _, scenes = ConceptDataset(seed=1234, split="test").batch(0, 100)
+    report = read_concept(scenes, recolour(images, "cyan", COLOURS[drawn]), "cyan")
+    assert report["accuracy"]["colour"] == 0.0 and report["accuracy"]["all"] == 0.0
+    assert report["colours_read"] == {drawn: 1.0}
+    assert report["accuracy"]["shape"] >= 0.95 and report["accuracy"]["position"] >= 0.95
+
+
+def test_concept_accuracy_report():
+    pipe = GroundTruth()
+    report = concept_accuracy(pipe, prompts=150, batch_size=64)
+    assert pipe.prompts == [ConceptDataset(seed=1234, split="test").example(i)[1] for i in range(150)]
+    assert report["accuracy"]["all"] >= 0.95 and report["colours_read"]["cyan"] == 1.0
+    assert set(report["accuracy"]) == {"shape", "colour", "size", "position", "count", "all"}
+    assert report["vae_round_trip"] == report["accuracy"]  # the stand-in's autoencoder is the identity
+    assert report["concept"] == "cyan" and report["word"] == "cyan" and report["prompts"] == 150
+    json.dumps(report)
+
+
+def test_concept_prompts_are_not_the_training_folders():
+    train = {ConceptDataset(seed=0).example(i)[1] for i in range(100)}
+    pipe = GroundTruth()
+    concept_accuracy(pipe, prompts=100, round_trip=False)
+    assert len(set(pipe.prompts) - train) > 50
+
+
+def test_concept_accuracy_on_a_real_pipeline(tiny_pipeline):
+    report = concept_accuracy(tiny_pipeline, prompts=3, steps=2, word="sks")
+    assert report["word"] == "sks" and set(report["vae_round_trip"]) == set(report["accuracy"])
+    assert abs(sum(report["colours_read"].values()) - 1) < 1e-9
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture()
+def model_dir(tiny_pipeline, tmp_path):
+    tiny_pipeline.save(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_eval_concept_prints_and_writes_the_report(model_dir, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["eval", "--model", str(model_dir), "--prompts", "2", "--steps", "2", "--device", "cpu",
+                 "--concept", "cyan", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "concept  cyan 1 object" in printed and "ground truth through the autoencoder" in printed
+    reports = json.loads(out.read_text())
+    assert [r.get("concept") for r in reports] == [None, "cyan"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--concept", "red"], "argument --concept: invalid choice: 'red'"),
+    (["eval", "--concept", "cyan", "--data", "mnist"], "--concept measures a shapes-world colour"),
+])
+def test_eval_concept_bad_input_is_one_line_and_status_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("latentlab: error: ") and message in err

@@ -1,0 +1,529 @@
+"""LoRA files (io/lora_files.py): every format written and read back, kohya's names, alphas, the
+errors; and the real thing: LoRAs exchanged with diffusers + peft on a tiny Stable Diffusion, outputs compared."""
+
+import copy
+import re
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from latentlab.adapters import UNET_ATTENTION, LoRALayer, add_lora, lora_layers, merge_lora, unmerge_lora
+from latentlab.cli import main
+from latentlab.errors import CheckpointError, LatentlabError
+from latentlab.io.lora_files import apply_lora, base_fingerprint, read_lora, same_base, save_lora
+from latentlab.pipeline import Pipeline
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
+
+UNET_TARGETS = UNET_ATTENTION + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+CONVOLUTIONS = ("conv1", "conv2", "conv_shortcut")
+TE_TARGETS = ("q_proj", "v_proj", "out_proj", "fc1")
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            p.copy_(scale + torch.randn(p.shape, generator=g) * 0.05)
+
+
+def tiny_sd(vocab_files, seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.x's topology at toy widths (as tests/io/test_stable_diffusion.py)."""
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+                                attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, num_attention_heads=1, num_hidden_layers=2,
+                                        intermediate_size=128, vocab_size=49408, max_position_embeddings=77,
+                                        eos_token_id=49407, bos_token_id=49406, pad_token_id=49407))
+    for i, module in enumerate((unet, vae, text)):
+        randomise(module, seed + i)
+    return StableDiffusionPipeline(
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(),
+        tokenizer=CLIPTokenizer(*map(str, vocab_files), model_max_length=77),
+        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                skip_prk_steps=True),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and two spin against each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory, clip_vocab_files):
+    """(the diffusers folder, the same model as a latentlab folder)."""
+    folder = tmp_path_factory.mktemp("sd")
+    tiny_sd(clip_vocab_files).save_pretrained(folder / "diffusers", safe_serialization=True)
+    Pipeline.load(folder / "diffusers", device="cpu").save(folder / "latentlab")
+    return folder / "diffusers", folder / "latentlab"
+
+
+@pytest.fixture(scope="module")
+def other_sd(tmp_path_factory, clip_vocab_files):
+    """Another model of the same architecture (other weights), as a latentlab folder."""
+    folder = tmp_path_factory.mktemp("other")
+    tiny_sd(clip_vocab_files, seed=5).save_pretrained(folder / "diffusers", safe_serialization=True)
+    Pipeline.load(folder / "diffusers", device="cpu").save(folder / "latentlab")
+    return folder / "latentlab"
+
+
+@pytest.fixture()
+def other(other_sd):
+    return Pipeline.load(other_sd, device="cpu")
+
+
+@pytest.fixture()
+def ours(sd):
+    return Pipeline.load(sd[1], device="cpu")
+
+
+def diffusers_pipe(sd) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline.from_pretrained(sd[0], safety_checker=None, requires_safety_checker=False)
+
+
+# inputs to both U-Nets and both text encoders
+g = torch.Generator().manual_seed(0)
+X, T, CONTEXT = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700]), torch.randn(2, 7, 64, generator=g)
+IDS = torch.cat([torch.randint(0, 49406, (2, 9), generator=g), torch.full((2, 1), 49407)], dim=1)
+
+
+@torch.no_grad()
+def our_outputs(pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    return pipe.unet(X, T, CONTEXT), pipe.text_encoder(IDS)[0]
+
+
+@torch.no_grad()
+def their_outputs(unet, text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return (unet(X, T, encoder_hidden_states=CONTEXT).sample,
+            None if text_encoder is None else text_encoder(IDS).last_hidden_state)
+
+
+def add_random_lora(pipe: Pipeline, name: str = "style", *, text_encoder: bool = True, seed: int = 0) -> None:
+    """A LoRA in ours with nonzero A and B, ranks and alphas varying over the modules (alpha != r)."""
+    add_lora(pipe.unet, name, rank=4, alpha=8.0, targets=UNET_TARGETS)
+    add_lora(pipe.unet, name, rank=2, alpha=1.0, targets=CONVOLUTIONS)
+    if text_encoder:
+        add_lora(pipe.text_encoder, name, rank=2, alpha=3.0, targets=TE_TARGETS)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in pipe.lora_parts().values():
+            for _, layer in lora_layers(module):
+                for p in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def assert_close(got, want, atol=1e-4):
+    for a, b in zip(got, want):
+        if a is not None and b is not None:
+            assert (a - b).abs().max() < atol, (a - b).abs().max()
+
+
+def assert_close_not(got, want, atol=1e-3):
+    """Every output differs: the LoRA reaches it, so a comparison means something."""
+    for a, b in zip(got, want):
+        if a is not None and b is not None:
+            assert (a - b).abs().max() > atol
+
+
+# ---------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("format", ["latentlab", "kohya", "diffusers", "peft"])
+def test_round_trip(ours, sd, tmp_path, format):
+    base = our_outputs(ours)
+    add_random_lora(ours, text_encoder=format != "peft")
+    want = our_outputs(ours)
+    assert (want[0] - base[0]).abs().max() > 1e-2  # the LoRA changes the output
+    path = tmp_path / ("style" if format == "peft" else "style.safetensors")
+    ours.save_lora(path, "style", format=format)
+    lora = read_lora(path)
+    assert lora.format == format and set(lora.parts) == ({"unet"} if format == "peft" else {"unet", "text_encoder"})
+    fresh = Pipeline.load(sd[1], device="cpu")
+    assert fresh.load_lora(path) == "style"
+    assert_close(our_outputs(fresh), want, atol=1e-5)
+    assert {n: l.alpha["style"] / l.rank("style") for n, l in lora_layers(fresh.unet)} == \
+        ({n: l.alpha["style"] / l.rank("style") for n, l in lora_layers(ours.unet)} if format != "diffusers" else
+         {n: 1.0 for n, _ in lora_layers(ours.unet)})  # the old diffusers spelling folds alpha / r into B
+
+
+def test_latentlab_header(ours, sd, tmp_path):
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "s.safetensors", "style", metadata={"trigger": "sks", "steps": 100})
+    with safe_open(str(tmp_path / "s.safetensors"), "pt") as f:
+        header = f.metadata()
+    assert header["latentlab_lora"] == "1" and header["trigger"] == "sks" and header["steps"] == "100"
+    assert json.loads(header["rank"])["unet.down_blocks.0.resnets.0.conv1"] == 2
+    assert json.loads(header["alpha"])["text_encoder.text_model.encoder.layers.0.self_attn.q_proj"] == 3.0
+    assert header["base_fingerprint.unet"] == base_fingerprint(Pipeline.load(sd[1], device="cpu").unet)
+    config = json.loads(header["lora_adapter_metadata"])
+    assert config["unet.r"] == 4 and config["unet.lora_alpha"] == 8.0
+    assert config["text_encoder.target_modules"][0].startswith("encoder.layers.")  # as transformers 5 names them
+    with pytest.raises(LatentlabError, match="metadata key 'rank' is reserved"):
+        ours.save_lora(tmp_path / "t.safetensors", "style", metadata={"rank": "8"})
+
+
+def test_kohya_names_map_forward_from_the_live_modules(ours, sd, tmp_path):
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "k.safetensors", "style", format="kohya")
+    keys = set(load_file(tmp_path / "k.safetensors"))
+    for key in ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_down.weight",
+                "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_ff_net_0_proj.lora_up.weight",
+                "lora_unet_down_blocks_0_attentions_0_proj_in.alpha",
+                "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.alpha",
+                "lora_te_text_model_encoder_layers_1_mlp_fc1.lora_down.weight"):
+        assert key in keys
+    lora = read_lora(tmp_path / "k.safetensors")
+    assert lora.flat_names and "down_blocks_0_attentions_0_proj_in" in lora.alphas["unet"]
+    fresh = Pipeline.load(sd[1], device="cpu")
+    fresh.load_lora(tmp_path / "k.safetensors")
+    assert {n for n, _ in lora_layers(fresh.unet)} == {n for n, _ in lora_layers(ours.unet)}
+    to_out = fresh.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0")
+    assert isinstance(to_out, LoRALayer)
+
+
+def kohya_file(path, A, B, alpha=None, name="lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q"):
+    tensors = {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B}
+    if alpha is not None:
+        tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, path)
+    return path
+
+
+@pytest.mark.parametrize("alpha, scale, want", [(None, 1.0, 1.0), (2.0, 1.0, 0.5), (2.0, 0.5, 0.25), (16.0, 1.0, 4.0)])
+def test_kohya_alpha_gives_the_scale(ours, tmp_path, alpha, scale, want):
+    """scale = multiplier * alpha / r, with r = 4; a missing alpha means alpha = r."""
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
+    A, B = torch.randn(4, 32), torch.randn(32, 4)
+    ours.load_lora(kohya_file(tmp_path / "k.safetensors", A, B, alpha), scale=scale)
+    wrapped = ours.unet.get_submodule(layer)
+    assert wrapped.scaling("k") == want
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(wrapped(x), wrapped.base(x) + want * x @ (B @ A).T)
+
+
+@pytest.mark.parametrize("spelling", ["one network, no prefix", "attention processors"])
+def test_other_diffusers_spellings(ours, sd, tmp_path, spelling):
+    """diffusers' save_lora_adapter (one network's keys, no `unet.`, its LoraConfig unprefixed too), and
+    its attention processors' keys (`attn1.processor.to_out_lora.down.weight`, alpha = r)."""
+    alpha = 4.0 if spelling == "one network, no prefix" else None
+    add_lora(ours.unet, "style", rank=2, alpha=alpha, targets=UNET_ATTENTION)
+    for _, layer in lora_layers(ours.unet):
+        torch.nn.init.normal_(layer.lora_B["style"].weight)
+    want = our_outputs(ours)
+    state = {}
+    for key, tensor in ours.lora_parts()["unet"].state_dict().items():
+        match = re.fullmatch(r"(.+)\.(to_[qkv]|to_out\.0)\.lora_(A|B)\.style\.weight", key)
+        if match and spelling == "attention processors":
+            projection = match[2].removesuffix(".0")
+            state[f"unet.{match[1]}.processor.{projection}_lora.{'down' if match[3] == 'A' else 'up'}.weight"] = tensor
+        elif match:
+            state[f"{match[1]}.{match[2]}.lora_{match[3]}.weight"] = tensor
+    config = {"r": 2, "lora_alpha": alpha, "target_modules": list(UNET_ATTENTION)}
+    header = {"lora_adapter_metadata": json.dumps(config)} if alpha else None
+    save_file(state, tmp_path / "s.safetensors", metadata=header)
+    assert read_lora(tmp_path / "s.safetensors").format == "diffusers"
+    fresh = Pipeline.load(sd[1], device="cpu")
+    fresh.load_lora(tmp_path / "s.safetensors")
+    assert_close(our_outputs(fresh), want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- with diffusers
+
+
+@pytest.mark.parametrize("format", ["latentlab", "kohya", "diffusers"])
+def test_diffusers_loads_our_files(ours, sd, tmp_path, format):
+    """A LoRA made in ours, saved, then read by diffusers' load_lora_weights: the same U-Net and text encoder."""
+    add_random_lora(ours)
+    want = our_outputs(ours)
+    ours.save_lora(tmp_path / "style.safetensors", "style", format=format)
+    pipe = diffusers_pipe(sd)
+    before = their_outputs(pipe.unet, pipe.text_encoder)
+    assert_close(before, our_outputs(Pipeline.load(sd[1], device="cpu")))  # the base models agree
+    assert_close_not(before, want)
+    pipe.load_lora_weights(tmp_path, weight_name="style.safetensors", adapter_name="style")
+    assert_close(their_outputs(pipe.unet, pipe.text_encoder), want)
+
+
+def test_peft_loads_our_folder(ours, sd, tmp_path):
+    add_random_lora(ours, text_encoder=False)
+    want = our_outputs(ours)
+    ours.save_lora(tmp_path / "style", "style", format="peft")
+    unet = PeftModel.from_pretrained(diffusers_pipe(sd).unet, tmp_path / "style")
+    assert_close(their_outputs(unet), want)
+
+
+def test_diffusers_lora_read_by_ours(sd, tmp_path):
+    """A LoRA added in diffusers through peft (random weights, alpha != r, per-module patterns), saved by
+    StableDiffusionPipeline.save_lora_weights, loaded by ours."""
+    pipe = diffusers_pipe(sd)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                     target_modules=list(UNET_TARGETS + CONVOLUTIONS),
+                                     rank_pattern={"conv1": 2}, alpha_pattern={"conv1": 1, "to_k": 3}))
+    te_config = LoraConfig(r=2, lora_alpha=5, init_lora_weights=False, target_modules=list(TE_TARGETS))
+    inject_adapter_in_model(te_config, pipe.text_encoder)  # transformers' add_adapter wants peft >= 0.22
+    want = their_outputs(pipe.unet, pipe.text_encoder)
+    assert_close_not(want, their_outputs(diffusers_pipe(sd).unet, diffusers_pipe(sd).text_encoder))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=te_config.to_dict())
+    lora = read_lora(tmp_path / "pytorch_lora_weights.safetensors")
+    assert lora.format == "diffusers" and set(lora.parts) == {"unet", "text_encoder"}
+    ours = Pipeline.load(sd[1], device="cpu")
+    ours.load_lora(tmp_path, name="theirs")  # the folder, as diffusers takes it
+    assert ours.unet.get_submodule("down_blocks.0.resnets.0.conv1").scaling("theirs") == 0.5
+    assert_close(our_outputs(ours), want)
+
+
+def test_peft_folder_with_rslora_read_by_ours(sd, tmp_path):
+    config = LoraConfig(r=4, lora_alpha=6, use_rslora=True, init_lora_weights=False,
+                        target_modules=list(UNET_ATTENTION))
+    unet = get_peft_model(diffusers_pipe(sd).unet, config)
+    want = their_outputs(unet)
+    unet.save_pretrained(tmp_path / "adapter")
+    ours = Pipeline.load(sd[1], device="cpu")
+    assert ours.load_lora(tmp_path / "adapter") == "adapter"
+    assert ours.unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1.to_q").scaling("adapter") == 3.0
+    assert_close(our_outputs(ours)[:1], want[:1])
+
+
+# ---------------------------------------------------------------------- the pipeline's LoRA methods
+
+
+def test_several_loras_scales_merging_and_removal(ours, tmp_path):
+    state = {k: v.clone() for k, v in ours.unet.state_dict().items()}
+    base = our_outputs(ours)
+    for i, name in enumerate(("a", "b")):
+        add_random_lora(ours, name, seed=i)
+        ours.save_lora(tmp_path / f"{name}.safetensors", name, format=("latentlab", "kohya")[i])
+    ours.remove_lora()
+    assert ours.loras == [] and all(torch.equal(v, state[k]) for k, v in ours.unet.state_dict().items())
+    assert ours.load_lora(tmp_path / "a.safetensors", scale=0.0) == "a"
+    assert_close(our_outputs(ours), base, atol=1e-5)  # exactly, but for GEGLU's path (test below)
+    ours.set_lora_scale("a", 0.7)
+    ours.load_lora(tmp_path / "b.safetensors", scale=0.3)
+    assert ours.loras == ["a", "b"]
+    assert ours.load_lora(tmp_path / "b.safetensors", scale=0.0) == "b_2"  # the same file again: a new name
+    ours.remove_lora("b_2")
+    both = our_outputs(ours)
+    ours.merge_lora()
+    assert_close(our_outputs(ours), both)
+    ours.unmerge_lora("a")
+    ours.set_lora_scale("b", 0.3)
+    assert_close(our_outputs(ours), both)
+    ours.unmerge_lora()
+    ours.remove_lora()
+    assert all((v - state[k]).abs().max() < 1e-6 for k, v in ours.unet.state_dict().items())
+    with pytest.raises(LatentlabError, match="no LoRA named 'a' is loaded; loaded: none"):
+        ours.set_lora_scale("a", 1.0)
+
+
+@pytest.mark.parametrize("targets", [
+    UNET_ATTENTION + ("proj_in", "proj_out", "ff.net.2") + CONVOLUTIONS,
+    ("ff.net.0.proj",),  # GEGLU's own two-product path, through LoRALayer.plain_layer
+])
+def test_scale_zero_is_exactly_the_base_model(ours, tmp_path, targets):
+    base = our_outputs(ours)
+    add_lora(ours.unet, "style", targets=targets)
+    for _, layer in lora_layers(ours.unet):
+        torch.nn.init.normal_(layer.lora_B["style"].weight)
+    ours.set_lora_scale("style", 0.0)
+    assert torch.equal(our_outputs(ours)[0], base[0])
+
+
+def test_low_precision_pipeline_gets_low_precision_loras(ours, sd, tmp_path):
+    add_random_lora(ours)
+    want = our_outputs(ours)
+    ours.save_lora(tmp_path / "s.safetensors", "style")
+    pipe = Pipeline.load(sd[1], device="cpu", dtype="bfloat16")
+    pipe.load_lora(tmp_path / "s.safetensors")  # the fingerprint survives the cast
+    layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert layer.lora_A["s"].weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        got = pipe.unet(X.bfloat16(), T, CONTEXT.bfloat16()).float()
+    assert (got - want[0]).abs().max() < 5e-2 * want[0].abs().max()
+
+
+def test_fingerprint(ours, other):
+    before = base_fingerprint(ours.unet)
+    add_random_lora(ours)
+    assert base_fingerprint(ours.unet) == before  # the wrapping is invisible
+    merge_lora(ours.unet)
+    assert base_fingerprint(ours.unet) != before and same_base(base_fingerprint(ours.unet), before)
+    unmerge_lora(ours.unet)
+    assert same_base(base_fingerprint(copy.deepcopy(ours.unet).half()), before)
+    assert not same_base(base_fingerprint(other.unet), before)  # the same architecture, other weights
+    assert not same_base(base_fingerprint(ours.text_encoder), before)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def no_lora_anywhere(pipe: Pipeline) -> bool:
+    return pipe.loras == [] and not any(list(lora_layers(m)) for m in pipe.lora_parts().values())
+
+
+def test_file_for_another_base_model(ours, other, tiny_pipeline, tmp_path):
+    add_random_lora(other)
+    other.save_lora(tmp_path / "other.safetensors", "style")
+    with pytest.raises(CheckpointError, match=r"other.safetensors was made for another base model: its .* fingerprint "
+                                              r"differs .*check_base=False"):
+        ours.load_lora(tmp_path / "other.safetensors")
+    assert no_lora_anywhere(ours)
+    ours.load_lora(tmp_path / "other.safetensors", check_base=False)  # the same architecture: it fits
+    assert ours.loras == ["other"]
+    ours.remove_lora()
+    add_lora(tiny_pipeline.unet, "style", targets=UNET_ATTENTION)  # another architecture
+    tiny_pipeline.save_lora(tmp_path / "tiny.safetensors", "style")
+    with pytest.raises(CheckpointError, match="made for another base model"):
+        ours.load_lora(tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match=r"tiny.safetensors: .*LoRA (modules are not linear layers|weights do not "
+                                              r"fit).* another base model"):
+        ours.load_lora(tmp_path / "tiny.safetensors", check_base=False)
+    assert no_lora_anywhere(ours)
+
+
+def test_a_network_the_model_lacks(ours, tmp_path):
+    add_random_lora(ours)
+    save_lora(tmp_path / "s.safetensors", {"unet": ours.unet, "text_encoder": ours.text_encoder}, "style")
+    ours.remove_lora()
+    with pytest.raises(CheckpointError, match="adapts text_encoder, which this model does not have"):
+        apply_lora({"unet": ours.unet}, read_lora(tmp_path / "s.safetensors"))
+
+
+def test_wrong_rank_loads_nothing(ours, tmp_path):
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "s.safetensors", "style")
+    ours.remove_lora()
+    state = load_file(tmp_path / "s.safetensors")
+    key = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight"  # the U-Net loads last
+    state[key] = torch.zeros(state[key].shape[0], 5)
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: 1 LoRA weights do not fit their layers' shapes .*"
+                                              r"e.g. up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v$"):
+        ours.load_lora(tmp_path / "bad.safetensors")
+    assert no_lora_anywhere(ours)  # the text encoder's half was taken out again
+
+
+@pytest.mark.parametrize("format, drop", [("latentlab", "unet.mid_block.attentions.0.proj_in.lora_B.weight"),
+                                          ("kohya", "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight")])
+def test_missing_up_weight(ours, tmp_path, format, drop):
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "s.safetensors", "style", format=format)
+    state = load_file(tmp_path / "s.safetensors")
+    del state[drop]
+    save_file(state, tmp_path / "s.safetensors")
+    with pytest.raises(CheckpointError, match=r"1 LoRA modules of (unet|text_encoder) lack a weight, e.g. "
+                                              r"(mid_block.attentions.0.proj_in|text_model_encoder_layers_0_mlp_fc1) "
+                                              r"\(no B\)"):
+        read_lora(tmp_path / "s.safetensors")
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt"])
+def test_pickles_are_never_opened(tmp_path, suffix):
+    path = tmp_path / f"lora{suffix}"
+    path.write_bytes(b"\x80\x04 not even a pickle")
+    with pytest.raises(CheckpointError, match=rf"lora\{suffix} is a pickle .* only as .safetensors"):
+        read_lora(path)
+
+
+def test_unknown_layouts(tmp_path):
+    save_file({"model.fc.weight": torch.zeros(2, 2)}, tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match=r"unknown LoRA key layout \(e.g. model.fc.weight\); accepted: kohya"):
+        read_lora(tmp_path / "a.safetensors")
+    name = "lora_unet_mid_block_attentions_0_proj_in"
+    save_file({f"{name}.lora_down.weight": torch.zeros(2, 2), f"{name}.lora_up.weight": torch.zeros(2, 2),
+               f"{name}.hada_w1_a": torch.zeros(2, 2)}, tmp_path / "b.safetensors")
+    with pytest.raises(CheckpointError, match=rf"1 keys do not fit the kohya layout of the others, e.g. {name}.hada"):
+        read_lora(tmp_path / "b.safetensors")
+    (tmp_path / "c.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="c.safetensors is not a readable safetensors file"):
+        read_lora(tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="LoRA file .*d.safetensors does not exist"):
+        read_lora(tmp_path / "d.safetensors")
+
+
+def test_names_and_formats(ours, tmp_path):
+    add_random_lora(ours)
+    with pytest.raises(LatentlabError, match="unknown LoRA file format 'ckpt'; accepted: latentlab, kohya, diffusers, "
+                                             "peft"):
+        ours.save_lora(tmp_path / "s.safetensors", "style", format="ckpt")
+    with pytest.raises(LatentlabError, match="peft format holds one network, the U-Net; .*text_encoder"):
+        ours.save_lora(tmp_path / "s", "style", format="peft")
+    with pytest.raises(LatentlabError, match="no network holds a LoRA adapter named 'other'; loaded: style"):
+        ours.save_lora(tmp_path / "s.safetensors", "other")
+    ours.save_lora(tmp_path / "s.safetensors", "style")
+    with pytest.raises(LatentlabError, match="a LoRA named 'style' is already loaded"):
+        ours.load_lora(tmp_path / "s.safetensors", name="style")
+    with pytest.raises(LatentlabError, match="must be non-empty and hold no '.'"):
+        ours.load_lora(tmp_path / "s.safetensors", name="v1.5")
+    assert ours.load_lora(tmp_path / "s.safetensors") == "s"
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def images(pipe: Pipeline) -> torch.Tensor:
+    return pipe.sample(["a red circle"], steps=2, guidance=3.0, seed=0, size=16)
+
+
+@pytest.fixture()
+def lora_file(ours, tmp_path):
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "style.safetensors", "style", format="kohya")
+    ours.remove_lora()
+    return tmp_path / "style.safetensors"
+
+
+def test_generate_with_loras(sd, lora_file, tmp_path):
+    out = tmp_path / "images"
+    code = main(["generate", "a red circle", "--model", str(sd[1]), "--steps", "2", "--size", "16", "--device", "cpu",
+                 "--lora", f"{lora_file}:0.5", "--lora", str(lora_file), "--out", str(out)])
+    assert code == 0 and (out / "000-a-red-circle.png").is_file()
+
+
+@pytest.mark.parametrize("lora, message", [(":abc", "scale 'abc' is not a number; write FILE or FILE:SCALE"),
+                                           (":inf", "scale must be a finite number"),
+                                           ("-missing", "LoRA file .*-missing.safetensors does not exist"),
+                                           (".ckpt", "is a pickle")])
+def test_generate_bad_lora_exits_2(sd, lora_file, tmp_path, capsys, lora, message):
+    if lora == ".ckpt":
+        (tmp_path / "style.ckpt").write_bytes(b"\x80")
+        argument = str(tmp_path / "style.ckpt")
+    else:
+        argument = f"{lora_file}{lora}" if lora.startswith(":") else str(tmp_path / f"style{lora}.safetensors")
+    code = main(["generate", "a red circle", "--model", str(sd[1]), "--steps", "2", "--size", "16", "--device", "cpu",
+                 "--lora", argument, "--out", str(tmp_path / "images")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("latentlab: error:")
+    assert re.search(message, err), err
+
+
+def test_lora_merge_writes_a_model_with_the_lora_in_its_weights(sd, lora_file, tmp_path):
+    out = tmp_path / "merged"
+    assert main(["lora", "merge", "--model", str(sd[1]), "--lora", f"{lora_file}:0.7", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    merged = Pipeline.load(out, device="cpu")
+    assert merged.loras == [] and not any(lora_layers(merged.unet))
+    pipe = Pipeline.load(sd[1], device="cpu")
+    base = images(pipe)
+    pipe.load_lora(lora_file, scale=0.7)
+    want = images(pipe)
+    assert (want - base).abs().max() > 1e-2
+    assert (images(merged) - want).abs().max() < 1e-4
+    assert main(["lora", "merge", "--model", str(sd[1]), "--out", str(out)]) == 2  # no --lora
