@@ -16,6 +16,17 @@ from latentlab.training.presets import preset
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and while other processes share the two cores the
+    threads wait for each other at every operation (100x slower): modules of tiny tensors run on one,
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
     return Tokenizer.fit(caption_corpus(2000), max_length=32)

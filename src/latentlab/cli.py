@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, train-classifier, nll (see latentlab -h)")
+            raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, train-classifier, nll, lora (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
         print(f"latentlab: error: {e}", file=sys.stderr)

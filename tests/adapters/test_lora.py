@@ -62,13 +62,7 @@ def delta(net: Net, x: torch.Tensor, adapter: str) -> torch.Tensor:
     return F.conv2d(x, W, None, layer.base.stride, layer.base.padding)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and two spin against each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("kind", KINDS)

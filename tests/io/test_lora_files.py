@@ -54,13 +54,7 @@ def tiny_sd(vocab_files, seed: int = 0) -> StableDiffusionPipeline:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and two spin against each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

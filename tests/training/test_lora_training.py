@@ -23,14 +23,7 @@ from latentlab.training.state import FILENAME, load_state
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks' tensors are too small to gain from a second thread, and with the cores shared
-    (other test processes) a second thread waits for its time slice at every operation: 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

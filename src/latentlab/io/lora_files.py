@@ -104,6 +104,7 @@ def _base_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor, LoRALay
     return sorted(found, key=lambda item: item[0])
 
 
+@torch.no_grad()
 def _sample(name: str, p: torch.Tensor, layer: LoRALayer | None) -> float:
     """One element of W0, at an index fixed by the name; adapters merged into W are subtracted."""
     index = int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % p.numel()
