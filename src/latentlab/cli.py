@@ -209,7 +209,7 @@ def cmd_eval(args) -> None:
     from .pipeline import Pipeline
 
     if args.concept and args.data != "shapes":
-        raise LatentlabError(f"--concept measures a shapes-world colour; it does not go with --data {args.data}")
+        raise LatentlabError(f"--concept measures a shapes-world concept; it does not go with --data {args.data}")
     pipe = Pipeline.load(args.model, device=args.device)
     for path, scale in args.lora or ():
         pipe.load_lora(path, scale=scale)
@@ -230,15 +230,15 @@ def cmd_eval(args) -> None:
     if args.concept:
         from .evaluation.concept import concept_accuracy
 
-        report = concept_accuracy(pipe, colour=args.concept, prompts=args.prompts, seed=args.seed, steps=args.steps,
+        report = concept_accuracy(pipe, concept=args.concept, prompts=args.prompts, seed=args.seed, steps=args.steps,
                                   guidance=args.guidance, sampler=args.sampler, **_sampler_options(args))
         reports.append(report)
         accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
         print(f"{'concept':8s} {args.concept + ' 1 object':25s}  {accuracy}")
-        read = ", ".join(f"{k} {v:.0%}" for k, v in report["colours_read"].items())
-        round_trip = report["vae_round_trip"]
-        print(f"{'':8s} colour drawn: {read}; ground truth through the autoencoder: all {round_trip['all']:.1%}, "
-              f"colour {round_trip['colour']:.1%}")
+        kind, round_trip = report["kind"], report["vae_round_trip"]
+        read = ", ".join(f"{k} {v:.0%}" for k, v in report["read"].items())
+        print(f"{'':8s} {kind} drawn: {read}; ground truth through the autoencoder: all {round_trip['all']:.1%}, "
+              f"{kind} {round_trip[kind]:.1%}")
     if args.out:
         from .io import atomic_write
         atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
@@ -307,7 +307,7 @@ def cmd_lora_merge(args) -> None:
 
 def build_parser() -> Parser:
     from .adapters.lora import UNET_ATTENTION, UNET_CONVOLUTIONS
-    from .data.shapes import NEW_COLOURS
+    from .data.shapes import NEW_COLOURS, NEW_SHAPES
     from .diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES, WEIGHTINGS
     from .training import PRESETS
 
@@ -450,9 +450,9 @@ def build_parser() -> Parser:
                         "class-prompted samples and the Frechet distance of its features to the test set")
     e.add_argument("--classifier", default=None, help="the classifier folder (default: the one shipped for --data)")
     e.add_argument("--per-class", type=_positive(int), default=100, help="samples per class (default %(default)s)")
-    e.add_argument("--concept", choices=list(NEW_COLOURS), default=None,
-                   help="also one-object prompts of this colour the model never trained on, taught afterwards "
-                        "(data/concept.py); read by the judge with the palette plus that colour")
+    e.add_argument("--concept", choices=[*NEW_COLOURS, *NEW_SHAPES], default=None,
+                   help="also one-object prompts of this colour or shape the model never trained on, taught "
+                        "afterwards (data/concept.py); read by the judge with the palette or shapes plus it")
     e.add_argument("--lora", type=_lora_file, action="append", metavar="FILE[:SCALE]",
                    help="add a LoRA at multiplier SCALE (default 1) before measuring; repeat for several")
     e.set_defaults(func=cmd_eval, seed=1234)

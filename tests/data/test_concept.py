@@ -1,4 +1,6 @@
 import hashlib
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,17 +9,14 @@ import torch
 from latentlab.data.concept import ConceptDataset, main, write_concept_folder
 from latentlab.data.folder import ImageFolder
 from latentlab.data.judge import judge, score
-from latentlab.data.shapes import COLOURS, NEW_COLOURS, ShapesDataset, caption_corpus, render
+from latentlab.data.shapes import COLOURS, NEW_COLOURS, NEW_SHAPES, SHAPES, ShapesDataset, caption_corpus, render
 from latentlab.errors import LatentlabError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The judge and the renderer work on tiny tensors: more threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+CYAN_DIGEST = "ba72b385355610c2"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the judge and renderer work on tiny tensors
 
 
 def digest(split, size, seed, canonical=False):
@@ -47,10 +46,12 @@ def test_caption_corpus_is_unchanged():
     assert hashlib.sha256("\n".join(caption_corpus(500)).encode()).hexdigest()[:16] == "ded101b0b2fbac16"
 
 
-def test_no_split_ever_draws_a_new_colour():
+def test_no_split_ever_draws_a_new_colour_or_shape():
     for split in ("train", "test", "heldout"):
         data = ShapesDataset(seed=0, split=split)
-        assert not {o.colour for i in range(500) for o in data.example(i)[0].objects} & set(NEW_COLOURS)
+        objects = [o for i in range(500) for o in data.example(i)[0].objects]
+        assert not {o.colour for o in objects} & set(NEW_COLOURS)
+        assert not {o.shape for o in objects} & set(NEW_SHAPES)
 
 
 def test_concept_streams_are_deterministic_and_apart():
@@ -62,7 +63,7 @@ def test_concept_streams_are_deterministic_and_apart():
 
 
 def test_concept_scenes_vary_and_name_the_concept():
-    data = ConceptDataset(colour="cyan", seed=3)
+    data = ConceptDataset(concept="cyan", seed=3)
     examples = [data.example(i) for i in range(300)]
     objects = [scene.objects[0] for scene, _ in examples]
     assert {o.colour for o in objects} == {"cyan"} and all(len(s.objects) == 1 for s, _ in examples)
@@ -70,14 +71,33 @@ def test_concept_scenes_vary_and_name_the_concept():
     assert all("cyan" in text for _, text in examples) and len({text for _, text in examples}) > 100
 
 
-def test_a_concept_word_replaces_the_colour_name():
-    texts = [ConceptDataset(seed=0, word="sks").example(i)[1] for i in range(100)]
-    assert all("sks" in t and "cyan" not in t for t in texts)
+def test_shape_concept_scenes_vary_over_the_palette_and_name_the_shape():
+    examples = [ConceptDataset(concept="diamond", seed=3).example(i) for i in range(400)]
+    objects = [scene.objects[0] for scene, _ in examples]
+    assert {o.shape for o in objects} == {"diamond"} and all(len(s.objects) == 1 for s, _ in examples)
+    assert len({(o.colour, o.size, o.position) for o in objects}) == 6 * 2 * 5
+    assert all("diamond" in text for _, text in examples) and len({text for _, text in examples}) > 100
+
+
+def test_the_colour_concepts_stream_is_unchanged():
+    """Computed before shape concepts existed: cyan's folder and prompts stay as they were."""
+    images, captions, scenes = ConceptDataset(seed=0).batch(0, 32)
+    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    h.update("\n".join(captions).encode())
+    h.update(repr(scenes).encode())
+    assert h.hexdigest()[:16] == CYAN_DIGEST
+
+
+@pytest.mark.parametrize("concept, name", [("cyan", "cyan"), ("diamond", "diamond")])
+def test_a_concept_word_replaces_the_concept_name(concept, name):
+    texts = [ConceptDataset(concept=concept, seed=0, word="sks").example(i)[1] for i in range(100)]
+    assert all("sks" in t and name not in t for t in texts)
     assert any(t.startswith("a sks ") for t in texts) and not any(" an sks" in t for t in texts)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"colour": "red"}, "unknown concept colour 'red'; accepted: cyan"),
+    ({"concept": "red"}, "unknown concept 'red'; accepted: cyan, diamond"),
+    ({"concept": "square"}, "unknown concept 'square'"),
     ({"word": "two words"}, "one lower-case word"),
     ({"split": "heldout"}, "unknown concept split"),
     ({"image_size": 48}, "image size 48"),
@@ -87,15 +107,17 @@ def test_bad_concepts_raise(kwargs, message):
         ConceptDataset(**kwargs)
 
 
-def test_folder_writer_writes_captioned_images_the_folder_reader_reads(tmp_path):
-    out = write_concept_folder(tmp_path / "data", "cyan", count=12, seed=0)
-    assert len(list(out.glob("*.png"))) == 12 and len(list(out.glob("*.txt"))) == 12
+@pytest.mark.parametrize("concept, kind", [("cyan", "colour"), ("diamond", "shape")])
+def test_folder_writer_writes_captioned_images_the_folder_reader_reads(tmp_path, concept, kind):
+    out = write_concept_folder(tmp_path / "data", concept, count=12, seed=0)
+    assert len(list(out.glob(f"{concept}-*.png"))) == 12 and len(list(out.glob("*.txt"))) == 12
     folder = ImageFolder(out, image_size=32, log=lambda line: None)
-    images, captions, scenes = ConceptDataset(colour="cyan", seed=0).batch(0, 12)
-    assert folder.captions == captions and all("cyan" in c for c in captions)
+    images, captions, scenes = ConceptDataset(concept=concept, seed=0).batch(0, 12)
+    assert folder.captions == captions and all(concept in c for c in captions)
     expected = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     assert np.array_equal(folder.pixels, expected)
-    assert (out / "concept.json").is_file()
+    manifest = json.loads((out / "concept.json").read_text())
+    assert manifest["concept"] == concept and manifest["kind"] == kind and manifest["count"] == 12
 
 
 def test_folder_writer_adds_prior_images_and_refuses_a_used_folder(tmp_path):
@@ -109,9 +131,12 @@ def test_folder_writer_adds_prior_images_and_refuses_a_used_folder(tmp_path):
 def test_module_main(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "a"), "--count", "4"]) == 0
     assert len(list((tmp_path / "a").glob("*.png"))) == 4
+    assert main(["--out", str(tmp_path / "c"), "--concept", "diamond", "--count", "2"]) == 0
+    assert len(list((tmp_path / "c").glob("diamond-*.png"))) == 2
+    capsys.readouterr()
     assert main(["--out", str(tmp_path / "b"), "--colour", "teal"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown concept colour 'teal'" in err
+    assert err.count("\n") == 1 and "unknown concept 'teal'" in err
 
 
 # ---------------------------------------------------------------- the judge with a concept colour
@@ -164,3 +189,42 @@ def test_render_accepts_new_colours_and_refuses_unknown_ones():
     bad = scene.__class__((scene.objects[0].__class__("circle", "teal", "small", "left"),))
     with pytest.raises(ValueError, match="unknown colour 'teal'"):
         render([bad])
+
+
+# ---------------------------------------------------------------- the judge with a concept shape
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_judge_reads_the_concept_shape_on_renders(size):
+    images, _, scenes = ConceptDataset(concept="diamond", seed=5, split="test", image_size=size).batch(0, 300)
+    results = [score(s, judge(x, shapes=(*SHAPES, "diamond"))) for s, x in zip(scenes, images)]
+    assert sum(r["all"] for r in results) / len(results) >= 0.95
+    assert sum(r["shape"] for r in results) / len(results) >= 0.99
+
+
+def test_judge_never_reads_the_ordinary_test_split_as_the_concept_shape():
+    """The ordinary test split, read with the diamond among the shapes: no object is a diamond, and the
+    objects read are the default judge's."""
+    images, _, scenes = ShapesDataset(seed=1234, split="test").batch(0, 500)
+    noisy = images + 0.08 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
+    for batch in (images, noisy):
+        extended = [judge(x, shapes=(*SHAPES, "diamond")) for x in batch]
+        assert not any(d.shape == "diamond" for ds in extended for d in ds)
+        assert extended == [judge(x) for x in batch]
+    assert sum(score(s, judge(x, shapes=(*SHAPES, "diamond")))["all"] for s, x in zip(scenes, images)) / 500 >= 0.99
+
+
+def test_judge_default_shapes_are_the_training_shapes():
+    images = ShapesDataset(seed=2).batch(0, 20)[0]
+    assert [judge(x) for x in images] == [judge(x, shapes=SHAPES) for x in images]
+
+
+def test_render_draws_a_diamond_of_the_squares_area_and_refuses_unknown_shapes():
+    scene = ConceptDataset(concept="diamond", seed=0).example(0)[0]
+    square = replace(scene, objects=(replace(scene.objects[0], shape="square"),))
+    diamond, square = render([scene, square], 64)
+    background = torch.tensor((0.16, 0.16, 0.16)).view(3, 1, 1) * 2 - 1
+    areas = [(x - background).abs().amax(0).gt(1e-6).sum() for x in (diamond, square)]
+    assert abs(int(areas[0]) - int(areas[1])) <= 0.1 * int(areas[1]) and not torch.equal(diamond, square)
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        render([replace(scene, objects=(replace(scene.objects[0], shape="star"),))])

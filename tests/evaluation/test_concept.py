@@ -1,6 +1,7 @@
 """Concept accuracy: the judge's report on images of a taught colour, scored on ground truth instead of a model."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -8,17 +9,11 @@ import torch
 
 from latentlab.cli import main
 from latentlab.data.concept import ConceptDataset
-from latentlab.data.shapes import COLOURS, NEW_COLOURS
-from latentlab.evaluation.concept import concept_accuracy, read_concept
+from latentlab.data.shapes import COLOURS, NEW_COLOURS, render
+from latentlab.evaluation.concept import concept_accuracy, concept_judge_options, read_concept
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The judge works on tiny tensors: more threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the judge works on tiny tensors
 
 
 def recolour(images: torch.Tensor, source: str, target: tuple[float, float, float]) -> torch.Tensor:
@@ -32,9 +27,9 @@ def recolour(images: torch.Tensor, source: str, target: tuple[float, float, floa
 class GroundTruth:
     """A stand-in pipeline whose samples are the renders of the prompts' own scenes."""
 
-    def __init__(self, colour="cyan", seed=1234, paint=None):
-        self.data = ConceptDataset(colour=colour, seed=seed, split="test")
-        self.seed, self.paint, self.colour = seed, paint, colour
+    def __init__(self, concept="cyan", seed=1234, paint=None):
+        self.data = ConceptDataset(concept=concept, seed=seed, split="test")
+        self.seed, self.paint, self.concept = seed, paint, concept
         self.image_size, self.device, self.dtype = 32, torch.device("cpu"), torch.float32
         self.vae = SimpleNamespace(encode=lambda x, sample: x, decode=lambda z: z)
         self.prompts = []
@@ -44,14 +39,35 @@ class GroundTruth:
         images, captions, _ = self.data.batch(start, len(prompts))
         assert captions == prompts
         self.prompts += prompts
-        return images if self.paint is None else recolour(images, self.colour, self.paint)
+        return images if self.paint is None else recolour(images, self.concept, self.paint)
 
 
 def test_ground_truth_scores_nearly_perfect():
     images, _, scenes = ConceptDataset(seed=1234, split="test").batch(0, 200)
     report = read_concept(scenes, images, "cyan")
     assert report["accuracy"]["all"] >= 0.95 and report["accuracy"]["colour"] == 1.0
-    assert report["colours_read"] == {"cyan": 1.0}
+    assert report["read"] == {"cyan": 1.0}
+
+
+def test_ground_truth_of_a_shape_concept_scores_nearly_perfect():
+    images, _, scenes = ConceptDataset(concept="diamond", seed=1234, split="test").batch(0, 200)
+    report = read_concept(scenes, images, "diamond")
+    assert report["accuracy"]["all"] >= 0.95 and report["accuracy"]["shape"] >= 0.99
+    assert report["read"]["diamond"] >= 0.99
+
+
+def test_the_judge_options_extend_the_palette_or_the_shapes():
+    assert concept_judge_options("cyan") == {"palette": {**COLOURS, "cyan": NEW_COLOURS["cyan"]}}
+    assert concept_judge_options("diamond") == {"shapes": ("circle", "square", "triangle", "diamond")}
+
+
+def test_a_palette_shape_drawn_for_a_shape_concept_is_a_wrong_shape():
+    data = ConceptDataset(concept="diamond", seed=1234, split="test")
+    _, _, scenes = data.batch(0, 100)
+    squares = [replace(s, objects=(replace(s.objects[0], shape="square"),)) for s in scenes]
+    report = read_concept(scenes, render(squares), "diamond")
+    assert report["accuracy"]["shape"] == 0.0 and report["read"] == {"square": 1.0}
+    assert report["accuracy"]["colour"] == 1.0 and report["accuracy"]["position"] >= 0.95
 
 
 @pytest.mark.parametrize("drawn", ["blue", "green"])
@@ -59,7 +75,7 @@ def test_a_palette_colour_drawn_for_the_concept_is_a_wrong_colour(drawn):
     images, _, scenes = ConceptDataset(seed=1234, split="test").batch(0, 100)
     report = read_concept(scenes, recolour(images, "cyan", COLOURS[drawn]), "cyan")
     assert report["accuracy"]["colour"] == 0.0 and report["accuracy"]["all"] == 0.0
-    assert report["colours_read"] == {drawn: 1.0}
+    assert report["read"] == {drawn: 1.0}
     assert report["accuracy"]["shape"] >= 0.95 and report["accuracy"]["position"] >= 0.95
 
 
@@ -67,11 +83,18 @@ def test_concept_accuracy_report():
     pipe = GroundTruth()
     report = concept_accuracy(pipe, prompts=150, batch_size=64)
     assert pipe.prompts == [ConceptDataset(seed=1234, split="test").example(i)[1] for i in range(150)]
-    assert report["accuracy"]["all"] >= 0.95 and report["colours_read"]["cyan"] == 1.0
+    assert report["accuracy"]["all"] >= 0.95 and report["read"]["cyan"] == 1.0
     assert set(report["accuracy"]) == {"shape", "colour", "size", "position", "count", "all"}
     assert report["vae_round_trip"] == report["accuracy"]  # the stand-in's autoencoder is the identity
-    assert report["concept"] == "cyan" and report["word"] == "cyan" and report["prompts"] == 150
+    assert report["concept"] == "cyan" and report["kind"] == "colour" and report["word"] == "cyan"
+    assert report["prompts"] == 150
     json.dumps(report)
+
+
+def test_concept_accuracy_report_of_a_shape():
+    pipe = GroundTruth("diamond")
+    report = concept_accuracy(pipe, concept="diamond", prompts=100)
+    assert report["kind"] == "shape" and report["accuracy"]["all"] >= 0.95 and report["read"]["diamond"] >= 0.99
 
 
 def test_concept_prompts_are_not_the_training_folders():
@@ -84,7 +107,7 @@ def test_concept_prompts_are_not_the_training_folders():
 def test_concept_accuracy_on_a_real_pipeline(tiny_pipeline):
     report = concept_accuracy(tiny_pipeline, prompts=3, steps=2, word="sks")
     assert report["word"] == "sks" and set(report["vae_round_trip"]) == set(report["accuracy"])
-    assert abs(sum(report["colours_read"].values()) - 1) < 1e-9
+    assert abs(sum(report["read"].values()) - 1) < 1e-9
 
 
 # ---------------------------------------------------------------- the command line
@@ -96,19 +119,21 @@ def model_dir(tiny_pipeline, tmp_path):
     return tmp_path / "model"
 
 
-def test_eval_concept_prints_and_writes_the_report(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("concept, kind", [("cyan", "colour"), ("diamond", "shape")])
+def test_eval_concept_prints_and_writes_the_report(model_dir, tmp_path, capsys, concept, kind):
     out = tmp_path / "report.json"
     assert main(["eval", "--model", str(model_dir), "--prompts", "2", "--steps", "2", "--device", "cpu",
-                 "--concept", "cyan", "--out", str(out)]) == 0
+                 "--concept", concept, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "concept  cyan 1 object" in printed and "ground truth through the autoencoder" in printed
+    assert f"concept  {concept} 1 object" in printed and f"{kind} drawn: " in printed
+    assert "ground truth through the autoencoder" in printed
     reports = json.loads(out.read_text())
-    assert [r.get("concept") for r in reports] == [None, "cyan"]
+    assert [r.get("concept") for r in reports] == [None, concept]
 
 
 @pytest.mark.parametrize("args, message", [
     (["eval", "--concept", "red"], "argument --concept: invalid choice: 'red'"),
-    (["eval", "--concept", "cyan", "--data", "mnist"], "--concept measures a shapes-world colour"),
+    (["eval", "--concept", "diamond", "--data", "mnist"], "--concept measures a shapes-world concept"),
 ])
 def test_eval_concept_bad_input_is_one_line_and_status_2(args, message, capsys):
     assert main(args) == 2

@@ -1,26 +1,27 @@
-"""A concept the shapes model has never seen: single objects of a new colour (shapes.NEW_COLOURS), for
-teaching a trained model from a few captioned images (LoRA or fine-tuning) and measuring what it learned
-(evaluation/concept.py).
+"""A concept the shapes model has never seen: single objects of a new colour (shapes.NEW_COLOURS) or a new
+shape (shapes.NEW_SHAPES), for teaching a trained model from a few captioned images (LoRA or fine-tuning) and
+measuring what it learned (evaluation/concept.py).
 
-Each example is one object of the concept colour, its shape, size and position drawn at random, with the
-shapes world's jitter and caption templates. Streams are fixed by (colour, split, seed, index) and apart
-from the shapes world's: the "train" split fills the folder a model learns from, the "test" split gives
-the evaluation's prompts.
+Each example is one object of the concept; the other attributes (a new colour's shape, a new shape's palette
+colour, size and position) are drawn at random, with the shapes world's jitter and caption templates. Streams
+are fixed by (concept, split, seed, index) and apart from the shapes world's: the "train" split fills the
+folder a model learns from, the "test" split gives the evaluation's prompts.
 
-The concept word in captions is the colour's own name ("a small cyan circle at the top"), not a
-DreamBooth-style rare identifier ("a small sks circle"; Ruiz et al. 2023). DreamBooth picks a rare token
-because a large pretrained text encoder already gives ordinary words a meaning that fights the new one;
-the shapes model's tokenizer and text encoder never met "cyan" at all (the BPE spells it c-y-an), so the
-plain word is as new to the model as "sks" would be, while the captions and the evaluation's prompts
-read as a user would write them. One overlap remains: its last piece "an" is the article the model knows
-from "an orange ...", a pull towards orange that training must undo (the shipped model draws orange or
-yellow for nine in ten cyan prompts; the evaluation's `colours_read`). `word` names the concept by any
-other lower-case word, "sks" included.
+The concept word in captions is the concept's own name ("a small cyan circle at the top", "a red diamond on
+the left"), not a DreamBooth-style rare identifier ("a small sks circle"; Ruiz et al. 2023). DreamBooth picks
+a rare token because a large pretrained text encoder already gives ordinary words a meaning that fights the
+new one; the shapes model's tokenizer and text encoder never met "cyan" or "diamond" at all (the BPE spells
+them in pieces), so the plain word is as new to the model as "sks" would be, while the captions and the
+evaluation's prompts read as a user would write them. Pieces can overlap known words: cyan's last piece "an"
+is the article the model knows from "an orange ...", a pull towards orange that training must undo (the
+shipped model draws orange or yellow for nine in ten cyan prompts; the evaluation's `read`). `word` names the
+concept by any other lower-case word, "sks" included.
 
-The shipped autoencoder was trained on the palette alone and does not carry cyan faithfully: its round
-trip turns a cyan shape into a blue-green gradient (evaluation/concept.py, `vae_round_trip`).
+The shipped autoencoder was trained on the shapes world alone. It does not carry cyan faithfully (its round
+trip turns a cyan shape into a blue-green gradient); it carries diamonds (evaluation/concept.py,
+`vae_round_trip`).
 
-    python -m latentlab.data.concept --out DIR [--colour cyan] [--count 100] [--seed 0] [--word sks]
+    python -m latentlab.data.concept --out DIR [--concept cyan|diamond] [--count 100] [--seed 0] [--word sks]
 """
 
 from __future__ import annotations
@@ -38,45 +39,59 @@ from PIL import Image
 
 from ..errors import LatentlabError
 from .folder import EXTENSIONS
-from .shapes import (JITTER, NEW_COLOURS, POSITIONS, SHAPES, SIZES, ShapeObject, Scene, ShapesDataset, caption,
-                     render)
+from .shapes import (COLOURS, JITTER, NEW_COLOURS, NEW_SHAPES, POSITIONS, SHAPES, SIZES, ShapeObject, Scene,
+                     ShapesDataset, caption, render)
 
+CONCEPTS = (*NEW_COLOURS, *NEW_SHAPES)
 CONCEPT_SPLITS = ("train", "test")
 MANIFEST = "concept.json"
 
 
-def check_concept(colour: str, word: str | None = None) -> str:
-    """The caption word of a concept colour; unknown colours and unusable words raise ValueError."""
-    if colour not in NEW_COLOURS:
-        raise LatentlabError(f"unknown concept colour {colour!r}; accepted: {', '.join(NEW_COLOURS)}")
-    word = colour if word is None else word
+def concept_kind(concept: str) -> str:
+    """The attribute a concept is a new value of, "colour" or "shape"; unknown concepts raise ValueError."""
+    if concept in NEW_COLOURS:
+        return "colour"
+    if concept in NEW_SHAPES:
+        return "shape"
+    raise LatentlabError(f"unknown concept {concept!r}; accepted: {', '.join(CONCEPTS)}")
+
+
+def check_concept(concept: str, word: str | None = None) -> str:
+    """The caption word of a concept; unknown concepts and unusable words raise ValueError."""
+    concept_kind(concept)
+    word = concept if word is None else word
     if not re.fullmatch(r"[a-z]+", word):
         raise LatentlabError(f"the concept word must be one lower-case word (a-z), got {word!r}")
     return word
 
 
-def concept_scene(rng: random.Random, colour: str) -> Scene:
-    """One object of `colour`: shape, size and position uniform, the centre jittered like the shapes world's."""
-    obj = ShapeObject(rng.choice(SHAPES), colour, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
+def concept_scene(rng: random.Random, concept: str) -> Scene:
+    """One object of the concept: its other attributes uniform (a new colour's shape, a new shape's palette
+    colour; size, position), the centre jittered like the shapes world's."""
+    if concept_kind(concept) == "colour":
+        shape, colour = rng.choice(SHAPES), concept
+    else:
+        shape, colour = concept, rng.choice(list(COLOURS))
+    obj = ShapeObject(shape, colour, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
     return Scene((obj,), None, ((rng.uniform(-JITTER, JITTER), rng.uniform(-JITTER, JITTER)),))
 
 
 class ConceptDataset:
-    """Example i of a concept's split: (scene, caption) fixed by (colour, split, seed, i); `batch` renders."""
+    """Example i of a concept's split: (scene, caption) fixed by (concept, split, seed, i); `batch` renders."""
 
-    def __init__(self, *, colour: str = "cyan", seed: int = 0, split: str = "train", image_size: int = 32,
+    def __init__(self, *, concept: str = "cyan", seed: int = 0, split: str = "train", image_size: int = 32,
                  word: str | None = None):
         if split not in CONCEPT_SPLITS:
             raise LatentlabError(f"unknown concept split {split!r}; accepted: {', '.join(CONCEPT_SPLITS)}")
         if image_size not in (32, 64):
             raise LatentlabError(f"image size {image_size} is not supported; accepted: 32, 64")
-        self.word = check_concept(colour, word)
-        self.colour, self.seed, self.split, self.image_size = colour, seed, split, image_size
+        self.word = check_concept(concept, word)
+        self.concept, self.seed, self.split, self.image_size = concept, seed, split, image_size
 
     def example(self, index: int) -> tuple[Scene, str]:
-        rng = random.Random(f"concept/{self.colour}/{self.split}/{self.seed}/{index}")  # str seeds hash by SHA-512
-        scene = concept_scene(rng, self.colour)
-        return scene, caption(scene, rng, colour_words={self.colour: self.word})
+        rng = random.Random(f"concept/{self.concept}/{self.split}/{self.seed}/{index}")  # str seeds hash by SHA-512
+        scene = concept_scene(rng, self.concept)
+        return scene, caption(scene, rng, words={self.concept: self.word})
 
     def batch(self, start: int, n: int, device: torch.device | str = "cpu"):
         """Examples start .. start + n - 1 as (images (n, 3, H, W) in [-1, 1], captions, scenes)."""
@@ -94,26 +109,26 @@ def _save(data, count: int, out: Path, stem: str) -> None:
             (out / f"{stem}-{i:04d}.txt").write_text(text + "\n", encoding="utf-8")
 
 
-def write_concept_folder(out: str | Path, colour: str = "cyan", count: int = 100, seed: int = 0,
+def write_concept_folder(out: str | Path, concept: str = "cyan", count: int = 100, seed: int = 0,
                          image_size: int = 32, *, word: str | None = None, prior: int = 0) -> Path:
-    """Write `count` captioned concept images (COLOUR-0000.png + .txt, ...) to `out`, the folder format
+    """Write `count` captioned concept images (CONCEPT-0000.png + .txt, ...) to `out`, the folder format
     data/folder.py reads, and a concept.json saying how they were made.
 
     `prior` adds that many ordinary scenes of the shapes world's training split (prior-0000.png, ...):
     DreamBooth's prior preservation, with ground truth in place of the model's own samples. Refuses a
     folder that already holds images, so a folder never mixes two runs.
     """
-    data = ConceptDataset(colour=colour, seed=seed, split="train", image_size=image_size, word=word)
+    data = ConceptDataset(concept=concept, seed=seed, split="train", image_size=image_size, word=word)
     if count < 1 or prior < 0:
         raise LatentlabError(f"count must be at least 1 and prior at least 0, got count={count}, prior={prior}")
     out = Path(out)
     if out.is_dir() and any(p.suffix.lower() in EXTENSIONS for p in out.rglob("*")):
         raise LatentlabError(f"{out} already holds images; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    _save(data, count, out, colour)
+    _save(data, count, out, concept)
     if prior:
         _save(ShapesDataset(seed=seed, split="train", image_size=image_size), prior, out, "prior")
-    manifest = {"colour": colour, "rgb": NEW_COLOURS[colour], "word": data.word, "count": count, "seed": seed,
+    manifest = {"concept": concept, "kind": concept_kind(concept), "word": data.word, "count": count, "seed": seed,
                 "split": "train", "image_size": image_size, "prior": prior}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out
@@ -121,22 +136,23 @@ def write_concept_folder(out: str | Path, colour: str = "cyan", count: int = 100
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m latentlab.data.concept",
-                                     description="Write a captioned image folder of a new colour concept.")
+                                     description="Write a captioned image folder of a new colour or shape.")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
-    parser.add_argument("--colour", default="cyan", help=f"one of {', '.join(NEW_COLOURS)} (default %(default)s)")
+    parser.add_argument("--concept", "--colour", default="cyan",
+                        help=f"one of {', '.join(CONCEPTS)} (default %(default)s)")
     parser.add_argument("--count", type=int, default=100, help="concept images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, choices=(32, 64), default=32)
-    parser.add_argument("--word", default=None, help="the concept's word in captions (default: the colour's name)")
+    parser.add_argument("--word", default=None, help="the concept's word in captions (default: its name)")
     parser.add_argument("--prior", type=int, default=0, help="also this many ordinary training scenes (default 0)")
     args = parser.parse_args(argv)
     try:
-        out = write_concept_folder(args.out, args.colour, args.count, args.seed, args.image_size, word=args.word,
+        out = write_concept_folder(args.out, args.concept, args.count, args.seed, args.image_size, word=args.word,
                                    prior=args.prior)
     except ValueError as e:  # LatentlabError included
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.count} {args.colour} images{f' and {args.prior} prior images' if args.prior else ''} to {out}")
+    print(f"wrote {args.count} {args.concept} images{f' and {args.prior} prior images' if args.prior else ''} to {out}")
     return 0
 
 

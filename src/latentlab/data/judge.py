@@ -8,8 +8,9 @@ projection onto the object's mean colour. From an object's coverage map the judg
 renderer's own distance functions at the object's centroid and area).
 
 The colours the judge knows are the training palette unless `palette` says otherwise: a concept colour
-(shapes.NEW_COLOURS) is read by adding it to the palette (evaluation/concept.py). Adding one only moves
-the decision boundaries next to it, so ordinary prompts are always judged with the palette alone.
+(shapes.NEW_COLOURS) is read by adding it to the palette, a concept shape (shapes.NEW_SHAPES) by adding it
+to `shapes` (evaluation/concept.py). Adding one only moves the decision boundaries next to it, so ordinary
+prompts are always judged with the palette and shapes alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, coverage, shape_distance
+from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, coverage, shape_distance, shape_index
 
 MIN_AREA = 0.006  # an object covers at least this fraction of the image (small ones ~3%)
 FOREGROUND = 0.12  # distance from the background (RGB in [0, 1]) above which a pixel is foreground
@@ -54,23 +55,24 @@ def _size(area: float) -> str:
     return "small" if radius < math.sqrt(SIZES["small"] * SIZES["large"]) else "large"
 
 
-def _shape(alpha: torch.Tensor, cx: float, cy: float, radius: float) -> str:
-    """The shape whose template (same centroid and area) overlaps the coverage map best."""
-    S = alpha.shape[-1]
+def _shape(alpha: torch.Tensor, cx: float, cy: float, radius: float, shapes: tuple[str, ...]) -> str:
+    """The shape of `shapes` whose template (same centroid and area) overlaps the coverage map best."""
+    S, n = alpha.shape[-1], len(shapes)
     grid = torch.arange(S, dtype=torch.float32) + 0.5
     dx = (grid.view(1, S) - cx).expand(S, S)
     dy = (grid.view(S, 1) - cy).expand(S, S)
-    ids = torch.arange(len(SHAPES))
-    templates = coverage(shape_distance(ids, dx.expand(len(SHAPES), S, S), dy.expand(len(SHAPES), S, S),
-                                        torch.full((len(SHAPES),), radius)))
+    ids = torch.tensor([shape_index(name) for name in shapes])
+    templates = coverage(shape_distance(ids, dx.expand(n, S, S), dy.expand(n, S, S), torch.full((n,), radius)))
     iou = torch.minimum(templates, alpha).sum((1, 2)) / torch.maximum(templates, alpha).sum((1, 2))
-    return SHAPES[int(iou.argmax())]
+    return shapes[int(iou.argmax())]
 
 
-def judge(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] | None = None) -> list[Detection]:
+def judge(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] | None = None,
+          shapes: tuple[str, ...] | None = None) -> list[Detection]:
     """Objects in one image, (3, H, W) in [-1, 1], largest first; colours named from `palette`
-    (name -> RGB in [0, 1], default the training palette COLOURS)."""
+    (name -> RGB in [0, 1], default the training palette COLOURS), shapes from `shapes` (default SHAPES)."""
     palette = COLOURS if palette is None else palette
+    shapes = SHAPES if shapes is None else tuple(shapes)
     rgb = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1)
     S = rgb.shape[-1]
     pixels = rgb.reshape(3, -1).T  # (HW, 3)
@@ -102,7 +104,7 @@ def judge(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] | 
         cx, cy = float((alpha * xs).sum() / mass), float((alpha * ys).sum() / mass)
         radius = math.sqrt(area * S * S / math.pi)
         detections.append(Detection(
-            shape=_shape(alpha, cx, cy, radius), colour=name, size=_size(area),
+            shape=_shape(alpha, cx, cy, radius, shapes), colour=name, size=_size(area),
             position=_position(cx / S, cy / S), centre=(cx / S, cy / S), area=area,
         ))
     return sorted(detections, key=lambda d: -d.area)

@@ -4,8 +4,9 @@ Every image is drawn from a seed and an index, so the set is infinite and determ
 attributes are: shape, colour, size and position of each object, and for two objects the relation of
 the first to the second. Captions come from several templates with varied wording. Some
 colour-shape combinations never appear in the training split; the "heldout" split is made of them,
-to test compositional generalisation. NEW_COLOURS are colours no split ever draws: concepts to teach
-a trained model afterwards (data/concept.py); scenes of them render and caption like any other.
+to test compositional generalisation. NEW_COLOURS and NEW_SHAPES are colours and shapes no split ever
+draws: concepts to teach a trained model afterwards (data/concept.py); scenes of them render and caption
+like any other.
 
 Rendering is vectorised in torch (any device): each shape is a signed distance field, anti-aliased
 by clamping the distance to one pixel. All shapes of one size have the same area, so size is
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 SHAPES = ("circle", "square", "triangle")
+NEW_SHAPES = ("diamond",)  # never drawn by any split, like NEW_COLOURS: the square turned by 45 degrees
 COLOURS = {  # name -> RGB in [0, 1]
     "red": (0.88, 0.15, 0.15),
     "orange": (0.97, 0.55, 0.10),
@@ -116,27 +118,30 @@ def colour_rgb(name: str) -> tuple[float, float, float]:
     raise ValueError(f"unknown colour {name!r}; accepted: {', '.join([*COLOURS, *NEW_COLOURS])}")
 
 
-def caption(scene: Scene, rng: random.Random | None = None, *, colour_words: dict[str, str] | None = None) -> str:
+def caption(scene: Scene, rng: random.Random | None = None, *, words: dict[str, str] | None = None) -> str:
     """A caption of the scene; with `rng`, a random template and wording, else the canonical one.
-    `colour_words` names colours by other words in the caption (a concept's identifier, data/concept.py)."""
+    `words` names colours or shapes by other words in the caption (a concept's identifier, data/concept.py)."""
     pick = (lambda options: options[0]) if rng is None else rng.choice
-    colour_words = colour_words or {}
+    words = words or {}
 
     def colour(obj: ShapeObject) -> str:
-        return colour_words.get(obj.colour, obj.colour)
+        return words.get(obj.colour, obj.colour)
 
-    def words(obj: ShapeObject) -> str:
-        return f"{pick(SIZE_WORDS[obj.size])} {colour(obj)} {obj.shape}"
+    def shape(obj: ShapeObject) -> str:
+        return words.get(obj.shape, obj.shape)
+
+    def phrase(obj: ShapeObject) -> str:
+        return f"{pick(SIZE_WORDS[obj.size])} {colour(obj)} {shape(obj)}"
 
     if len(scene.objects) == 1:
         (obj,) = scene.objects
         size = pick(SIZE_WORDS[obj.size])
         template = SINGLE_TEMPLATES[0] if rng is None else rng.choice(SINGLE_TEMPLATES)
         return template.format(
-            a=_article(size), a_colour=_article(colour(obj)), a_shape=_article(obj.shape),
-            size=size, colour=colour(obj), shape=obj.shape, pos=pick(POSITION_WORDS[obj.position]),
+            a=_article(size), a_colour=_article(colour(obj)), a_shape=_article(shape(obj)),
+            size=size, colour=colour(obj), shape=shape(obj), pos=pick(POSITION_WORDS[obj.position]),
         )
-    first, second = (words(o) for o in scene.objects)
+    first, second = (phrase(o) for o in scene.objects)
     template = PAIR_TEMPLATES[0] if rng is None else rng.choice(PAIR_TEMPLATES)
     return template.format(
         a1=_article(first), obj1=first, a2=_article(second), obj2=second,
@@ -182,21 +187,31 @@ def scene_rng(seed: int, index: int, split: str = "train") -> random.Random:
 # ---------------------------------------------------------------- rendering
 
 
+def shape_index(name: str) -> int:
+    """The id of a shape of SHAPES or NEW_SHAPES, as `shape_distance` takes it."""
+    if name not in SHAPES + NEW_SHAPES:
+        raise ValueError(f"unknown shape {name!r}; accepted: {', '.join(SHAPES + NEW_SHAPES)}")
+    return (SHAPES + NEW_SHAPES).index(name)
+
+
 def shape_distance(shape_ids: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor):
     """Signed distance (pixels, negative inside) of each shape centred at the origin.
 
-    shape_ids, r: (...,); dx, dy: (..., H, W) offsets of pixel centres from the shape's centre.
-    Each shape has the area of a circle of radius r; the triangle points up, centred on its centroid.
+    shape_ids, r: (...,); dx, dy: (..., H, W) offsets of pixel centres from the shape's centre; ids
+    index SHAPES + NEW_SHAPES (`shape_index`). Each shape has the area of a circle of radius r; the
+    triangle points up, centred on its centroid.
     """
     r = r[..., None, None]
     circle = torch.sqrt(dx**2 + dy**2) - r
-    square = torch.maximum(dx.abs(), dy.abs()) - r * math.sqrt(math.pi) / 2
+    half = r * math.sqrt(math.pi) / 2  # the square's half side
+    square = torch.maximum(dx.abs(), dy.abs()) - half
     side = r * math.sqrt(4 * math.pi / math.sqrt(3))  # equilateral, area pi r^2
     inradius = side / (2 * math.sqrt(3))
     c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
     triangle = torch.stack([dy, c * dx - s * dy, -c * dx - s * dy], 0).amax(0) - inradius
+    diamond = (dx.abs() + dy.abs()) / math.sqrt(2) - half  # NEW_SHAPES: the square turned by 45 degrees
     ids = shape_ids[..., None, None]
-    return torch.where(ids == 0, circle, torch.where(ids == 1, square, triangle))
+    return torch.where(ids == 0, circle, torch.where(ids == 1, square, torch.where(ids == 2, triangle, diamond)))
 
 
 def coverage(distance: torch.Tensor) -> torch.Tensor:
@@ -217,7 +232,7 @@ def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str
             obj = scene.objects[k]
             jx, jy = scene.jitter[k] if scene.jitter else (0.0, 0.0)
             px, py = POSITIONS[obj.position]
-            rows.append((SHAPES.index(obj.shape), *colour_rgb(obj.colour), (px + jx) * S, (py + jy) * S,
+            rows.append((shape_index(obj.shape), *colour_rgb(obj.colour), (px + jx) * S, (py + jy) * S,
                          SIZES[obj.size] * S, 1.0))
     table = torch.tensor(rows, dtype=torch.float32).view(B, n_max, 8).to(device)
     shape_ids, colour, centre = table[..., 0].long(), table[..., 1:4], table[..., 4:6]

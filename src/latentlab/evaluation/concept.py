@@ -1,17 +1,18 @@
-"""Concept accuracy: how well a model draws a colour it was taught afterwards (data/concept.py).
+"""Concept accuracy: how well a model draws a colour or shape it was taught afterwards (data/concept.py).
 
 Prompts are fresh captions of the concept's "test" split (never the "train" split that fills the
-training folder), one object each. The judge reads the images with the training palette plus the
-concept colour; every other colour keeps its place, so a model that draws blue for "cyan" scores a
-wrong colour, and `colours_read` says which colour it drew instead. Ordinary prompts are measured as
-before, with the palette alone (evaluation/adherence.py).
+training folder), one object each. The judge reads the images with the training palette plus a concept
+colour, or the training shapes plus a concept shape; every other colour and shape keeps its place, so a
+model that draws blue for "cyan" (a square for "diamond") scores a wrong colour (shape), and `read` says
+which colour (shape) it drew instead. Ordinary prompts are measured as before, with the palette and
+shapes alone (evaluation/adherence.py).
 
 `vae_round_trip` reads the ground-truth images of the same prompts after a pass through the
 pipeline's autoencoder (encode to the posterior mean, decode): what a model that reproduced its
 training latents exactly would score. It is a guide, not a bound (sampled latents need not be the
-encoder's), but a low one says the autoencoder itself does not carry the colour: the shipped shapes
+encoder's), but a low one says the autoencoder itself does not carry the concept: the shipped shapes
 autoencoder, trained on the palette alone, turns cyan into blue-green gradients, and only about half
-of the round trips read right on every attribute.
+of the round trips read right on every attribute (diamonds: about 96%).
 """
 
 from __future__ import annotations
@@ -20,44 +21,47 @@ from collections import Counter, defaultdict
 
 import torch
 
-from ..data.concept import ConceptDataset
+from ..data.concept import ConceptDataset, concept_kind
 from ..data.judge import judge, score
-from ..data.shapes import COLOURS, NEW_COLOURS, Scene
+from ..data.shapes import COLOURS, NEW_COLOURS, SHAPES, Scene
 from ..pipeline import Pipeline
 
 
-def concept_palette(colour: str) -> dict[str, tuple[float, float, float]]:
-    """The training palette plus one concept colour, for the judge."""
-    return {**COLOURS, colour: NEW_COLOURS[colour]}
+def concept_judge_options(concept: str) -> dict:
+    """The judge's keyword arguments for a concept: the training palette plus a concept colour, or the
+    training shapes plus a concept shape."""
+    if concept_kind(concept) == "colour":
+        return {"palette": {**COLOURS, concept: NEW_COLOURS[concept]}}
+    return {"shapes": (*SHAPES, concept)}
 
 
-def read_concept(scenes: list[Scene], images: torch.Tensor, colour: str) -> dict:
+def read_concept(scenes: list[Scene], images: torch.Tensor, concept: str) -> dict:
     """The judge's reading of images (B, 3, H, W) in [-1, 1] drawn for one-object `scenes` of the concept:
-    accuracy per attribute and for whole prompts ("all"), and the colour read for the largest object
-    (fractions; "none" where nothing was found)."""
-    palette = concept_palette(colour)
+    accuracy per attribute and for whole prompts ("all"), and `read`: the concept's attribute (colour or
+    shape) read for the largest object (fractions; "none" where nothing was found)."""
+    options, kind = concept_judge_options(concept), concept_kind(concept)
     totals: dict[str, float] = defaultdict(float)
     read: Counter = Counter()
     passed = []
     for scene, image in zip(scenes, images):
-        detections = judge(image, palette)
+        detections = judge(image, **options)
         result = score(scene, detections)
         for key, ok in result.items():
             totals[key] += ok
-        read[detections[0].colour if detections else "none"] += 1
+        read[getattr(detections[0], kind) if detections else "none"] += 1
         passed.append(result["all"])
     n = len(scenes)
     return {"accuracy": {key: value / n for key, value in totals.items()},
-            "colours_read": {name: count / n for name, count in read.most_common()}, "passed": passed}
+            "read": {name: count / n for name, count in read.most_common()}, "passed": passed}
 
 
-def concept_accuracy(pipe: Pipeline, *, colour: str = "cyan", word: str | None = None, prompts: int = 200,
+def concept_accuracy(pipe: Pipeline, *, concept: str = "cyan", word: str | None = None, prompts: int = 200,
                      seed: int = 1234, steps: int = 50, guidance: float = 4.0, sampler: str = "ddim",
                      batch_size: int = 100, round_trip: bool = True, callback=None, **sampler_options) -> dict:
-    """Accuracy per attribute and for whole prompts over `prompts` one-object prompts of the concept
-    `colour` (named `word` in the prompts, default the colour's name), like `prompt_adherence`'s report,
-    plus `colours_read` and, with `round_trip`, `vae_round_trip` (module docstring)."""
-    data = ConceptDataset(colour=colour, seed=seed, split="test", image_size=pipe.image_size, word=word)
+    """Accuracy per attribute and for whole prompts over `prompts` one-object prompts of `concept` (named
+    `word` in the prompts, default the concept's name), like `prompt_adherence`'s report, plus `kind`
+    ("colour" or "shape"), `read` and, with `round_trip`, `vae_round_trip` (module docstring)."""
+    data = ConceptDataset(concept=concept, seed=seed, split="test", image_size=pipe.image_size, word=word)
     examples = [data.example(i) for i in range(prompts)]
     scenes = [scene for scene, _ in examples]
     chunks = []
@@ -65,17 +69,17 @@ def concept_accuracy(pipe: Pipeline, *, colour: str = "cyan", word: str | None =
         chunk = examples[start:start + batch_size]
         chunks.append(pipe.sample([c for _, c in chunk], steps=steps, guidance=guidance, seed=seed + start,
                                   sampler=sampler, callback=callback, **sampler_options).float().cpu())
-    reading = read_concept(scenes, torch.cat(chunks), colour)
+    reading = read_concept(scenes, torch.cat(chunks), concept)
     passed = reading.pop("passed")
     report = {
-        "concept": colour, "word": data.word, "rgb": NEW_COLOURS[colour], "prompts": prompts, "objects": 1,
+        "concept": concept, "kind": concept_kind(concept), "word": data.word, "prompts": prompts, "objects": 1,
         "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed,
         **{k: v for k, v in sampler_options.items() if v is not None}, **reading,
         "failures": [caption for (_, caption), ok in zip(examples, passed) if not ok][:20],
     }
     if round_trip:
         report["vae_round_trip"] = read_concept(scenes, autoencoder_round_trip(pipe, data, prompts, batch_size),
-                                             colour)["accuracy"]
+                                                concept)["accuracy"]
     return report
 
 
