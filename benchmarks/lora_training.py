@@ -23,19 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timing import seconds_per_call  # benchmarks/timing.py, beside this script
+
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
 RUNS = [("full", False), ("full", True), ("lora", False), ("lora", True)]
 
-
-def timeit(step, n: int, warm: int) -> float:
-    for _ in range(warm):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n
 
 
 def diffusers_unet(mode: str, checkpointing: bool):
@@ -99,7 +91,7 @@ def measure(label: str, model, network, n: int, warm: int) -> dict:
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
-    seconds = timeit(step, n, warm)
+    seconds = seconds_per_call(step, n, warm)
     row = {"run": label, "samples_per_s": B / seconds, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30,
            "trainable_M": sum(p.numel() for p in params) / 1e6, "first_step_s": first}
     print(json.dumps(row), flush=True)

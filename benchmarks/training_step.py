@@ -21,16 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
-def timeit(step, n: int = 30, warm: int = 5) -> float:
-    for _ in range(warm):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n
 
 
 def networks():
@@ -88,7 +80,7 @@ def main():
             step()
             torch.cuda.synchronize()
             first = time.perf_counter() - start
-            seconds = timeit(step)
+            seconds = seconds_per_call(step, n=30, warm=5)
             rows.append({"network": name, "compiled": compiled, "batch": args.batch,
                          "samples_per_s": args.batch / seconds, "first_step_s": first,
                          "parameters_M": sum(p.numel() for p in model.parameters()) / 1e6})

@@ -23,27 +23,18 @@ from pathlib import Path
 
 import torch
 
+from timing import seconds_per_call  # benchmarks/timing.py, beside this script
+
 from latentlab.models.cuda_graph import CUDAGraphed
 
 DTYPE = torch.bfloat16
 
 
-def timeit(fn, n: int = 20, warm: int = 5) -> float:
-    """Seconds per call, averaged over n calls after `warm` untimed ones."""
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n
-
 
 def matmul_peak() -> float:
     """The card's bf16 matrix-product rate, TFLOP/s, on an 8192^3 product."""
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=DTYPE) for _ in range(2))
-    s = timeit(lambda: a @ b, n=50, warm=10)
+    s = seconds_per_call(lambda: a @ b, n=50, warm=10)
     return 2 * 8192**3 / s / 1e12
 
 
@@ -137,7 +128,7 @@ def run(part: str, batches: list[int], out: Path, profile_batch: int | None) -> 
                 call(x, t, c)  # the first call compiles
                 torch.cuda.synchronize()
                 first = time.perf_counter() - start
-                seconds = timeit(lambda: call(x, t, c))
+                seconds = seconds_per_call(lambda: call(x, t, c), n=20, warm=5)
                 row = {"network": name, "mode": part, "batch": batch, "steps_per_s": 1 / seconds,
                        "first_call_s": first, "tflop_per_step": tflop[batch]}
                 row["tflops"] = row["tflop_per_step"] * row["steps_per_s"]

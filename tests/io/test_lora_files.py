@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentlab.adapters import UNET_ATTENTION, LoRALayer, add_lora, lora_layers, merge_lora, unmerge_lora
 from latentlab.cli import main
@@ -26,51 +25,23 @@ CONVOLUTIONS = ("conv1", "conv2", "conv_shortcut")
 TE_TARGETS = ("q_proj", "v_proj", "out_proj", "fc1")
 
 
-def randomise(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            p.copy_(scale + torch.randn(p.shape, generator=g) * 0.05)
-
-
-def tiny_sd(vocab_files, seed: int = 0) -> StableDiffusionPipeline:
-    """Stable Diffusion 1.x's topology at toy widths (as tests/io/test_stable_diffusion.py)."""
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
-                                attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, num_attention_heads=1, num_hidden_layers=2,
-                                        intermediate_size=128, vocab_size=49408, max_position_embeddings=77,
-                                        eos_token_id=49407, bos_token_id=49406, pad_token_id=49407))
-    for i, module in enumerate((unet, vae, text)):
-        randomise(module, seed + i)
-    return StableDiffusionPipeline(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(),
-        tokenizer=CLIPTokenizer(*map(str, vocab_files), model_max_length=77),
-        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                                skip_prk_steps=True),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory, clip_vocab_files):
+def sd(tmp_path_factory, tiny_sd_components):
     """(the diffusers folder, the same model as a latentlab folder)."""
     folder = tmp_path_factory.mktemp("sd")
-    tiny_sd(clip_vocab_files).save_pretrained(folder / "diffusers", safe_serialization=True)
+    StableDiffusionPipeline(**tiny_sd_components()).save_pretrained(folder / "diffusers", safe_serialization=True)
     Pipeline.load(folder / "diffusers", device="cpu").save(folder / "latentlab")
     return folder / "diffusers", folder / "latentlab"
 
 
 @pytest.fixture(scope="module")
-def other_sd(tmp_path_factory, clip_vocab_files):
+def other_sd(tmp_path_factory, tiny_sd_components):
     """Another model of the same architecture (other weights), as a latentlab folder."""
     folder = tmp_path_factory.mktemp("other")
-    tiny_sd(clip_vocab_files, seed=5).save_pretrained(folder / "diffusers", safe_serialization=True)
+    StableDiffusionPipeline(**tiny_sd_components(seed=5)).save_pretrained(folder / "diffusers", safe_serialization=True)
     Pipeline.load(folder / "diffusers", device="cpu").save(folder / "latentlab")
     return folder / "latentlab"
 

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentlab.cli import main
 from latentlab.errors import CheckpointError
@@ -24,39 +23,10 @@ SD15_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_en
 PROMPTS = ["a red circle", "two blue squares, side by side"]
 
 
-def randomise(module: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere (no zero-initialised path hides a difference); norm scales about 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            p.copy_(scale + torch.randn(p.shape, generator=g) * 0.05)
-
-
-def tiny_components(vocab_files):
-    """SD 1.x's topology at toy widths. Widths are multiples of 32 (SD's group count) and the U-Net has
-    8 heads, as SD 1.x, so that a single file (whose heads and groups its shapes cannot tell) reads back."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
-                                attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, num_attention_heads=1, num_hidden_layers=2,
-                                        intermediate_size=128, vocab_size=49408, max_position_embeddings=77,
-                                        eos_token_id=49407, bos_token_id=49406, pad_token_id=49407))
-    for i, module in enumerate((unet, vae, text)):
-        randomise(module, i)
-    tokenizer = CLIPTokenizer(*map(str, vocab_files), model_max_length=77)
-    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
-                scheduler=PNDMScheduler(**SD15_SCHEDULER, steps_offset=1, skip_prk_steps=True), safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False)
-
-
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory, clip_vocab_files):
+def sd(tmp_path_factory, tiny_sd_components):
     """(diffusers pipeline, its save_pretrained folder, the same weights as an original single file)."""
-    pipe = StableDiffusionPipeline(**tiny_components(clip_vocab_files))
+    pipe = StableDiffusionPipeline(**tiny_sd_components())
     folder = tmp_path_factory.mktemp("sd") / "tiny-sd"
     pipe.save_pretrained(folder, safe_serialization=True)
     single = folder.parent / "tiny-sd.safetensors"

@@ -32,6 +32,7 @@ from ..errors import CheckpointError, LatentlabError
 from ..io import load_component
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..models.bert import BertModel
+from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
@@ -234,7 +235,7 @@ class DiffusionTrainer:
         cache), with the given standard normal noise; and their captions."""
         if getattr(self.data, "is_latent", False):
             mean, logvar, captions, _ = self.data.latent_batch(start, n, self.device)
-            z = (mean + (0.5 * logvar).exp() * noise) * self.vae.config.scale_factor
+            z = DiagonalGaussian(mean, logvar).sample(noise=noise) * self.vae.config.scale_factor
         else:
             images, captions, _ = self.data.batch(start, n, self.device)
             z = self.vae.encode(images, noise=noise)

@@ -37,6 +37,7 @@ from ..data.sources import NAMED, open_dataset
 from ..errors import CheckpointError, LatentlabError
 from ..io import atomic_write
 from ..models.text_encoder import encode_prompts
+from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
 from .loop import Progress, StopSignals, autocast, learning_rate, setup
 from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, optimizer_state, prefixed,
@@ -257,7 +258,7 @@ class LoRATrainer:
         vae = self.pipe.vae
         if getattr(data, "is_latent", False):
             mean, logvar, captions, _ = data.latent_batch(start, n, self.device)
-            return (mean + (0.5 * logvar).exp() * noise) * vae.config.scale_factor, captions
+            return DiagonalGaussian(mean, logvar).sample(noise=noise) * vae.config.scale_factor, captions
         images, captions, _ = data.batch(start, n, self.device)
         dtype = next(vae.parameters()).dtype
         return vae.encode(images.to(dtype), noise=noise.to(dtype)).float(), captions
