@@ -7,10 +7,12 @@ to_q, to_k, to_v, to_out.0). Ours runs the same step on our U-Net holding the sa
 - full fine-tuning: float32 weights under bf16 autocast, as the reference;
 - LoRA (adapters/lora.py, same rank, alpha and targets): the frozen base in bfloat16 (it has no
   gradient, so it needs no float32 master copy), the adapters' A and B in float32, bf16 autocast.
-Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode).
+Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode, or
+reduce-overhead: CUDA graphs).
 Peak memory is torch.cuda.max_memory_allocated over the timed steps, the weights included.
 
-    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt] [--compiled lora]
+    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
+        [--compiled lora,lora@reduce-overhead]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def diffusers_unet(mode: str, checkpointing: bool):
     return model, lambda x, t, c: model(x, t, c).sample
 
 
-def our_unet(mode: str, checkpointing: bool, compiled: bool, channels_last: bool):
+def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last: bool):
     from diffusers import UNet2DConditionModel
 
     from latentlab.adapters import add_lora
@@ -67,7 +69,7 @@ def our_unet(mode: str, checkpointing: bool, compiled: bool, channels_last: bool
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=1e-3)  # nonzero, so that B's gradient path is exercised as trained
-    network = torch.compile(model) if compiled else model
+    network = torch.compile(model, mode=compiled) if compiled else model
     return model, network
 
 
@@ -80,6 +82,7 @@ def measure(label: str, model, network, n: int, warm: int) -> dict:
     t = torch.randint(0, 1000, (B,), device="cuda", generator=g)
 
     def step():
+        torch.compiler.cudagraph_mark_step_begin()  # a new iteration (for mode="reduce-overhead"; else nothing)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = F.mse_loss(network(x, t, c).float(), x)
         loss.backward()
@@ -104,7 +107,8 @@ def main():
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
     parser.add_argument("--runs", default="full,full+ckpt,lora,lora+ckpt", help="eager runs (each beside its reference)")
-    parser.add_argument("--compiled", default="lora,lora+ckpt,full", help="our runs under torch.compile")
+    parser.add_argument("--compiled", default="lora,lora+ckpt,full",
+                        help="our runs under torch.compile; RUN@MODE picks torch.compile's mode (else default)")
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,18 +123,19 @@ def main():
         del model, network
         torch.cuda.empty_cache()
         for channels_last in (False, True) if args.channels_last else (False,):
-            model, network = our_unet(mode, checkpointing, False, channels_last)
+            model, network = our_unet(mode, checkpointing, None, channels_last)
             rows.append(measure(f"latentlab, {tag}{', channels-last' if channels_last else ''}", model, network,
                                 n, warm))
             del model, network
             torch.cuda.empty_cache()
     if not args.no_compile:
-        for mode, checkpointing in RUNS:
-            if f"{mode}{'+ckpt' if checkpointing else ''}" not in args.compiled.split(","):
-                continue
-            model, network = our_unet(mode, checkpointing, True, False)
+        for spec in args.compiled.split(","):  # "lora", "lora+ckpt", "lora@reduce-overhead", ...
+            run, _, compile_mode = spec.partition("@")
+            mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+            model, network = our_unet(mode, checkpointing, compile_mode or "default", False)
             tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
-            rows.append(measure(f"latentlab, {tag}, compiled", model, network, n, warm))
+            label = f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
+            rows.append(measure(label, model, network, n, warm))
             del model, network
             torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "rows": rows}
@@ -142,7 +147,7 @@ def write_table(result: dict, path: Path) -> None:
     rows = result["rows"]
 
     def reference(run: str) -> dict:
-        tag = run.split(", ", 1)[1].replace(", compiled", "").replace(", channels-last", "")
+        tag = run.split(", ", 1)[1].split(", compiled")[0].replace(", channels-last", "")
         name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
         return next(r for r in rows if r["run"] == f"{name}, {tag}")
 

@@ -237,3 +237,49 @@ def test_parity_with_peft(kind, rslora):
         theirs.layer.lora_A["default"].weight.copy_(net.layer.lora_A["default"].weight)
         theirs.layer.lora_B["default"].weight.copy_(net.layer.lora_B["default"].weight)
     torch.testing.assert_close(net(x), theirs(x), atol=1e-6, rtol=1e-6)
+
+
+LINEAR_KINDS = ["linear", "linear on tokens", "conv 1x1 on tokens"]
+
+
+@pytest.mark.parametrize("kind", LINEAR_KINDS)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_node_gives_autograds_gradients(kind, autocast):
+    """A frozen linear layer trains its adapter through one node (_LoRALinear); its output and the
+    gradients of x, A and B equal autograd's through the plain composition W0 x + s B A x."""
+    net, x = make(kind)
+    adapt(net)
+    set_lora_scale(net, "default", 0.7)
+    layer = net.layer
+    if autocast:
+        layer.base.to(torch.bfloat16)
+    x.requires_grad_(True)
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    g = torch.randn(Net(layer.base)(x.to(layer.base.weight.dtype)).shape)
+
+    def composed():
+        dtype = torch.bfloat16 if autocast else torch.float32
+        xc, s = x.to(dtype), layer.scaling("default")
+        W, b = layer.base.weight.flatten(1).to(dtype), layer.base.bias.to(dtype)
+        return F.linear(xc, W, b) + s * F.linear(F.linear(xc, A.flatten(1).to(dtype)), B.flatten(1).to(dtype))
+
+    results = []
+    for fn in (lambda: net(x), composed):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn()
+        results.append([out.detach().float(), *torch.autograd.grad(out, [x, A, B], g.to(out.dtype))])
+        assert results[-1][2].dtype == A.dtype
+    assert type(net(x).grad_fn).__name__ == "_LoRALinearBackward"
+    tol = 2e-2 if autocast else 1e-5
+    for ours, want in zip(*results):
+        torch.testing.assert_close(ours.float(), want.float(), atol=tol, rtol=tol)
+
+
+def test_training_node_not_used_with_dropout_or_two_adapters():
+    net, x = make("linear")
+    add_lora(net, "a", rank=2, dropout=0.5, targets=["layer"])
+    assert type(net.train()(x).grad_fn).__name__ != "_LoRALinearBackward"
+    net.eval()
+    assert type(net(x).grad_fn).__name__ == "_LoRALinearBackward"
+    add_lora(net, "b", rank=2, targets=["layer"])
+    assert type(net(x).grad_fn).__name__ != "_LoRALinearBackward"

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LatentlabError
+from ..models.activation_memory import recording
 from ..models.precision import to_autocast_dtype
 
 # the default targets: the attention projections (q, k, v, out) of the U-Net's self- and cross-attention
@@ -146,6 +147,11 @@ class LoRALayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
         tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
+        fused = self._fused_adapter(x, tokens)
+        if fused is not None:
+            A, B = self.lora_A[fused].weight, self.lora_B[fused].weight
+            return _LoRALinear.apply(x, self.base.weight.flatten(1), self.base.bias, A.flatten(1), B.flatten(1),
+                                     self.scaling(fused))
         out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
         for name in self.lora_A:
             scaling = self.scaling(name)
@@ -154,6 +160,20 @@ class LoRALayer(nn.Module):
             h = self._product(self.lora_A[name].weight.to(x.dtype), self.lora_dropout[name](x), tokens, down=True)
             out = torch.add(out, self._product(self.lora_B[name].weight.to(x.dtype), h, tokens), alpha=scaling)
         return out
+
+    def _fused_adapter(self, x: torch.Tensor, tokens: bool) -> str | None:
+        """The adapter to train through `_LoRALinear`: the one active adapter of a frozen linear layer (or
+        1x1 convolution over tokens) without dropout, when autograd records outside torch.compile."""
+        if not (isinstance(self.base, nn.Linear) or tokens):
+            return None
+        active = [n for n in self.lora_A if self.scaling(n) != 0 and n not in self.merged]
+        if len(active) != 1 or any(p.requires_grad for p in self.base.parameters()):
+            return None
+        name = active[0]
+        if self.training and isinstance(self.lora_dropout[name], nn.Dropout):
+            return None
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        return name if recording(x, A, B) else None
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,
                down: bool = False) -> torch.Tensor:
@@ -169,6 +189,44 @@ class LoRALayer(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{n}: r={self.rank(n)} alpha={self.alpha[n]:g} scale={self.scale[n]:g}"
                          f"{' merged' if n in self.merged else ''}" for n in self.lora_A)
+
+
+class _LoRALinear(torch.autograd.Function):
+    """y = x W0^T + b + s (x A^T) B^T as one autograd node, for training a frozen linear layer's adapter.
+
+    The plain composition records seven nodes (W0's product, A's and B's casts and products, the scaling,
+    the sum) and adds the two paths' input gradients in a separate pass; here the forward pass is three
+    products (B's added into W0's output in place) and the backward pass five, the input's gradient
+    g W0 + s (g B) A accumulated in place. Saved: x (which other layers usually save too), the small
+    h = x A^T, and the weights in the compute dtype. A and B stay in float32; their gradients are too."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, scaling):
+        dtype = x.dtype
+        W, Ac, Bc = weight.to(dtype), A.to(dtype), B.to(dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        with torch.autocast(x.device.type, enabled=False):
+            h = x2 @ Ac.t()  # (M, r)
+            out = x2 @ W.t() if bias is None else torch.addmm(bias.to(dtype), x2, W.t())
+            out.addmm_(h, Bc.t(), alpha=scaling)
+        ctx.save_for_backward(x, W, Ac, Bc, h)
+        ctx.scaling, ctx.dtypes = scaling, (A.dtype, B.dtype)
+        return out.view(*x.shape[:-1], W.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, W, Ac, Bc, h = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad.reshape(-1, grad.shape[-1]).to(W.dtype)
+        gB = g @ Bc  # dL/dh / s, (M, r)
+        dx = dA = dB = None
+        if ctx.needs_input_grad[0]:
+            dx = (g @ W).addmm_(gB, Ac, alpha=s).view(x.shape)
+        if ctx.needs_input_grad[3]:
+            dA = (gB.t() @ x.reshape(-1, x.shape[-1])).to(ctx.dtypes[0]) * s
+        if ctx.needs_input_grad[4]:
+            dB = (g.t() @ h).to(ctx.dtypes[1]) * s
+        return dx, None, None, dA, dB, None
 
 
 # ---------------------------------------------------------------------- models

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation_memory import LayerNorm, geglu
 from .blocks import group_norm
 from .group_norm import group_norm_act
 from .precision import to_autocast_dtype
@@ -60,10 +61,9 @@ class GEGLU(nn.Module):
         if hasattr(proj, "plain_layer"):  # a wrapping layer (an adapter) that adds nothing now is its base layer
             proj = proj.plain_layer() or proj
         if not isinstance(proj, nn.Linear) or torch.is_grad_enabled() and proj.weight.requires_grad:
-            x, gate = proj(x).chunk(2, dim=-1)
-            return x * F.gelu(gate)
+            return geglu(*proj(x).chunk(2, dim=-1))
         weight, bias, n = proj.weight, proj.bias, self.inner
-        return F.linear(x, weight[:n], bias[:n]) * F.gelu(F.linear(x, weight[n:], bias[n:]))
+        return geglu(F.linear(x, weight[:n], bias[:n]), F.linear(x, weight[n:], bias[n:]))
 
 
 class FeedForward(nn.Module):
@@ -80,11 +80,11 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, context_dim: int, head_dim: int = 32, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn1 = Attention(dim, head_dim=head_dim, dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.attn2 = Attention(dim, context_dim=context_dim, head_dim=head_dim, dropout=dropout)
-        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
+        self.norm3, self.ff = LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))  # self-attention

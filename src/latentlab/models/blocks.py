@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation_memory import Conv2d
 from .group_norm import group_norm_act
 
 
@@ -49,13 +50,13 @@ class ResBlock(nn.Module):
             raise ValueError(f"unknown time_conditioning {time_conditioning!r}; accepted: {', '.join(TIME_CONDITIONING)}")
         self.scale_shift = time_conditioning == "scale_shift"
         self.norm1 = group_norm(in_channels, groups, eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         projected = 2 * out_channels if self.scale_shift else out_channels
         self.time_emb_proj = nn.Linear(embed_dim, projected) if embed_dim else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(group_norm_act(x, self.norm1))
@@ -88,7 +89,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
         self.asymmetric = padding == "asymmetric"
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
@@ -99,7 +100,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

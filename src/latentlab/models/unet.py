@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .activation_memory import Conv2d
 from .attention import SpatialTransformer
 from .blocks import (TIME_CONDITIONING, Downsample, ResBlock, TimestepEmbedding, Upsample, check_widths, group_norm,
                      timestep_embedding)
@@ -136,7 +137,7 @@ class UNet(nn.Module):
         self.gradient_checkpointing = False  # recompute each block's activations in the backward pass
         width0 = c.channels[0]
         embed_dim = 4 * width0
-        self.conv_in = nn.Conv2d(c.in_channels, width0, 3, padding=1)
+        self.conv_in = Conv2d(c.in_channels, width0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(width0, embed_dim)
         self.context_embed = nn.Linear(c.context_dim, embed_dim) if c.pooled_text else None
 
@@ -177,7 +178,7 @@ class UNet(nn.Module):
                                         gates=gates if c.attention_gates else None))
 
         self.conv_norm_out = group_norm(ch, c.groups, c.norm_eps)
-        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, c.out_channels, 3, padding=1)
         self._zero_init_outputs()
 
     def _zero_init_outputs(self):
