@@ -156,3 +156,18 @@ def test_bf16_weights_compute_in_bf16_close_to_float32(layer):
     assert all(t.dtype == torch.bfloat16 for t in ours)
     for a, b in zip(ours, exact):
         torch.testing.assert_close(a.float(), b, atol=0.05, rtol=0.05)
+
+
+def test_channels_last_tensors_and_gradients():
+    """cuDNN returns channels-last gradients; the normalisations read NCHW memory."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last)
+    ours = torch.autograd.grad(group_norm_act(x, norm, True), x, g)[0]
+    want = torch.autograd.grad(F.silu(F.group_norm(x, 4, norm.weight, norm.bias, norm.eps)), x, g)[0]
+    torch.testing.assert_close(ours, want)
+    ln, t = LayerNorm(8), torch.randn(2, 8, 6).transpose(1, 2).requires_grad_()  # (2, 6, 8), not contiguous
+    gt = torch.randn(2, 8, 6).transpose(1, 2)
+    torch.testing.assert_close(torch.autograd.grad(ln(t), t, gt)[0],
+                               torch.autograd.grad(nn.LayerNorm.forward(ln, t), t, gt)[0])

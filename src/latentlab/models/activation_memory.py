@@ -97,13 +97,13 @@ class _GroupNormAct(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         N, C, HxW = x.shape[0], x.shape[1], x[0, 0].numel()
-        grad = grad.to(ctx.arith)
+        grad = grad.to(ctx.arith).contiguous()  # cuDNN hands back channels-last gradients; the kernels read NCHW
         if ctx.silu:  # through SiLU, at the recomputed y = norm(x)
             y = _group_norm(x, weight, bias, ctx.groups, ctx.eps, ctx.arith)[0]
             grad = torch.ops.aten.silu_backward(grad, y)
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.aten.native_group_norm_backward(grad, x.to(ctx.arith), mean, rstd, _to(weight, ctx.arith),
+        dx, dw, db = torch.ops.aten.native_group_norm_backward(grad, x.to(ctx.arith).contiguous(), mean, rstd, _to(weight, ctx.arith),
                                                                N, C, HxW, ctx.groups, mask)
         return (_cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None, None)
 
@@ -111,7 +111,7 @@ class _GroupNormAct(torch.autograd.Function):
 def _group_norm(x, weight, bias, groups, eps, dtype):
     """(y, mean, 1/std) of GroupNorm, read and written in `dtype` (accumulated in float32 whatever it is)."""
     N, C, HxW = x.shape[0], x.shape[1], x[0, 0].numel()
-    return torch.ops.aten.native_group_norm(x.to(dtype), _to(weight, dtype), _to(bias, dtype), N, C, HxW, groups, eps)
+    return torch.ops.aten.native_group_norm(x.to(dtype).contiguous(), _to(weight, dtype), _to(bias, dtype), N, C, HxW, groups, eps)
 
 
 def _arithmetic(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype:
@@ -139,7 +139,7 @@ class _LayerNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, shape, eps, dtype):
         ctx.arith, ctx.shape = _arithmetic(x, weight, bias), shape
         with torch.autocast(x.device.type, enabled=False):
-            y, mean, rstd = torch.ops.aten.native_layer_norm(x.to(ctx.arith), shape, _to(weight, ctx.arith),
+            y, mean, rstd = torch.ops.aten.native_layer_norm(x.to(ctx.arith).contiguous(), shape, _to(weight, ctx.arith),
                                                              _to(bias, ctx.arith), eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y.to(dtype)
@@ -150,7 +150,7 @@ class _LayerNorm(torch.autograd.Function):
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
         dtype = ctx.arith
-        dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(dtype), x.to(dtype), ctx.shape, mean, rstd,
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(dtype).contiguous(), x.to(dtype).contiguous(), ctx.shape, mean, rstd,
                                                                _to(weight, dtype), _to(bias, dtype), mask)
         return _cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None
 
