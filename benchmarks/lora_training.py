@@ -12,7 +12,9 @@ reduce-overhead: CUDA graphs).
 Peak memory is torch.cuda.max_memory_allocated over the timed steps, the weights included.
 
     python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
-        [--compiled lora,lora@reduce-overhead]
+        [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--channels-last]
+
+--compiled takes RUN[@MODE][/cl]: torch.compile's mode (default "default"), /cl for channels-last maps.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from latentlab.models import activation_memory
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
 RUNS = [("full", False), ("full", True), ("lora", False), ("lora", True)]
-
 
 
 def diffusers_unet(mode: str, checkpointing: bool):
@@ -110,44 +112,56 @@ def main():
     parser.add_argument("--compiled", default="lora,lora+ckpt,full",
                         help="our runs under torch.compile; RUN@MODE picks torch.compile's mode (else default)")
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
+    parser.add_argument("--plain-layers", action="store_true",
+                        help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     n, warm = (5, 2) if args.quick else (10, 3)
     rows = []
+
+    def record(row: dict) -> None:  # written after every row, so that a run cut short keeps what it measured
+        rows.append(row)
+        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "rows": rows}
+        (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_table(result, args.out / "table.md")
     for mode, checkpointing in RUNS:
         if f"{mode}{'+ckpt' if checkpointing else ''}" not in args.runs.split(","):
             continue
         tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
         model, network = diffusers_unet(mode, checkpointing)
-        rows.append(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
+        record(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
         del model, network
         torch.cuda.empty_cache()
-        for channels_last in (False, True) if args.channels_last else (False,):
+        variants = [("", False, True)] + [(", channels-last", True, True)] * args.channels_last \
+            + [(", plain layers", False, False)] * args.plain_layers
+        for suffix, channels_last, lean in variants:
+            activation_memory.ENABLED = lean
             model, network = our_unet(mode, checkpointing, None, channels_last)
-            rows.append(measure(f"latentlab, {tag}{', channels-last' if channels_last else ''}", model, network,
-                                n, warm))
+            record(measure(f"latentlab, {tag}{suffix}", model, network, n, warm))
             del model, network
             torch.cuda.empty_cache()
+        activation_memory.ENABLED = True
     if not args.no_compile:
-        for spec in args.compiled.split(","):  # "lora", "lora+ckpt", "lora@reduce-overhead", ...
+        for spec in args.compiled.split(","):  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
+            spec, _, layout = spec.partition("/")
             run, _, compile_mode = spec.partition("@")
             mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
-            model, network = our_unet(mode, checkpointing, compile_mode or "default", False)
+            model, network = our_unet(mode, checkpointing, compile_mode or "default", layout == "cl")
             tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
-            label = f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
-            rows.append(measure(label, model, network, n, warm))
+            label = (f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
+                     f"{', channels-last' if layout == 'cl' else ''}")
+            record(measure(label, model, network, n, warm))
             del model, network
             torch.cuda.empty_cache()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "rows": rows}
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_table(result, args.out / "table.md")
+    print((args.out / "table.md").read_text())
 
 
 def write_table(result: dict, path: Path) -> None:
     rows = result["rows"]
 
     def reference(run: str) -> dict:
-        tag = run.split(", ", 1)[1].split(", compiled")[0].replace(", channels-last", "")
+        tag = run.split(", ", 1)[1].split(", compiled")[0]
+        tag = tag.replace(", channels-last", "").replace(", plain layers", "")
         name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
         return next(r for r in rows if r["run"] == f"{name}, {tag}")
 
@@ -159,7 +173,6 @@ def write_table(result: dict, path: Path) -> None:
         lines.append(f"| {r['run']} | {r['trainable_M']:.2f}M | {r['samples_per_s']:.1f} | {r['peak_GiB']:.1f} | "
                      f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x | {r['peak_GiB'] / ref['peak_GiB']:.2f}x |")
     path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

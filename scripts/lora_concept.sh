@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Teach the shipped shapes model a colour or shape it has never seen (cyan, diamond) from 100 captioned images:
-# a rank-4 LoRA against full fine-tuning (text encoder + U-Net) with the same steps and batch. Measures concept
+# a rank-16 LoRA on the U-Net's attention and convolutions and the text encoder, against full fine-tuning (text
+# encoder + U-Net) with the same steps and batch. Measures concept
 # accuracy (the judge, palette or shapes plus the concept) and the ordinary prompts' accuracy (palette and shapes
 # alone) before and after.
 # Usage: scripts/lora_concept.sh OUT [DEVICE]
-# Environment: STEPS (1000), BATCH (8), LR (1e-4, the LoRA's), FULL_LR (1e-5, full fine-tuning's), RANK (4),
-# PROMPTS (200 per measurement), EVAL_STEPS (50 sampler steps), CONCEPT (cyan; COLOUR is the old name),
-# COUNT (100 concept images), PRIOR (0: ordinary training images added to the folder), LORA_ARGS (more
-# `lora train` options, e.g. --text-encoder-lora), PYTHON (python3).
+# Environment: STEPS (2000), BATCH (8), LR (3e-4, the LoRA's), FULL_LR (1e-5, full fine-tuning's), RANK (16),
+# PROMPTS (200 per measurement), EVAL_STEPS (50 sampler steps), CONCEPT (diamond, or cyan; COLOUR is the old name),
+# COUNT (100 concept images), PRIOR (0: ordinary training images added to the folder), LORA_ARGS (the LoRA's
+# targets and other `lora train` options; default --text-encoder-lora --unet-convolutions), PYTHON (python3).
 # Writes OUT/data (the folder), OUT/lora (the LoRA run), OUT/full (the fine-tuned model), OUT/eval-*.json,
 # OUT/summary.json and OUT/summary.md.
 set -euo pipefail
 out=${1:?output folder}; device=${2:-auto}
-steps=${STEPS:-1000}; batch=${BATCH:-8}; lr=${LR:-1e-4}; full_lr=${FULL_LR:-1e-5}; rank=${RANK:-4}
-prompts=${PROMPTS:-200}; eval_steps=${EVAL_STEPS:-50}; concept=${CONCEPT:-${COLOUR:-cyan}}; count=${COUNT:-100}; prior=${PRIOR:-0}
+steps=${STEPS:-2000}; batch=${BATCH:-8}; lr=${LR:-3e-4}; full_lr=${FULL_LR:-1e-5}; rank=${RANK:-16}
+prompts=${PROMPTS:-200}; eval_steps=${EVAL_STEPS:-50}; concept=${CONCEPT:-${COLOUR:-diamond}}; count=${COUNT:-100}; prior=${PRIOR:-0}
+lora_args=${LORA_ARGS---text-encoder-lora --unet-convolutions}  # LORA_ARGS= (empty): attention only
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
 py=${PYTHON:-python3}
 base=$($py -c 'from latentlab.pipeline import default_model_path; print(default_model_path())')
@@ -41,10 +43,10 @@ $py -m latentlab.data.concept --out "$out/data" --concept "$concept" --count "$c
 # 2. the base model
 measure base --model shapes-default
 
-# 3. LoRA: rank RANK on the U-Net's attention projections; the base model stays frozen
+# 3. LoRA: rank RANK on the U-Net's attention projections and LORA_ARGS' targets; the base model stays frozen
 rm -rf "$out/lora"
 timed lora $py -m latentlab lora train --model shapes-default --data "$out/data" --out "$out/lora" --rank "$rank" \
-    --steps "$steps" --batch-size "$batch" --lr "$lr" --device "$device" ${LORA_ARGS:-} 2> "$out/lora-train.log" \
+    --steps "$steps" --batch-size "$batch" --lr "$lr" --device "$device" $lora_args 2> "$out/lora-train.log" \
     | tee "$out/lora-train.json"
 lora_file=$($py -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["lora"])' \
     "$out/lora-train.json")
@@ -58,7 +60,7 @@ timed full $py -m latentlab train --init "$base" --vae "$base" --data "$out/data
 measure full --model "$out/full"
 
 # 5. the summary
-$py - "$out" "$concept" "$steps" "$batch" "$lr" "$full_lr" "$rank" "$count" "$prior" "${LORA_ARGS:-}" <<'PY'
+$py - "$out" "$concept" "$steps" "$batch" "$lr" "$full_lr" "$rank" "$count" "$prior" "$lora_args" <<'PY'
 import json, sys
 from pathlib import Path
 from latentlab import Pipeline

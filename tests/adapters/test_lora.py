@@ -281,5 +281,8 @@ def test_training_node_not_used_with_dropout_or_two_adapters():
     assert type(net.train()(x).grad_fn).__name__ != "_LoRALinearBackward"
     net.eval()
     assert type(net(x).grad_fn).__name__ == "_LoRALinearBackward"
+    net.layer.lora_dropout.train()  # as the trainer runs it: the base in eval mode, the adapters' dropout on
+    assert type(net(x).grad_fn).__name__ != "_LoRALinearBackward"
+    net.layer.lora_dropout.eval()
     add_lora(net, "b", rank=2, targets=["layer"])
     assert type(net(x).grad_fn).__name__ != "_LoRALinearBackward"

@@ -167,10 +167,12 @@ class LoRALayer(nn.Module):
         if not (isinstance(self.base, nn.Linear) or tokens):
             return None
         active = [n for n in self.lora_A if self.scaling(n) != 0 and n not in self.merged]
-        if len(active) != 1 or any(p.requires_grad for p in self.base.parameters()):
+        bias = self.base.bias
+        if len(active) != 1 or self.base.weight.requires_grad or bias is not None and bias.requires_grad:
             return None
         name = active[0]
-        if self.training and isinstance(self.lora_dropout[name], nn.Dropout):
+        dropout = self.lora_dropout[name]
+        if dropout.training and isinstance(dropout, nn.Dropout):  # (the trainer keeps the base in eval mode)
             return None
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         return name if recording(x, A, B) else None
@@ -205,10 +207,9 @@ class _LoRALinear(torch.autograd.Function):
         dtype = x.dtype
         W, Ac, Bc = weight.to(dtype), A.to(dtype), B.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):
-            h = x2 @ Ac.t()  # (M, r)
-            out = x2 @ W.t() if bias is None else torch.addmm(bias.to(dtype), x2, W.t())
-            out.addmm_(h, Bc.t(), alpha=scaling)
+        h = x2 @ Ac.t()  # (M, r); every operand is in x's dtype already, so autocast casts nothing
+        out = x2 @ W.t() if bias is None else torch.addmm(bias.to(dtype), x2, W.t())
+        out.addmm_(h, Bc.t(), alpha=scaling)
         ctx.save_for_backward(x, W, Ac, Bc, h)
         ctx.scaling, ctx.dtypes = scaling, (A.dtype, B.dtype)
         return out.view(*x.shape[:-1], W.shape[0])

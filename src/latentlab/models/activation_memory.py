@@ -17,7 +17,10 @@ gradients need, and matter most when the network is frozen (LoRA) or trains unde
 
 Each is exact: the same forward values as the plain layers, and gradients equal to autograd's up to
 float rounding. They apply in eager training; under torch.compile the plain layers run, since the
-compiler chooses for itself what to save and recompute.
+compiler chooses for itself what to save and recompute. Eager training of a large U-Net is bound by
+the host as much as by the GPU, so these functions call ATen's operators directly (no autocast
+contexts: every input is cast to the compute dtype first), one autograd node per layer.
+Set `ENABLED = False` to run the plain layers (benchmarks compare both).
 """
 
 from __future__ import annotations
@@ -26,12 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ENABLED = True
+"""Use the lean layers when autograd records; False runs PyTorch's layers (for comparisons)."""
+
+_aten = torch.ops.aten
+_conv_backward = _aten.convolution_backward.default
+_group_norm_backward = _aten.native_group_norm_backward.default
+_layer_norm_backward = _aten.native_layer_norm_backward.default
+_silu_backward = _aten.silu_backward.default
+_gelu_backward = _aten.gelu_backward.default
+
 
 def recording(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     """Whether autograd records this call, outside torch.compile: x or a parameter needs a gradient."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    return x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    needs_grad = x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    return needs_grad and ENABLED and torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -39,6 +51,25 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
+
+
+def _to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return None if grad is None or like is None else grad.to(like.dtype)
+
+
+def _arithmetic(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype:
+    """The dtype a normalisation reads and writes: x's own when its parameters share it (a frozen bf16
+    base: the kernels accumulate in float32 anyway), else float32 (bf16 activations, float32 weights)."""
+    return x.dtype if all(p is None or p.dtype == x.dtype for p in params) else torch.float32
+
+
+def _param_mask(ctx, weight, bias) -> list[bool]:
+    return [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2]]
 
 
 # ---------------------------------------------------------------------------------------- convolution
@@ -61,15 +92,15 @@ class _FrozenConv2d(torch.autograd.Function):
         weight = weight.to(dtype)
         ctx.save_for_backward(weight)
         ctx.conv = (x.shape, x.dtype, stride, padding, dilation, groups)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.conv2d(x.to(dtype), weight, None if bias is None else bias.to(dtype),
-                            stride, padding, dilation, groups)
+        return F.conv2d(x.to(dtype), weight, _to(bias, dtype), stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         shape, dtype, stride, padding, dilation, groups = ctx.conv
-        dx = torch.nn.grad.conv2d_input(shape, weight, grad.to(weight.dtype), stride, padding, dilation, groups)
+        x = grad.new_empty(1).expand(shape)  # only its shape is read when no weight gradient is asked for
+        dx = _conv_backward(grad.to(weight.dtype), x, weight, None, stride, padding, dilation, False, (0, 0),
+                            groups, (True, False, False))[0]
         return dx.to(dtype), None, None, None, None, None, None
 
 
@@ -77,56 +108,40 @@ class _FrozenConv2d(torch.autograd.Function):
 
 
 def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, silu: bool) -> torch.Tensor:
-    """silu(norm(x)) (or norm(x)) for training: float32 arithmetic, the result in the compute dtype,
-    x saved as it came."""
+    """silu(norm(x)) (or norm(x)) for training: the result in the compute dtype, x saved as it came."""
     return _GroupNormAct.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu, compute_dtype(x))
 
 
 class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps, silu, dtype):
-        ctx.arith = _arithmetic(x, weight, bias)
-        with torch.autocast(x.device.type, enabled=False):
-            y, mean, rstd = _group_norm(x, weight, bias, groups, eps, ctx.arith)
-            out = (F.silu(y) if silu else y).to(dtype)
+        ctx.arith, ctx.groups, ctx.eps, ctx.silu = _arithmetic(x, weight, bias), groups, eps, silu
+        y, mean, rstd = _group_norm(x, weight, bias, groups, eps, ctx.arith)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.groups, ctx.eps, ctx.silu = groups, eps, silu
-        return out
+        return (F.silu(y) if silu else y).to(dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        N, C, HxW = x.shape[0], x.shape[1], x[0, 0].numel()
+        N, C = x.shape[0], x.shape[1]
         grad = grad.to(ctx.arith).contiguous()  # cuDNN hands back channels-last gradients; the kernels read NCHW
         if ctx.silu:  # through SiLU, at the recomputed y = norm(x)
-            y = _group_norm(x, weight, bias, ctx.groups, ctx.eps, ctx.arith)[0]
-            grad = torch.ops.aten.silu_backward(grad, y)
-        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-                bias is not None and ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.aten.native_group_norm_backward(grad, x.to(ctx.arith).contiguous(), mean, rstd, _to(weight, ctx.arith),
-                                                               N, C, HxW, ctx.groups, mask)
-        return (_cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None, None)
+            grad = _silu_backward(grad, _group_norm(x, weight, bias, ctx.groups, ctx.eps, ctx.arith)[0])
+        dx, dw, db = _group_norm_backward(grad, x.to(ctx.arith).contiguous(), mean, rstd, _to(weight, ctx.arith),
+                                          N, C, x.numel() // max(N * C, 1), ctx.groups, _param_mask(ctx, weight, bias))
+        return _cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None, None
 
 
 def _group_norm(x, weight, bias, groups, eps, dtype):
     """(y, mean, 1/std) of GroupNorm, read and written in `dtype` (accumulated in float32 whatever it is)."""
-    N, C, HxW = x.shape[0], x.shape[1], x[0, 0].numel()
-    return torch.ops.aten.native_group_norm(x.to(dtype).contiguous(), _to(weight, dtype), _to(bias, dtype), N, C, HxW, groups, eps)
-
-
-def _arithmetic(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype:
-    """The dtype a normalisation reads and writes: x's own when its parameters share it (a frozen bf16
-    base: the kernels accumulate in float32 anyway), else float32 (bf16 activations, float32 weights)."""
-    return x.dtype if all(p is None or p.dtype == x.dtype for p in params) else torch.float32
-
-
-def _to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
+    N, C = x.shape[0], x.shape[1]
+    return torch.native_group_norm(x.to(dtype).contiguous(), _to(weight, dtype), _to(bias, dtype), N, C,
+                                   x.numel() // max(N * C, 1), groups, eps)
 
 
 class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm that, when autograd records, computes in float32, returns the compute dtype (bf16
-    under autocast) and saves its input as it came rather than a float32 copy."""
+    """nn.LayerNorm that, when autograd records, returns the compute dtype (bf16 under autocast) and saves
+    its input as it came rather than a float32 copy."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if recording(x, self.weight, self.bias):
@@ -137,26 +152,20 @@ class LayerNorm(nn.LayerNorm):
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, shape, eps, dtype):
-        ctx.arith, ctx.shape = _arithmetic(x, weight, bias), shape
-        with torch.autocast(x.device.type, enabled=False):
-            y, mean, rstd = torch.ops.aten.native_layer_norm(x.to(ctx.arith).contiguous(), shape, _to(weight, ctx.arith),
-                                                             _to(bias, ctx.arith), eps)
+        arith = ctx.arith = _arithmetic(x, weight, bias)
+        ctx.shape = shape
+        y, mean, rstd = torch.native_layer_norm(x.to(arith).contiguous(), shape, _to(weight, arith), _to(bias, arith),
+                                                eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y.to(dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-                bias is not None and ctx.needs_input_grad[2]]
-        dtype = ctx.arith
-        dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(dtype).contiguous(), x.to(dtype).contiguous(), ctx.shape, mean, rstd,
-                                                               _to(weight, dtype), _to(bias, dtype), mask)
+        arith = ctx.arith
+        dx, dw, db = _layer_norm_backward(grad.to(arith).contiguous(), x.to(arith).contiguous(), ctx.shape, mean, rstd,
+                                          _to(weight, arith), _to(bias, arith), _param_mask(ctx, weight, bias))
         return _cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None
-
-
-def _cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
-    return None if grad is None or like is None else grad.to(like.dtype)
 
 
 # ---------------------------------------------------------------------------------------- GEGLU
@@ -179,5 +188,5 @@ class _GEGLU(torch.autograd.Function):
     def backward(ctx, grad):
         a, gate = ctx.saved_tensors
         da = grad * F.gelu(gate) if ctx.needs_input_grad[0] else None
-        dgate = torch.ops.aten.gelu_backward(grad * a, gate) if ctx.needs_input_grad[1] else None
+        dgate = _gelu_backward(grad * a, gate) if ctx.needs_input_grad[1] else None
         return da, dgate
