@@ -171,3 +171,22 @@ def test_channels_last_tensors_and_gradients():
     gt = torch.randn(2, 8, 6).transpose(1, 2)
     torch.testing.assert_close(torch.autograd.grad(ln(t), t, gt)[0],
                                torch.autograd.grad(nn.LayerNorm.forward(ln, t), t, gt)[0])
+
+
+@pytest.mark.parametrize("silu", [True, False])
+def test_gradient_of_tokens_view(silu):
+    """A transformer reads a normalised map as tokens, map.flatten(2).transpose(1, 2): the gradient that comes
+    back has the map's shape and the tokens' memory. (CPU kernels given such strides computed wrong numbers
+    without an error: LoRA training diverged.)"""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    g = torch.randn(2, 16, 8)
+
+    def tokens(y):
+        return (y.flatten(2).transpose(1, 2) * g).sum()
+
+    ours = torch.autograd.grad(tokens(group_norm_act(x, norm, silu)), x)[0]
+    y = F.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+    want = torch.autograd.grad(tokens(F.silu(y) if silu else y), x)[0]
+    torch.testing.assert_close(ours, want)
