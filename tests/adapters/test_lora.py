@@ -244,12 +244,13 @@ LINEAR_KINDS = ["linear", "linear on tokens", "conv 1x1 on tokens"]
 
 @pytest.mark.parametrize("kind", LINEAR_KINDS)
 @pytest.mark.parametrize("autocast", [False, True])
-def test_training_node_gives_autograds_gradients(kind, autocast):
+@pytest.mark.parametrize("scale", [0.7, 0.5])  # s alpha / r = 1.4, and 1
+def test_training_node_gives_autograds_gradients(kind, autocast, scale):
     """A frozen linear layer trains its adapter through one node (_LoRALinear); its output and the
     gradients of x, A and B equal autograd's through the plain composition W0 x + s B A x."""
     net, x = make(kind)
     adapt(net)
-    set_lora_scale(net, "default", 0.7)
+    set_lora_scale(net, "default", scale)
     layer = net.layer
     if autocast:
         layer.base.to(torch.bfloat16)

@@ -224,10 +224,14 @@ class _LoRALinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = (g @ W).addmm_(gB, Ac, alpha=s).view(x.shape)
         if ctx.needs_input_grad[3]:
-            dA = (gB.t() @ x.reshape(-1, x.shape[-1])).to(ctx.dtypes[0]) * s
+            dA = _scaled((gB.t() @ x.reshape(-1, x.shape[-1])).to(ctx.dtypes[0]), s)
         if ctx.needs_input_grad[4]:
-            dB = (g.t() @ h).to(ctx.dtypes[1]) * s
+            dB = _scaled((g.t() @ h).to(ctx.dtypes[1]), s)
         return dx, None, None, dA, dB, None
+
+
+def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:
+    return t if s == 1 else t.mul_(s)
 
 
 # ---------------------------------------------------------------------- models
