@@ -9,6 +9,7 @@ backward, AdamW. Also ours as shipped (with the pooled text added to the time em
 has no equivalent of). Reports samples per second, eager and under torch.compile.
 
     python benchmarks/training_step.py --out docs/benchmarks/training-step [--batch 256] [--no-compile]
+        [--plain-layers]
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from latentlab.models import activation_memory
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
-
 
 
 def networks():
@@ -70,11 +71,17 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--plain-layers", action="store_true",
+                        help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False), eager")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for compiled in (False,) if args.no_compile else (False, True):
-        for name, (model, is_diffusers) in networks().items():
+        runs = [(name, model, is_diffusers, True) for name, (model, is_diffusers) in networks().items()]
+        if args.plain_layers and not compiled:  # under torch.compile the lean layers step aside anyway
+            runs += [(f"{name}, plain layers", model, False, False) for name, model, d, _ in runs if not d]
+        for name, model, is_diffusers, lean in runs:
+            activation_memory.ENABLED = lean
             start = time.perf_counter()
             step = step_fn(model, is_diffusers, args.batch, compiled)
             step()
