@@ -5,9 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentlab.models import activation_memory
 from latentlab.models.activation_memory import Conv2d, LayerNorm, geglu, group_norm_act
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+    """The lean layers take the tests' small tensors too."""
+    monkeypatch.setattr(activation_memory, "MIN_ELEMENTS", 0)
 
 
 def saved_bytes(fn, *inputs) -> int:
@@ -190,3 +197,11 @@ def test_gradient_of_tokens_view(silu):
     y = F.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
     want = torch.autograd.grad(tokens(F.silu(y) if silu else y), x)[0]
     torch.testing.assert_close(ours, want)
+
+
+def test_small_activations_take_pytorchs_layers(monkeypatch):
+    monkeypatch.setattr(activation_memory, "MIN_ELEMENTS", 1000)
+    conv = Conv2d(4, 4, 3, padding=1).requires_grad_(False)
+    small, large = torch.randn(1, 4, 5, 5, requires_grad=True), torch.randn(1, 4, 16, 16, requires_grad=True)
+    assert type(conv(small).grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(conv(large).grad_fn).__name__ == "_FrozenConv2dBackward"

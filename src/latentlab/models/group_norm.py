@@ -71,7 +71,7 @@ def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, silu: bool = True) -> to
     """silu(norm(x)), or norm(x) when `silu` is False, for x of shape (B, C, H, W)."""
     if uses_triton(x, norm):
         return group_norm_act_triton(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu)
-    if activation_memory.recording(x, norm.weight, norm.bias):  # training: save x alone, recompute the rest
+    if activation_memory.lean(x, norm.weight, norm.bias):  # training: save x alone, recompute the rest
         return activation_memory.group_norm_act(x, norm, silu)
     h = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)  # float32 under autocast
     return F.silu(to_autocast_dtype(h)) if silu else h  # SiLU and the convolution after it in autocast's dtype
