@@ -15,12 +15,14 @@ gradients need, and matter most when the network is frozen (LoRA) or trains unde
   the kernels accumulate in float32 anyway; with float32 weights they compute in float32.
 * GEGLU, a * gelu(g), saves a, g and gelu(g); `geglu` saves a and g and recomputes gelu(g).
 
-Each is exact: the same forward values as the plain layers, and gradients equal to autograd's up to
-float rounding. They apply in eager training; under torch.compile the plain layers run, since the
+Each computes what the plain layer computes (a normalisation with bf16 weights in bf16, where autocast
+would use float32: within bf16 rounding of it), with gradients equal to autograd's up to float rounding.
+They apply in eager training; under torch.compile the plain layers run, since the
 compiler chooses for itself what to save and recompute. Eager training of a large U-Net is bound by
 the host as much as by the GPU, so these functions call ATen's operators directly (no autocast
 contexts: every input is cast to the compute dtype first), one autograd node per layer.
-Set `ENABLED = False` to run the plain layers (benchmarks compare both).
+Set `ENABLED = False` to run the plain layers (benchmarks compare both); activations under
+`MIN_ELEMENTS` always take them.
 """
 
 from __future__ import annotations
