@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import compute_dtype
+
 ENABLED = True
 """Use the lean layers when autograd records; False runs PyTorch's layers (for comparisons)."""
 
@@ -57,13 +59,6 @@ def recording(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     """Whether autograd records this call, outside torch.compile: x or a parameter needs a gradient."""
     needs_grad = x.requires_grad or any(p is not None and p.requires_grad for p in params)
     return needs_grad and ENABLED and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matrix product would run in: autocast's when it is on for x's device, else x's."""
-    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 def _to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matrix product of x runs in: autocast's when it is on for x's device and x is floating
+    point, else x's own."""
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype when autocast is on for x's device and x is floating point; else x."""
-    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
-        return x.to(torch.get_autocast_dtype(x.device.type))
-    return x
+    return x.to(compute_dtype(x))

@@ -36,7 +36,7 @@ from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
-from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
 from .monitor import MetricsLog, TensorBoard, sample_grid
 from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
                     optimizer_state, prefixed, rng_state, save_state, set_rng_state)
@@ -311,11 +311,10 @@ class DiffusionTrainer:
                             enabled=self.world.main)
         board = TensorBoard(self.out, enabled=self.world.main)
         metrics = MetricsLog(self.out / "metrics.csv", resume=c.resume) if c.eval_every and self.world.main else None
-        interrupted = False
         with StopSignals() as stop:
-            while not progress.done(self.step):
-                loss = self.train_step(self.step)
-                row = progress.log(self.step, loss)
+            for step in run_steps(self, progress, stop, c.checkpoint_every):
+                loss = self.train_step(step)
+                row = progress.log(step, loss)
                 self.step += 1
                 if row is not None:
                     board.scalars(self.step, {"train/loss": row["loss"], "train/samples_per_s": row["samples_per_s"]})
@@ -328,13 +327,8 @@ class DiffusionTrainer:
                         values = self.evaluate()
                     metrics.write(self.step, values)
                     board.scalars(self.step, {f"eval/{k}": v for k, v in values.items()})
-                if self.step % c.checkpoint_every == 0:
-                    self.save_checkpoint()
                 if self.step % c.save_every == 0 and self.world.main:
                     self.snapshot().save(self.out)
-                if stop.requested:
-                    interrupted = True
-                    break
         progress.close()
         board.close()
         self.save_checkpoint()
@@ -343,7 +337,7 @@ class DiffusionTrainer:
         self.world.barrier()
         close_world(self.world)
         return {"steps": self.step, "processes": self.world.size, "main": self.world.main,
-                "interrupted": interrupted, "signal": stop.signal_name}
+                "interrupted": stop.requested, "signal": stop.signal_name}
 
 
 def train_diffusion(config: DiffusionTrainConfig) -> dict:

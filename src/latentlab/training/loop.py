@@ -116,6 +116,19 @@ class StopSignals:
         return False
 
 
+def run_steps(trainer, progress: Progress, stop: StopSignals, checkpoint_every: int):
+    """The step loop every trainer runs: `for step in run_steps(...)` yields `trainer.step` until `progress`
+    is done; the body trains that step and advances `trainer.step`. After each step comes the resumable
+    checkpoint every `checkpoint_every` steps (`trainer.save_checkpoint()`), and a stop signal ends the loop
+    (then `stop.requested`)."""
+    while not progress.done(trainer.step):
+        yield trainer.step
+        if trainer.step % checkpoint_every == 0:
+            trainer.save_checkpoint()
+        if stop.requested:
+            return
+
+
 def read_log(path: str | Path) -> list[dict[str, float]]:
     with open(path) as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -39,7 +39,7 @@ from ..io import atomic_write
 from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
-from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
 from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, optimizer_state, prefixed,
                     rng_state, save_state, set_rng_state, unprefixed)
 
@@ -325,23 +325,18 @@ class LoRATrainer:
         if c.resume:
             self.load_checkpoint()
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step)
-        loss, interrupted = None, False
+        loss = None
         with StopSignals() as stop:
-            while not progress.done(self.step):
-                loss = self.train_step(self.step)
-                progress.log(self.step, loss)
+            for step in run_steps(self, progress, stop, c.checkpoint_every):
+                loss = self.train_step(step)
+                progress.log(step, loss)
                 self.step += 1
-                if self.step % c.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if stop.requested:
-                    interrupted = True
-                    break
         progress.close()
         self.save_checkpoint()
         path = self.save_lora()
         return {"steps": self.step, "loss": None if loss is None else loss.item(), "lora": str(path),
                 "trainable_parameters": self.trainable_parameters, "file_bytes": path.stat().st_size,
-                "interrupted": interrupted, "signal": stop.signal_name}
+                "interrupted": stop.requested, "signal": stop.signal_name}
 
 
 def train_lora(config: LoRATrainConfig) -> dict:

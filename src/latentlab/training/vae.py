@@ -31,7 +31,7 @@ from ..data.sources import open_dataset
 from ..io import save_component
 from ..models import AutoencoderKL, VAEConfig
 from ..models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
-from .loop import Progress, StopSignals, autocast, learning_rate, setup
+from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
 from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
                     optimizer_state, prefixed, rng_state, save_state, set_rng_state)
 
@@ -252,22 +252,16 @@ class VAETrainer:
             self.load_checkpoint()
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, log_every=c.log_every, first_step=self.step)
         metrics = TermsLog(self.out, c.log_every, first_step=self.step)
-        interrupted = False
         with StopSignals() as stop:
-            while not progress.done(self.step):
-                loss, terms = self.train_step(self.step)
-                progress.log(self.step, loss)
-                metrics.log(self.step, terms)
+            for step in run_steps(self, progress, stop, c.checkpoint_every):
+                loss, terms = self.train_step(step)
+                progress.log(step, loss)
+                metrics.log(step, terms)
                 self.step += 1
-                if self.step % c.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if stop.requested:
-                    interrupted = True
-                    break
         progress.close()
         metrics.close()
         self.save_checkpoint()
-        return {"steps": self.step, **self.finish(), "interrupted": interrupted}
+        return {"steps": self.step, **self.finish(), "interrupted": stop.requested}
 
     def finish(self) -> dict[str, float]:
         """Measure the latent scale factor on the training data, save the autoencoder, and score it on the
