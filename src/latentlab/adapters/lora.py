@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import LatentlabError
 from ..models.activation_memory import recording
-from ..models.precision import to_autocast_dtype
+from ..models.precision import compute_copy, stacked_copy, to_autocast_dtype
 
 # the default targets: the attention projections (q, k, v, out) of the U-Net's self- and cross-attention
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -146,36 +146,48 @@ class LoRALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
+        trained = _trained_stack([self], x)
+        if trained is not None:
+            return trained
         tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
-        fused = self._fused_adapter(x, tokens)
-        if fused is not None:
-            A, B = self.lora_A[fused].weight, self.lora_B[fused].weight
-            return _LoRALinear.apply(x, self.base.weight.flatten(1), self.base.bias, A.flatten(1), B.flatten(1),
-                                     self.scaling(fused))
         out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
-        for name in self.lora_A:
-            scaling = self.scaling(name)
-            if scaling == 0 or name in self.merged:  # scale 0 is exactly the base layer
-                continue
-            h = self._product(self.lora_A[name].weight.to(x.dtype), self.lora_dropout[name](x), tokens, down=True)
-            out = torch.add(out, self._product(self.lora_B[name].weight.to(x.dtype), h, tokens), alpha=scaling)
+        for name, scaling in self._active():  # (scale 0 is exactly the base layer)
+            A, B = _in_dtype(self.lora_A[name].weight, self.lora_B[name].weight, x.dtype)
+            h = self._product(A, self.lora_dropout[name](x), tokens, down=True)
+            out = torch.add(out, self._product(B, h, tokens), alpha=scaling)
         return out
 
-    def _fused_adapter(self, x: torch.Tensor, tokens: bool) -> str | None:
-        """The adapter to train through `_LoRALinear`: the one active adapter of a frozen linear layer (or
-        1x1 convolution over tokens) without dropout, when autograd records outside torch.compile."""
-        if not (isinstance(self.base, nn.Linear) or tokens):
+    @staticmethod
+    def stacked(layers: list[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """Each layer's output for the same input x (q, k and v of one attention), computed by one
+        `_LoRALinear` node over their stacked weights when each trains one adapter on a frozen linear
+        layer; None otherwise (apply them one by one)."""
+        if not all(isinstance(layer, LoRALayer) for layer in layers):
             return None
-        active = [n for n in self.lora_A if self.scaling(n) != 0 and n not in self.merged]
-        bias = self.base.bias
-        if len(active) != 1 or self.base.weight.requires_grad or bias is not None and bias.requires_grad:
+        out = _trained_stack(layers, to_autocast_dtype(x))
+        return None if out is None else out.split([layer.base.weight.shape[0] for layer in layers], dim=-1)
+
+    def _active(self) -> list[tuple[str, float]]:
+        """(adapter, s alpha / r) of each adapter that adds to the output: unmerged, at a nonzero scale."""
+        return [(n, s) for n in self.lora_A if n not in self.merged and (s := self.scaling(n)) != 0]
+
+    def _trained(self, x: torch.Tensor) -> tuple[str, float] | None:
+        """(adapter, scaling) when this layer can train through `_LoRALinear`: one active adapter on a frozen
+        linear layer (or 1x1 convolution over tokens), without dropout, while autograd records outside
+        torch.compile."""
+        base = self.base
+        tokens = x.dim() == 3 and isinstance(base, nn.Conv2d) and base.kernel_size == (1, 1)
+        if not (isinstance(base, nn.Linear) or tokens) or base.weight.requires_grad \
+                or base.bias is not None and base.bias.requires_grad:
             return None
-        name = active[0]
+        active = self._active()
+        if len(active) != 1:
+            return None
+        name = active[0][0]
         dropout = self.lora_dropout[name]
         if dropout.training and isinstance(dropout, nn.Dropout):  # (the trainer keeps the base in eval mode)
             return None
-        A, B = self.lora_A[name].weight, self.lora_B[name].weight
-        return name if recording(x, A, B) else None
+        return active[0] if recording(x, self.lora_A[name].weight, self.lora_B[name].weight) else None
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,
                down: bool = False) -> torch.Tensor:
@@ -193,41 +205,104 @@ class LoRALayer(nn.Module):
                          f"{' merged' if n in self.merged else ''}" for n in self.lora_A)
 
 
-class _LoRALinear(torch.autograd.Function):
-    """y = x W0^T + b + s (x A^T) B^T as one autograd node, for training a frozen linear layer's adapter.
+def _trained_stack(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | None:
+    """The layers' outputs for input x, side by side on the last dimension, from one `_LoRALinear` node;
+    None unless each layer trains one adapter through it and, for several, they share a scaling and have
+    no bias."""
+    trained = [layer._trained(x) for layer in layers]
+    if any(t is None for t in trained):
+        return None
+    scaling, dtype = trained[0][1], x.dtype
+    A = tuple(layer.lora_A[name].weight for layer, (name, _) in zip(layers, trained))
+    B = tuple(layer.lora_B[name].weight for layer, (name, _) in zip(layers, trained))
+    if len(layers) == 1:
+        base = layers[0].base
+        bias = None if base.bias is None else compute_copy(base.bias, dtype)
+        return _LoRALinear.apply(x, _matrix(compute_copy(base.weight, dtype)), bias,
+                                 _matrix(compute_copy(A[0], dtype)), _matrix(compute_copy(B[0], dtype)), scaling, 1,
+                                 *A, *B)
+    W = tuple(layer.base.weight for layer in layers)
+    if any(t[1] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2 for layer, w in
+                                                    zip(layers, W)) \
+            or len({w.shape[0] for w in W}) > 1 or len({a.shape[0] for a in A}) > 1:
+        return None  # (stacks of equal linear layers without bias and of equal ranks, as attention's)
+    return _LoRALinear.apply(x, stacked_copy(W, dtype), None, stacked_copy(A, dtype),
+                             stacked_copy(B, dtype, diagonal=True), scaling, len(layers), *A, *B)
 
-    The plain composition records seven nodes (W0's product, A's and B's casts and products, the scaling,
-    the sum) and adds the two paths' input gradients in a separate pass; here the forward pass is three
-    products (B's added into W0's output in place) and the backward pass five, the input's gradient
-    g W0 + s (g B) A accumulated in place. Saved: x (which other layers usually save too), the small
-    h = x A^T, and the weights in the compute dtype. A and B stay in float32; their gradients are too."""
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight, or a 1x1 convolution's as one: (out, in)."""
+    return weight if weight.dim() == 2 else weight.flatten(1)
+
+
+class _LoRALinear(torch.autograd.Function):
+    """y = x W^T + b + s (x A^T) B^T as one autograd node, for training the adapters of frozen linear layers:
+    one layer's (W = W0), or those of n layers that read the same x, stacked (W = [W0_1; ...; W0_n],
+    A = [A_1; ...; A_n], B = diag(B_1, ..., B_n): q, k and v of an attention in three products, not nine).
+
+    The plain composition records seven nodes per layer (W0's product, A's and B's casts and products, the
+    scaling, the sum) and adds the two paths' input gradients in a separate pass; here the forward pass is
+    three products (B's added into W's output in place) and the backward pass five, the input's gradient
+    g W + s (g B) A accumulated in place. W, A and B come in the compute dtype (models/precision.py: cast or
+    stacked once per optimiser step); the float32 A_i and B_i (`params`) only receive their gradients, which
+    come out of the products in float32 (on CUDA; elsewhere cast). Saved: x (which other layers usually
+    save too), the small h = x A^T, and the weights in the compute dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, scaling):
-        dtype = x.dtype
-        W, Ac, Bc = weight.to(dtype), A.to(dtype), B.to(dtype)
+    def forward(ctx, x, W, bias, A, B, scaling, n, *params):
         x2 = x.reshape(-1, x.shape[-1])
-        h = x2 @ Ac.t()  # (M, r); every operand is in x's dtype already, so autocast casts nothing
-        out = x2 @ W.t() if bias is None else torch.addmm(bias.to(dtype), x2, W.t())
-        out.addmm_(h, Bc.t(), alpha=scaling)
-        ctx.save_for_backward(x, W, Ac, Bc, h)
-        ctx.scaling, ctx.dtypes = scaling, (A.dtype, B.dtype)
+        h = F.linear(x2, A)  # (M, n r); every operand is in x's dtype already, so autocast casts nothing
+        out = F.linear(x2, W, bias)
+        out.addmm_(h, B.t(), alpha=scaling)
+        ctx.save_for_backward(x2, W, A, B, h)
+        ctx.scaling, ctx.x_shape, ctx.n, ctx.dtype = scaling, x.shape, n, params[0].dtype
+        ctx.shapes = [p.shape for p in params]  # (a convolution's A and B are 4-d)
         return out.view(*x.shape[:-1], W.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        x, W, Ac, Bc, h = ctx.saved_tensors
-        s = ctx.scaling
+        x2, W, A, B, h = ctx.saved_tensors
+        s, n, needs = ctx.scaling, ctx.n, ctx.needs_input_grad
         g = grad.reshape(-1, grad.shape[-1]).to(W.dtype)
-        gB = g @ Bc  # dL/dh / s, (M, r)
-        dx = dA = dB = None
-        if ctx.needs_input_grad[0]:
-            dx = (g @ W).addmm_(gB, Ac, alpha=s).view(x.shape)
-        if ctx.needs_input_grad[3]:
-            dA = _scaled((gB.t() @ x.reshape(-1, x.shape[-1])).to(ctx.dtypes[0]), s)
-        if ctx.needs_input_grad[4]:
-            dB = _scaled((g.t() @ h).to(ctx.dtypes[1]), s)
-        return dx, None, None, dA, dB, None
+        gB = g @ B  # dL/dh / s, (M, n r)
+        dx = (g @ W).addmm_(gB, A, alpha=s).view(ctx.x_shape) if needs[0] else None
+        dA = _scaled(_product_in(gB.t(), x2, ctx.dtype), s).split(A.shape[0] // n) if any(needs[7:7 + n]) \
+            else (None,) * n
+        dB = _block_gradients(g, h, n, ctx.dtype, s) if any(needs[7 + n:]) else (None,) * n
+        grads = (d if d is None or d.shape == shape else d.view(shape) for d, shape in zip((*dA, *dB), ctx.shapes))
+        return dx, None, None, None, None, None, None, *grads
+
+
+def _block_gradients(g: torch.Tensor, h: torch.Tensor, n: int, dtype: torch.dtype, s: float) -> tuple:
+    """s g_i^T h_i for each of n stacked layers (g: (M, n C), h: (M, n r)), each contiguous: the diagonal
+    blocks of s g^T h, without computing the others."""
+    if n == 1:
+        return (_scaled(_product_in(g.t(), h, dtype), s),)
+    M = g.shape[0]
+    gi = g.view(M, n, -1).permute(1, 2, 0)  # (n, C, M)
+    hi = h.view(M, n, -1).transpose(0, 1)  # (n, M, r)
+    if gi.is_cuda and dtype == torch.float32:
+        blocks = torch.bmm(gi, hi, out_dtype=dtype)
+    else:
+        blocks = torch.bmm(gi, hi).to(dtype)
+    return tuple(_scaled(blocks, s).unbind(0))
+
+
+def _product_in(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a @ b written in `dtype`: by the product itself on CUDA (bf16 in, float32 out), else cast."""
+    if a.dtype == dtype:
+        return a @ b
+    if a.is_cuda and dtype == torch.float32:
+        return torch.mm(a, b, out_dtype=dtype)
+    return (a @ b).to(dtype)
+
+
+def _in_dtype(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A and B in the compute dtype: differentiable casts where autograd records or torch.compile traces,
+    else the cached compute copies (sampling reads the same weights step after step)."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+        return A.to(dtype), B.to(dtype)
+    return compute_copy(A, dtype), compute_copy(B, dtype)
 
 
 def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:

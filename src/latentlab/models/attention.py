@@ -35,11 +35,22 @@ class Attention(nn.Module):
         context = x if context is None else to_autocast_dtype(context)
         B, N, C = x.shape
         h = self.heads
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if context is x:
+            q, k, v = projections(x, self.to_q, self.to_k, self.to_v)
+        else:
+            q, (k, v) = self.to_q(x), projections(context, self.to_k, self.to_v)
         q, k, v = (z.view(B, -1, h, C // h).transpose(1, 2) for z in (q, k, v))  # (B, h, N|L, C/h)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(B, N, C)))
+
+
+def projections(x: torch.Tensor, *layers: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Each layer applied to x. Layers that offer `stacked(layers, x)` (adapters in training,
+    adapters/lora.py) compute them as one product of their stacked weights, where they can."""
+    stacked = getattr(type(layers[0]), "stacked", None)
+    out = None if stacked is None else stacked(layers, x)
+    return tuple(layer(x) for layer in layers) if out is None else out
 
 
 class GEGLU(nn.Module):

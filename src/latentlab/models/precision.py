@@ -1,14 +1,18 @@
-"""Mixed precision: cast an activation to the autocast dtype once, where several products read it.
+"""Mixed precision: cast once what several products read.
 
 Under torch.autocast each matrix product casts its float32 input to bf16 (or fp16) itself, and
 autograd keeps each cast for the backward pass. An activation read by several products (the
 normalised tokens that q, k and v project, or a LoRA layer's input, read by W0 and by A) is then cast
 and stored several times. Casting it once here makes one bf16 tensor that they all read and save.
+Likewise a float32 weight read in bf16 step after step: `compute_copy` casts it once per change.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -22,3 +26,104 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype when autocast is on for x's device and x is floating point; else x."""
     return x.to(compute_dtype(x))
+
+
+# ---------------------------------------------------------------------- compute copies of float32 weights
+#
+# A trained adapter keeps its weights in float32 (the optimiser's precision) while its products run in
+# bf16. Casting each weight where it is read costs two kernels per adapted layer per forward pass, 256
+# for SD's attention LoRA, each launched from Python. `compute_copy` keeps one bf16 copy per weight and
+# recasts all the stale ones together, in one batched kernel, the first time one is read after it changed:
+# after an optimiser step (any torch.optim optimiser; fused ones do not advance version counters, so a
+# step hook tells) or an in-place write (which advances the weight's version counter). Writes through
+# `.data` are seen by neither: step an optimiser or write under torch.no_grad() instead.
+# `stacked_copy` keeps several matrices that one product reads together (the projections that read the
+# same input) in one buffer, by rows or along the diagonal, refreshed the same way.
+
+
+class _Copy:
+    """Weights arranged in one buffer of a dtype: `targets[i]` is the view of `buffer` that holds weights[i]."""
+
+    __slots__ = ("weights", "buffer", "targets", "stamps")
+
+    def __init__(self, weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool):
+        self.weights = [weakref.ref(w) for w in weights]
+        self.stamps: list[tuple | None] = [None] * len(weights)
+        if len(weights) == 1:
+            self.buffer = torch.empty_like(weights[0], dtype=dtype, requires_grad=False)
+            self.targets = [self.buffer]
+            return
+        rows = sum(w.shape[0] for w in weights)
+        cols = sum(w.shape[1] for w in weights) if diagonal else weights[0].shape[1]
+        self.buffer = torch.zeros(rows, cols, dtype=dtype, device=weights[0].device)
+        self.targets, row, col = [], 0, 0
+        for w in weights:
+            self.targets.append(self.buffer[row:row + w.shape[0], col:col + w.shape[1]])
+            row, col = row + w.shape[0], col + w.shape[1] * diagonal
+
+    def fits(self, weights: tuple[torch.Tensor, ...]) -> bool:
+        return all(ref() is w and t.shape == w.shape and t.device == w.device
+                   for ref, w, t in zip(self.weights, weights, self.targets))
+
+    def stale(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(target, weight, index) of each weight that changed since it was copied."""
+        out = []
+        for i, (ref, target) in enumerate(zip(self.weights, self.targets)):
+            w = ref()
+            if w is not None and self.stamps[i] != _stamp(w):
+                out.append((target, w, i))
+        return out
+
+
+def _stamp(w: torch.Tensor) -> tuple[int, int, int]:
+    return w._version, _optimizer_steps, w.data_ptr()
+
+
+_copies: dict[tuple, _Copy] = {}
+_optimizer_steps = 0
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def compute_copy(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in `dtype`, detached (the caller routes its gradient to `weight`): a cached copy, current
+    with the weight's values; every stale copy in `dtype` on the weight's device is refreshed at once."""
+    if weight.dtype == dtype:
+        return weight.detach()
+    return _cached((weight,), dtype, False)
+
+
+def stacked_copy(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool = False) -> torch.Tensor:
+    """Matrices in `dtype` in one cached buffer: stacked by rows ([W1; W2; ...], for one product of an input
+    with them all), or along the diagonal of a zero matrix (diag(B1, B2, ...)). Refreshed as compute_copy's."""
+    if len(weights) == 1:
+        return compute_copy(weights[0], dtype)
+    return _cached(tuple(weights), dtype, diagonal)
+
+
+def _cached(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool) -> torch.Tensor:
+    key = (*map(id, weights), dtype, diagonal)
+    entry = _copies.get(key)
+    if entry is None or not entry.fits(weights):
+        entry = _copies[key] = _Copy(weights, dtype, diagonal)
+        for w in weights:
+            weakref.finalize(w, _copies.pop, key, None)
+    if any(stamp != _stamp(w) for stamp, w in zip(entry.stamps, weights)):
+        _refresh(weights[0].device)
+    return entry.buffer
+
+
+@torch.no_grad()
+def _refresh(device: torch.device) -> None:
+    """Copy every changed weight on `device` into its buffers, in one batched copy (per layout)."""
+    stale = [(entry, *item) for entry in _copies.values() if entry.buffer.device == device for item in entry.stale()]
+    if stale:
+        torch._foreach_copy_([target for _, target, _, _ in stale], [w for _, _, w, _ in stale])
+    for entry, _, w, i in stale:
+        entry.stamps[i] = _stamp(w)
