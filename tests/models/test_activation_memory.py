@@ -205,3 +205,58 @@ def test_small_activations_take_pytorchs_layers(monkeypatch):
     small, large = torch.randn(1, 4, 5, 5, requires_grad=True), torch.randn(1, 4, 16, 16, requires_grad=True)
     assert type(conv(small).grad_fn).__name__ == "ConvolutionBackward0"
     assert type(conv(large).grad_fn).__name__ == "_FrozenConv2dBackward"
+
+
+def graph_nodes(out: torch.Tensor) -> int:
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize("channels", [(8, 8), (8, 16)])  # the identity shortcut, and a 1x1 convolution
+@pytest.mark.parametrize("embedding", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: a frozen bf16 base under autocast
+def test_frozen_res_block_is_one_node_with_the_blocks_values_and_input_gradient(channels, embedding, dtype,
+                                                                                  monkeypatch):
+    """A frozen residual block trains (passes gradients to its input) as one node, with the output and the
+    input's gradient of its layers one by one, and saves no more than they do."""
+    from latentlab.models.blocks import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(*channels, embed_dim=12 if embedding else None, groups=4, eps=1e-5,
+                     time_conditioning="additive").requires_grad_(False).to(dtype)
+    x = torch.randn(2, channels[0], 6, 6, requires_grad=True)
+    emb = torch.randn(2, 12)
+    autocast = dtype == torch.bfloat16
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return block(x, emb if embedding else None)
+
+    nodes, ours = graph_nodes(run()), grads(run, [x])
+    saved = saved_bytes(run)
+    monkeypatch.setattr(activation_memory, "frozen_res_block", lambda *args: None)
+    monkeypatch.setattr("latentlab.models.blocks.frozen_res_block", lambda *args: None)
+    layers, layers_saved = grads(run, [x]), saved_bytes(run)
+    assert nodes == 1 + 1 and graph_nodes(run()) > 5  # ours, and x's AccumulateGrad
+    close(ours, layers, 2e-2 if autocast else 1e-5)
+    assert saved <= layers_saved
+
+
+def test_frozen_res_block_steps_aside_for_a_trained_weight():
+    from latentlab.adapters import add_lora
+    from latentlab.models.blocks import ResBlock
+
+    block = ResBlock(8, 8, groups=4, time_conditioning="additive").requires_grad_(False)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert activation_memory.frozen_res_block(block, x, None) is not None
+    block.norm1.weight.requires_grad_(True)
+    assert activation_memory.frozen_res_block(block, x, None) is None
+    block.norm1.weight.requires_grad_(False)
+    add_lora(block, rank=2, targets=["conv2"])
+    assert activation_memory.frozen_res_block(block, x, None) is None
+

@@ -106,10 +106,15 @@ class _FrozenConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         shape, dtype, stride, padding, dilation, groups = ctx.conv
-        x = grad.new_empty(1).expand(shape)  # only its shape is read when no weight gradient is asked for
-        dx = _conv_backward(grad.to(weight.dtype), x, weight, None, stride, padding, dilation, False, (0, 0),
-                            groups, (True, False, False))[0]
-        return dx.to(dtype), None, None, None, None, None, None
+        return _conv_input_grad(grad, weight, shape, stride, padding, dilation, groups).to(dtype), \
+            None, None, None, None, None, None
+
+
+def _conv_input_grad(grad, weight, shape, stride, padding, dilation, groups):
+    """The gradient of a convolution's input (of `shape`) from its output's: the transposed convolution."""
+    x = grad.new_empty(1).expand(shape)  # only its shape is read when no weight gradient is asked for
+    return _conv_backward(grad.to(weight.dtype), x, weight, None, stride, padding, dilation, False, (0, 0),
+                          groups, (True, False, False))[0]
 
 
 # ---------------------------------------------------------------------------------------- normalisation
@@ -131,13 +136,19 @@ class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        N, C = x.shape[0], x.shape[1]
-        grad = grad.to(ctx.arith).contiguous()  # cuDNN hands back channels-last gradients; the kernels read NCHW
-        if ctx.silu:  # through SiLU, at the recomputed y = norm(x)
-            grad = _silu_backward(grad, _group_norm(x, weight, bias, ctx.groups, ctx.eps, ctx.arith)[0])
-        dx, dw, db = _group_norm_backward(grad, x.to(ctx.arith).contiguous(), mean, rstd, _to(weight, ctx.arith),
-                                          N, C, x.numel() // max(N * C, 1), ctx.groups, _param_mask(ctx, weight, bias))
+        dx, dw, db = _group_norm_act_backward(grad, x, weight, bias, mean, rstd, ctx.groups, ctx.eps, ctx.silu,
+                                              ctx.arith, _param_mask(ctx, weight, bias))
         return _cast(dx, x), _cast(dw, weight), _cast(db, bias), None, None, None, None
+
+
+def _group_norm_act_backward(grad, x, weight, bias, mean, rstd, groups, eps, silu, arith, mask):
+    """(dx, dw, db) of silu(group_norm(x)) (or group_norm(x)), in `arith`, recomputing the normalisation."""
+    N, C = x.shape[0], x.shape[1]
+    grad = grad.to(arith).contiguous()  # cuDNN hands back channels-last gradients; the kernels read NCHW
+    if silu:  # through SiLU, at the recomputed y = norm(x)
+        grad = _silu_backward(grad, _group_norm(x, weight, bias, groups, eps, arith)[0])
+    return _group_norm_backward(grad, x.to(arith).contiguous(), mean, rstd, _to(weight, arith),
+                                N, C, x.numel() // max(N * C, 1), groups, mask)
 
 
 def _group_norm(x, weight, bias, groups, eps, dtype):
@@ -198,3 +209,76 @@ class _GEGLU(torch.autograd.Function):
         da = grad * F.gelu(gate) if ctx.needs_input_grad[0] else None
         dgate = _gelu_backward(grad * a, gate) if ctx.needs_input_grad[1] else None
         return da, dgate
+
+
+# ---------------------------------------------------------------------------------------- residual block
+
+
+def frozen_res_block(block: nn.Module, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor | None:
+    """A frozen residual block (models/blocks.py ResBlock, "additive" time conditioning) as one autograd
+    node: conv2(silu(norm2(conv1(silu(norm1(x))) + e))) + shortcut(x), with e the projected embedding.
+
+    Autograd would record about ten nodes, each with the engine's bookkeeping on the host; this node
+    computes the same products with none, and its backward pass calls the transposed convolutions and the
+    normalisations' backward kernels directly. Saved: x and h = conv1(...) + e (as the lean layers save
+    them) with the two normalisations' statistics. None where it does not apply: a weight that trains (an
+    adapter on a convolution), dropout in training, an embedding that needs a gradient, or a small map."""
+    convs = (block.conv1, block.conv2, block.conv_shortcut) if isinstance(block.conv_shortcut, nn.Conv2d) \
+        else (block.conv1, block.conv2)
+    if not lean(x) or e is not None and e.requires_grad or block.dropout.training and block.dropout.p > 0:
+        return None
+    if not all(type(c) is Conv2d and c.padding_mode == "zeros" for c in convs):
+        return None
+    params = (block.norm1.weight, block.norm1.bias, block.norm2.weight, block.norm2.bias,
+              *(c.weight for c in convs), *(c.bias for c in convs))
+    if any(p is not None and p.requires_grad for p in params):
+        return None
+    return _FrozenResBlock.apply(x, e, block)
+
+
+class _FrozenResBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, e, block):
+        dtype = compute_dtype(x)
+        n1, n2 = block.norm1, block.norm2
+        arith1 = _arithmetic(x, n1.weight, n1.bias)
+        y, mean1, rstd1 = _group_norm(x, n1.weight, n1.bias, n1.num_groups, n1.eps, arith1)
+        h = _conv(block.conv1, F.silu(y).to(dtype))
+        if e is not None:
+            h = h.add_(e.to(h.dtype))
+        arith2 = _arithmetic(h, n2.weight, n2.bias)
+        y, mean2, rstd2 = _group_norm(h, n2.weight, n2.bias, n2.num_groups, n2.eps, arith2)
+        out = _conv(block.conv2, F.silu(y).to(dtype))
+        skip = block.conv_shortcut
+        out = out + (_conv(skip, x.to(dtype)) if isinstance(skip, nn.Conv2d) else x)
+        ctx.save_for_backward(x, h, mean1, rstd1, mean2, rstd2)
+        ctx.block, ctx.arith, ctx.dtype = block, (arith1, arith2), dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, h, mean1, rstd1, mean2, rstd2 = ctx.saved_tensors
+        block, (arith1, arith2), dtype = ctx.block, ctx.arith, ctx.dtype
+        n1, n2, skip = block.norm1, block.norm2, block.conv_shortcut
+        none = [True, False, False]  # the input's gradient only
+        g = _conv_input_grad(grad, block.conv2.weight.to(dtype), h.shape, *_geometry(block.conv2))
+        g = _group_norm_act_backward(g, h, n2.weight, n2.bias, mean2, rstd2, n2.num_groups, n2.eps, True, arith2,
+                                     none)[0]
+        g = _conv_input_grad(g, block.conv1.weight.to(dtype), x.shape, *_geometry(block.conv1))
+        dx = _group_norm_act_backward(g, x, n1.weight, n1.bias, mean1, rstd1, n1.num_groups, n1.eps, True, arith1,
+                                      none)[0].to(x.dtype)
+        if isinstance(skip, nn.Conv2d):
+            dx += _conv_input_grad(grad, skip.weight.to(dtype), x.shape, *_geometry(skip))
+        else:
+            dx += grad
+        return dx, None, None
+
+
+def _geometry(conv: nn.Conv2d) -> tuple:
+    return conv.stride, conv.padding, conv.dilation, conv.groups
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight.to(x.dtype), _to(conv.bias, x.dtype), conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activation_memory import Conv2d
+from .activation_memory import Conv2d, frozen_res_block
 from .group_norm import group_norm_act
 
 
@@ -59,14 +59,18 @@ class ResBlock(nn.Module):
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        e = None if self.time_emb_proj is None else self.time_emb_proj(F.silu(emb))[:, :, None, None]
+        frozen = frozen_res_block(self, x, e) if e is None or not self.scale_shift else None  # training, frozen
+        if frozen is not None:
+            return frozen
         h = self.conv1(group_norm_act(x, self.norm1))
-        if self.time_emb_proj is None:
+        if e is None:
             h = group_norm_act(h, self.norm2)
         elif self.scale_shift:
-            scale, shift = self.time_emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            scale, shift = e.chunk(2, dim=1)
             h = F.silu(self.norm2(h) * (1 + scale) + shift)
         else:
-            h = group_norm_act(h + self.time_emb_proj(F.silu(emb))[:, :, None, None], self.norm2)
+            h = group_norm_act(h + e, self.norm2)
         h = self.conv2(self.dropout(h))
         return self.conv_shortcut(x) + h
 
