@@ -36,7 +36,7 @@ from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
-from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
+from .loop import Progress, StopSignals, adamw, autocast, learning_rate, run_steps, setup
 from .monitor import MetricsLog, TensorBoard, sample_grid
 from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
                     optimizer_state, prefixed, rng_state, save_state, set_rng_state)
@@ -161,7 +161,7 @@ class DiffusionTrainer:
             text_encoder.eval().requires_grad_(False)
         self.text_encoder, self.unet = text_encoder, unet
         self.params = [p for p in text_encoder.parameters() if p.requires_grad] + list(unet.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         self.ema_text, self.ema_unet = EMA(text_encoder, c.ema_decay), EMA(unet, c.ema_decay)
         network = TextToNoise(text_encoder, torch.compile(unet) if c.compile else unet, self.train_text)
         self.network = DistributedDataParallel(network) if self.world.size > 1 else network

@@ -39,7 +39,7 @@ from ..io import atomic_write
 from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
-from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
+from .loop import Progress, StopSignals, adamw, autocast, learning_rate, run_steps, setup
 from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, optimizer_state, prefixed,
                     rng_state, save_state, set_rng_state, unprefixed)
 
@@ -142,7 +142,7 @@ class LoRATrainer:
         self.prior = self.prior_data() if c.prior_prompts else None  # drawn by the base model, before the adapters
         self.parts = self.add_adapters()
         self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
         self.unet = torch.compile(pipe.unet) if c.compile else pipe.unet
         self.alphas_cumprod = pipe.diffusion.alphas_cumprod().to(device)
