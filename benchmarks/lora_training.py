@@ -8,11 +8,16 @@ to_q, to_k, to_v, to_out.0). Ours runs the same step on our U-Net holding the sa
 - LoRA (adapters/lora.py, same rank, alpha and targets): the frozen base in bfloat16 (it has no
   gradient, so it needs no float32 master copy), the adapters' A and B in float32, bf16 autocast.
 Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode, or
-reduce-overhead: CUDA graphs).
-Peak memory is torch.cuda.max_memory_allocated over the timed steps, the weights included.
+reduce-overhead: CUDA graphs). The reference steps AdamW's default (foreach) implementation, as diffusers'
+training scripts do; ours the fused one, as our trainers do on CUDA (training/loop.py `adamw`).
+The runs of one checkpointing mode (the reference's and ours, LoRA and full, eager and compiled) stay on the
+GPU together and are timed in interleaved rounds, since a host's speed drifts from minute to minute; each
+figure is the median round's. Peak memory is torch.cuda.max_memory_allocated over steps after a run's
+warm-up, less what the runs built before it hold: its weights and optimiser state included.
 
     python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
         [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--channels-last]
+        [--foreach-adamw]
 
 --compiled takes RUN[@MODE][/cl]: torch.compile's mode (default "default"), /cl for channels-last maps.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +37,6 @@ from latentlab.models import activation_memory
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
-RUNS = [("full", False), ("full", True), ("lora", False), ("lora", True)]
 
 
 def diffusers_unet(mode: str, checkpointing: bool):
@@ -75,84 +80,126 @@ def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last
     return model, network
 
 
-def measure(label: str, model, network, n: int, warm: int) -> dict:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(B, 4, 64, 64, device="cuda", generator=g)
-    c = torch.randn(B, 77, 768, device="cuda", generator=g)
-    t = torch.randint(0, 1000, (B,), device="cuda", generator=g)
+class Contender:
+    """One run of a group: its model on the GPU, its training step, and the memory it holds between steps."""
 
-    def step():
-        torch.compiler.cudagraph_mark_step_begin()  # a new iteration (for mode="reduce-overhead"; else nothing)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.mse_loss(network(x, t, c).float(), x)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, label: str, build, fused: bool, lean: bool, warm: int):
+        self.label, self.lean = label, lean
+        activation_memory.ENABLED = lean
+        before = torch.cuda.memory_allocated()
+        self.model, network = build()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused or None)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(B, 4, 64, 64, device="cuda", generator=g)
+        c = torch.randn(B, 77, 768, device="cuda", generator=g)
+        t = torch.randint(0, 1000, (B,), device="cuda", generator=g)
 
-    start = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - start
-    torch.cuda.reset_peak_memory_stats()
-    seconds = seconds_per_call(step, n, warm)
-    row = {"run": label, "samples_per_s": B / seconds, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30,
-           "trainable_M": sum(p.numel() for p in params) / 1e6, "first_step_s": first}
-    print(json.dumps(row), flush=True)
-    return row
+        def step():
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration (for mode="reduce-overhead"; else nothing)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.mse_loss(network(x, t, c).float(), x)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        self.step = step
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        self.first_step_s = time.perf_counter() - start
+        for _ in range(warm):
+            step()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(warm):
+            step()
+        torch.cuda.synchronize()
+        self.peak = torch.cuda.max_memory_allocated() - before  # the runs built before it hold what they held then
+        self.seconds = []
+
+    def round(self, n: int) -> None:
+        activation_memory.ENABLED = self.lean
+        self.seconds.append(seconds_per_call(self.step, n, 0))
+
+    def row(self) -> dict:
+        seconds = sorted(self.seconds)
+        row = {"run": self.label, "samples_per_s": B / seconds[len(seconds) // 2], "peak_GiB": self.peak / 2**30,
+               "trainable_M": self.trainable / 1e6, "first_step_s": self.first_step_s,
+               "samples_per_s_rounds": [round(B / s, 1) for s in self.seconds]}
+        print(json.dumps(row), flush=True)
+        return row
+
+
+def measure_group(contenders: list[tuple], rounds: int, n: int, warm: int) -> list[dict]:
+    """The runs of one group (the reference and ours, eager and compiled) on the GPU together, timed in
+    interleaved rounds of n steps: the host's speed drifts by tens of percent from minute to minute, so
+    runs timed one after the other are not comparable. Each run's figure is its median round."""
+    runs = [Contender(*spec, warm) for spec in contenders]
+    for _ in range(rounds):
+        for run in runs:
+            run.round(n)
+    activation_memory.ENABLED = True
+    return [run.row() for run in runs]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--runs", default="full,full+ckpt,lora,lora+ckpt", help="eager runs (each beside its reference)")
     parser.add_argument("--compiled", default="lora,lora+ckpt,full",
                         help="our runs under torch.compile; RUN@MODE picks torch.compile's mode (else default)")
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     parser.add_argument("--plain-layers", action="store_true",
                         help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False)")
+    parser.add_argument("--foreach-adamw", action="store_true",
+                        help="also ours with the reference's optimiser (AdamW's default, foreach) instead of our "
+                             "trainers' fused AdamW")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    n, warm = (5, 2) if args.quick else (10, 3)
-    rows = []
+    rounds, n, warm = (3, 4, 2) if args.quick else (9, 5, 3)
+    # one group per checkpointing mode: the reference's runs, ours and our compiled runs, interleaved
+    groups: dict[bool, list[tuple]] = {}  # checkpointing -> (label, build, fused AdamW, lean layers)
+    references: set[str] = set()
 
-    def record(row: dict) -> None:  # written after every row, so that a run cut short keeps what it measured
-        rows.append(row)
-        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "rows": rows}
-        (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-        write_table(result, args.out / "table.md")
-    for mode, checkpointing in RUNS:
-        if f"{mode}{'+ckpt' if checkpointing else ''}" not in args.runs.split(","):
-            continue
-        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
-        model, network = diffusers_unet(mode, checkpointing)
-        record(measure(f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}", model, network, n, warm))
-        del model, network
-        torch.cuda.empty_cache()
-        variants = [("", False, True)] + [(", channels-last", True, True)] * args.channels_last \
-            + [(", plain layers", False, False)] * args.plain_layers
-        for suffix, channels_last, lean in variants:
-            activation_memory.ENABLED = lean
-            model, network = our_unet(mode, checkpointing, None, channels_last)
-            record(measure(f"latentlab, {tag}{suffix}", model, network, n, warm))
-            del model, network
-            torch.cuda.empty_cache()
-        activation_memory.ENABLED = True
-    if not args.no_compile:
-        for spec in args.compiled.split(","):  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
-            spec, _, layout = spec.partition("/")
-            run, _, compile_mode = spec.partition("@")
-            mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
-            model, network = our_unet(mode, checkpointing, compile_mode or "default", layout == "cl")
+    def group(run: str) -> list[tuple]:
+        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+        members = groups.setdefault(checkpointing, [])
+        if run not in references:
+            references.add(run)
             tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
-            label = (f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
-                     f"{', channels-last' if layout == 'cl' else ''}")
-            record(measure(label, model, network, n, warm))
-            del model, network
-            torch.cuda.empty_cache()
+            members.append((f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}",
+                            partial(diffusers_unet, mode, checkpointing), False, True))
+        return members
+
+    for run in [r for r in args.runs.split(",") if r]:
+        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+        variants = [("", False, True, True)] + [(", channels-last", True, True, True)] * args.channels_last \
+            + [(", plain layers", False, False, True)] * args.plain_layers \
+            + [(", foreach AdamW", False, True, False)] * args.foreach_adamw
+        for suffix, channels_last, lean, fused in variants:
+            group(run).append((f"latentlab, {tag}{suffix}",
+                               partial(our_unet, mode, checkpointing, None, channels_last), fused, lean))
+    for spec in [] if args.no_compile else [c for c in args.compiled.split(",") if c]:
+        spec, _, layout = spec.partition("/")  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
+        run, _, compile_mode = spec.partition("@")
+        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+        label = (f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
+                 f"{', channels-last' if layout == 'cl' else ''}")
+        group(run).append((label, partial(our_unet, mode, checkpointing, compile_mode or "default", layout == "cl"),
+                           True, True))
+    rows = []
+    for _, contenders in sorted(groups.items()):
+        rows += measure_group(contenders, rounds, n, warm)
+        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B,
+                  "rounds": rounds, "steps_per_round": n, "rows": rows}
+        (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")  # after every group
+        write_table(result, args.out / "table.md")
+        torch.cuda.empty_cache()
     print((args.out / "table.md").read_text())
 
 
@@ -161,11 +208,14 @@ def write_table(result: dict, path: Path) -> None:
 
     def reference(run: str) -> dict:
         tag = run.split(", ", 1)[1].split(", compiled")[0]
-        tag = tag.replace(", channels-last", "").replace(", plain layers", "")
+        for variant in (", channels-last", ", plain layers", ", foreach AdamW"):
+            tag = tag.replace(variant, "")
         name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
         return next(r for r in rows if r["run"] == f"{name}, {tag}")
 
-    lines = [f"{result['device']}, torch {result['torch']}, batch {result['batch']}, bf16 autocast, AdamW\n",
+    lines = [f"{result['device']}, torch {result['torch']}, batch {result['batch']}, bf16 autocast, AdamW (the "
+             f"reference's foreach, ours fused unless named); median of {result['rounds']} interleaved rounds of "
+             f"{result['steps_per_round']} steps\n",
              "| run | trainable | samples/s | peak GiB | samples/s vs reference | peak vs reference |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
