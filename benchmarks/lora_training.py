@@ -12,8 +12,9 @@ reduce-overhead: CUDA graphs). The reference steps AdamW's default (foreach) imp
 training scripts do; ours the fused one, as our trainers do on CUDA (training/loop.py `adamw`).
 The runs of one checkpointing mode (the reference's and ours, LoRA and full, eager and compiled) stay on the
 GPU together and are timed in interleaved rounds, since a host's speed drifts from minute to minute; each
-figure is the median round's. Peak memory is torch.cuda.max_memory_allocated over steps after a run's
-warm-up, less what the runs built before it hold: its weights and optimiser state included.
+figure is the median round's. Peak memory is torch.cuda.max_memory_allocated over a run's first steps (its
+warm-up, when CUDA graphs are recorded), less what the runs built before it hold: its weights and optimiser
+state included.
 
     python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
         [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--channels-last]
@@ -105,13 +106,11 @@ class Contender:
             optimizer.zero_grad(set_to_none=True)
 
         self.step = step
+        torch.cuda.reset_peak_memory_stats()  # from the first step: CUDA graphs take their memory when recorded
         start = time.perf_counter()
         step()
         torch.cuda.synchronize()
         self.first_step_s = time.perf_counter() - start
-        for _ in range(warm):
-            step()
-        torch.cuda.reset_peak_memory_stats()
         for _ in range(warm):
             step()
         torch.cuda.synchronize()

@@ -38,7 +38,8 @@ def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
 # step hook tells) or an in-place write (which advances the weight's version counter). Writes through
 # `.data` are seen by neither: step an optimiser or write under torch.no_grad() instead.
 # `stacked_copy` keeps several matrices that one product reads together (the projections that read the
-# same input) in one buffer, by rows or along the diagonal, refreshed the same way.
+# same input) in one buffer, by rows or along the diagonal, refreshed the same way; for frozen weights
+# already in the compute dtype that is a second copy (0.1 GiB for SD 1.5's stacked q, k and v).
 
 
 class _Copy:
@@ -93,7 +94,7 @@ register_optimizer_step_post_hook(_count_step)
 
 def compute_copy(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`weight` in `dtype`, detached (the caller routes its gradient to `weight`): a cached copy, current
-    with the weight's values; every stale copy in `dtype` on the weight's device is refreshed at once."""
+    with the weight's values; reading a stale one refreshes every stale copy on the weight's device."""
     if weight.dtype == dtype:
         return weight.detach()
     return _cached((weight,), dtype, False)
@@ -121,7 +122,7 @@ def _cached(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: boo
 
 @torch.no_grad()
 def _refresh(device: torch.device) -> None:
-    """Copy every changed weight on `device` into its buffers, in one batched copy (per layout)."""
+    """Copy every changed weight on `device` into its buffers, in one batched copy."""
     stale = [(entry, *item) for entry in _copies.values() if entry.buffer.device == device for item in entry.stale()]
     if stale:
         torch._foreach_copy_([target for _, target, _, _ in stale], [w for _, _, w, _ in stale])
