@@ -279,8 +279,8 @@ def cmd_lora_train(args) -> None:
         p_uncond=args.p_uncond, image_size=args.image_size, seed=args.seed, device=args.device,
         prior_prompts=tuple(args.prior_prompt or ()), prior_images=args.prior_images, prior_weight=args.prior_weight,
         prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
-        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile is not None,
+        compile_mode=args.compile or "default", checkpoint_every=args.checkpoint_every, resume=args.resume,
     )
     _check_resume(args)
     result = train_lora(config)
@@ -531,7 +531,9 @@ def build_parser() -> Parser:
     lt.add_argument("--prior-guidance", type=float, default=4.0, help="guidance scale for the prior images")
     lt.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
-    lt.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    lt.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                    help="torch.compile the U-Net, in torch.compile's MODE (default: default; reduce-overhead "
+                         "replays CUDA graphs, the fastest on a GPU)")
     lt.add_argument("--checkpoint-every", type=_positive(int), default=500,
                     help="write the resumable checkpoint every N steps; SIGTERM and Ctrl-C also write it")
     lt.add_argument("--resume", action="store_true",

@@ -192,6 +192,7 @@ def test_command_writes_a_lora_the_pipeline_loads(model, images, tmp_path, capsy
     (["--targets", "no_such_layer"], "matches the LoRA targets"),
     (["--targets", "("], "is not a regular expression"),
     (["--resume"], "does not exist; start the run without --resume"),
+    (["--compile", "fastest"], "unknown compile mode 'fastest'; accepted: default, reduce-overhead"),
 ])
 def test_bad_input_is_one_line_and_status_2(model, images, tmp_path, capsys, args, message):
     argv = ["lora", "train", "--model", str(model), "--data", str(images), "--out", str(tmp_path / "run"),
@@ -199,3 +200,12 @@ def test_bad_input_is_one_line_and_status_2(model, images, tmp_path, capsys, arg
     assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("latentlab: error:")]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.parametrize("args, compiled, mode", [([], False, "default"), (["--compile"], True, "default"),
+                                                  (["--compile", "reduce-overhead"], True, "reduce-overhead")])
+def test_compile_takes_an_optional_mode(monkeypatch, images, tmp_path, args, compiled, mode):
+    configs = []
+    monkeypatch.setattr("latentlab.training.lora.train_lora", lambda c: configs.append(c) or {"interrupted": False})
+    assert main(["lora", "train", "--data", str(images), "--out", str(tmp_path / "run")] + args) == 0
+    assert (configs[0].compile, configs[0].compile_mode) == (compiled, mode)

@@ -76,12 +76,16 @@ class LoRATrainConfig:
     prior_guidance: float = 4.0  # their classifier-free guidance scale
     gradient_checkpointing: bool = False  # recompute the U-Net's activations in the backward pass: less memory
     compile: bool = False  # torch.compile the U-Net
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" replays CUDA graphs (COMPILE_MODES)
     checkpoint_every: int = 500  # write the resumable checkpoint every N steps (SIGTERM and Ctrl-C too)
     resume: bool = False  # continue from out/checkpoint.safetensors
 
 
 # what may differ between a run and the run it resumes
-RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "compile")
+RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "compile", "compile_mode")
+# torch.compile's modes: "reduce-overhead" records the step's kernels as CUDA graphs and replays them, which takes
+# the host out of the step (1.6x eager at SD 1.5's size on an H100: docs/lora.md)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_config(c: LoRATrainConfig) -> LoRATrainConfig:
@@ -94,7 +98,9 @@ def check_config(c: LoRATrainConfig) -> LoRATrainConfig:
                "steps, batch_size and checkpoint_every must be positive"),
               (not c.prior_prompts or c.prior_images >= 1, "prior preservation needs prior_images >= 1"),
               (c.prior_weight >= 0, f"prior_weight must be >= 0, got {c.prior_weight}"),
-              (bool(c.targets) or c.unet_convolutions, "give at least one LoRA target")]
+              (bool(c.targets) or c.unet_convolutions, "give at least one LoRA target"),
+              (c.compile_mode in COMPILE_MODES,
+               f"unknown compile mode {c.compile_mode!r}; accepted: {', '.join(COMPILE_MODES)}")]
     for ok, message in checks:
         if not ok:
             raise LatentlabError(message)
@@ -144,7 +150,7 @@ class LoRATrainer:
         self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
         self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
-        self.unet = torch.compile(pipe.unet) if c.compile else pipe.unet
+        self.unet = torch.compile(pipe.unet, mode=c.compile_mode) if c.compile else pipe.unet
         self.alphas_cumprod = pipe.diffusion.alphas_cumprod().to(device)
         self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
         self.step = 0
@@ -296,6 +302,7 @@ class LoRATrainer:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, c.lr, c.warmup)
+        torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA graphs (reduce-overhead); else nothing
         loss = self.loss(*self.batch(step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
