@@ -15,6 +15,10 @@ gradients need, and matter most when the network is frozen (LoRA) or trains unde
   the kernels accumulate in float32 anyway; with float32 weights they compute in float32.
 * GEGLU, a * gelu(g), saves a, g and gelu(g); `geglu` saves a and g and recomputes gelu(g).
 
+A frozen residual block (`frozen_res_block`) goes one step further: it saves what its lean layers save but
+runs as one autograd node, its backward pass calling the kernels directly, where autograd would record and
+schedule about ten nodes on the host.
+
 Each computes what the plain layer computes (a normalisation with bf16 weights in bf16, where autocast
 would use float32: within bf16 rounding of it), with gradients equal to autograd's up to float rounding.
 They apply in eager training; under torch.compile the plain layers run, since the
