@@ -146,9 +146,9 @@ class LoRALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
-        trained = _trained_stack([self], x)
-        if trained is not None:
-            return trained
+        out = _training_node([self], x)  # training this layer's one adapter
+        if out is not None:
+            return out
         tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
         out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
         for name, scaling in self._active():  # (scale 0 is exactly the base layer)
@@ -164,7 +164,7 @@ class LoRALayer(nn.Module):
         layer; None otherwise (apply them one by one)."""
         if not all(isinstance(layer, LoRALayer) for layer in layers):
             return None
-        out = _trained_stack(layers, to_autocast_dtype(x))
+        out = _training_node(layers, to_autocast_dtype(x))
         return None if out is None else out.split([layer.base.weight.shape[0] for layer in layers], dim=-1)
 
     def _active(self) -> list[tuple[str, float]]:
@@ -205,7 +205,7 @@ class LoRALayer(nn.Module):
                          f"{' merged' if n in self.merged else ''}" for n in self.lora_A)
 
 
-def _trained_stack(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | None:
+def _training_node(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | None:
     """The layers' outputs for input x, side by side on the last dimension, from one `_LoRALinear` node;
     None unless each layer trains one adapter through it and, for several, they share a scaling and have
     no bias."""
