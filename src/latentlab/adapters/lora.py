@@ -171,23 +171,26 @@ class LoRALayer(nn.Module):
         """(adapter, s alpha / r) of each adapter that adds to the output: unmerged, at a nonzero scale."""
         return [(n, s) for n in self.lora_A if n not in self.merged and (s := self.scaling(n)) != 0]
 
-    def _trained(self, x: torch.Tensor) -> tuple[str, float] | None:
-        """(adapter, scaling) when this layer can train through `_LoRALinear`: one active adapter on a frozen
+    def _trained(self, x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor] | None:
+        """(scaling, A, B) when this layer can train through `_LoRALinear`: one active adapter on a frozen
         linear layer (or 1x1 convolution over tokens), without dropout, while autograd records outside
-        torch.compile."""
+        torch.compile. (On the hot path of every training step: few lookups.)"""
         base = self.base
-        tokens = x.dim() == 3 and isinstance(base, nn.Conv2d) and base.kernel_size == (1, 1)
-        if not (isinstance(base, nn.Linear) or tokens) or base.weight.requires_grad \
-                or base.bias is not None and base.bias.requires_grad:
+        weight, bias = base.weight, base.bias
+        if weight.requires_grad or bias is not None and bias.requires_grad:
+            return None
+        if not (isinstance(base, nn.Linear) or x.dim() == 3 and isinstance(base, nn.Conv2d)
+                and base.kernel_size == (1, 1)):
             return None
         active = self._active()
         if len(active) != 1:
             return None
-        name = active[0][0]
+        name, scaling = active[0]
         dropout = self.lora_dropout[name]
         if dropout.training and isinstance(dropout, nn.Dropout):  # (the trainer keeps the base in eval mode)
             return None
-        return active[0] if recording(x, self.lora_A[name].weight, self.lora_B[name].weight) else None
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        return (scaling, A, B) if recording(x, A, B) else None
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,
                down: bool = False) -> torch.Tensor:
@@ -210,11 +213,10 @@ def _training_node(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | N
     None unless each layer trains one adapter through it and, for several, they share a scaling and have
     no bias."""
     trained = [layer._trained(x) for layer in layers]
-    if any(t is None for t in trained):
+    if None in trained:
         return None
-    scaling, dtype = trained[0][1], x.dtype
-    A = tuple(layer.lora_A[name].weight for layer, (name, _) in zip(layers, trained))
-    B = tuple(layer.lora_B[name].weight for layer, (name, _) in zip(layers, trained))
+    scaling, dtype = trained[0][0], x.dtype
+    A, B = tuple(t[1] for t in trained), tuple(t[2] for t in trained)
     if len(layers) == 1:
         base = layers[0].base
         bias = None if base.bias is None else compute_copy(base.bias, dtype)
@@ -222,7 +224,7 @@ def _training_node(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | N
                                  _matrix(compute_copy(A[0], dtype)), _matrix(compute_copy(B[0], dtype)), scaling, 1,
                                  *A, *B)
     W = tuple(layer.base.weight for layer in layers)
-    if any(t[1] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2 for layer, w in
+    if any(t[0] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2 for layer, w in
                                                     zip(layers, W)) \
             or len({w.shape[0] for w in W}) > 1 or len({a.shape[0] for a in A}) > 1:
         return None  # (stacks of equal linear layers without bias and of equal ranks, as attention's)
@@ -256,7 +258,7 @@ class _LoRALinear(torch.autograd.Function):
         out.addmm_(h, B.t(), alpha=scaling)
         ctx.save_for_backward(x2, W, A, B, h)
         ctx.scaling, ctx.x_shape, ctx.n, ctx.dtype = scaling, x.shape, n, params[0].dtype
-        ctx.shapes = [p.shape for p in params]  # (a convolution's A and B are 4-d)
+        ctx.shapes = [p.shape if p.dim() != 2 else None for p in params]  # a convolution's A and B are 4-d
         return out.view(*x.shape[:-1], W.shape[0])
 
     @staticmethod
@@ -269,7 +271,7 @@ class _LoRALinear(torch.autograd.Function):
         dA = _scaled(_product_in(gB.t(), x2, ctx.dtype), s).split(A.shape[0] // n) if any(needs[7:7 + n]) \
             else (None,) * n
         dB = _block_gradients(g, h, n, ctx.dtype, s) if any(needs[7 + n:]) else (None,) * n
-        grads = (d if d is None or d.shape == shape else d.view(shape) for d, shape in zip((*dA, *dB), ctx.shapes))
+        grads = (d if d is None or shape is None else d.view(shape) for d, shape in zip((*dA, *dB), ctx.shapes))
         return dx, None, None, None, None, None, None, *grads
 
 
