@@ -164,18 +164,16 @@ def main():
     references: set[str] = set()
 
     def group(run: str) -> list[tuple]:
-        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+        mode, checkpointing, tag = parse_run(run)
         members = groups.setdefault(checkpointing, [])
         if run not in references:
             references.add(run)
-            tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
             members.append((f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}",
                             partial(diffusers_unet, mode, checkpointing), False, True))
         return members
 
     for run in [r for r in args.runs.split(",") if r]:
-        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
-        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+        mode, checkpointing, tag = parse_run(run)
         variants = [("", False, True, True)] + [(", channels-last", True, True, True)] * args.channels_last \
             + [(", plain layers", False, False, True)] * args.plain_layers \
             + [(", foreach AdamW", False, True, False)] * args.foreach_adamw
@@ -185,8 +183,7 @@ def main():
     for spec in [] if args.no_compile else [c for c in args.compiled.split(",") if c]:
         spec, _, layout = spec.partition("/")  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
         run, _, compile_mode = spec.partition("@")
-        mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
-        tag = f"{mode}{' + checkpointing' if checkpointing else ''}"
+        mode, checkpointing, tag = parse_run(run)
         label = (f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
                  f"{', channels-last' if layout == 'cl' else ''}")
         group(run).append((label, partial(our_unet, mode, checkpointing, compile_mode or "default", layout == "cl"),
@@ -200,6 +197,12 @@ def main():
         write_table(result, args.out / "table.md")
         torch.cuda.empty_cache()
     print((args.out / "table.md").read_text())
+
+
+def parse_run(run: str) -> tuple[str, bool, str]:
+    """A run's name as (mode, checkpointing, the rows' tag): "lora+ckpt" is ("lora", True, "lora + checkpointing")."""
+    mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+    return mode, checkpointing, f"{mode}{' + checkpointing' if checkpointing else ''}"
 
 
 def write_table(result: dict, path: Path) -> None:

@@ -283,20 +283,17 @@ def _block_gradients(g: torch.Tensor, h: torch.Tensor, n: int, dtype: torch.dtyp
     M = g.shape[0]
     gi = g.view(M, n, -1).permute(1, 2, 0)  # (n, C, M)
     hi = h.view(M, n, -1).transpose(0, 1)  # (n, M, r)
-    if gi.is_cuda and dtype == torch.float32:
-        blocks = torch.bmm(gi, hi, out_dtype=dtype)
-    else:
-        blocks = torch.bmm(gi, hi).to(dtype)
-    return tuple(_scaled(blocks, s).unbind(0))
+    return tuple(_scaled(_product_in(gi, hi, dtype, torch.bmm), s).unbind(0))
 
 
-def _product_in(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a @ b written in `dtype`: by the product itself on CUDA (bf16 in, float32 out), else cast."""
+def _product_in(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, product=torch.mm) -> torch.Tensor:
+    """product(a, b) (torch.mm or torch.bmm) written in `dtype`: by the product itself on CUDA (bf16 in,
+    float32 out), else cast."""
     if a.dtype == dtype:
-        return a @ b
+        return product(a, b)
     if a.is_cuda and dtype == torch.float32:
-        return torch.mm(a, b, out_dtype=dtype)
-    return (a @ b).to(dtype)
+        return product(a, b, out_dtype=dtype)
+    return product(a, b).to(dtype)
 
 
 def _in_dtype(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

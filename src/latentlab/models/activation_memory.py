@@ -264,13 +264,13 @@ class _FrozenResBlock(torch.autograd.Function):
         x, h, mean1, rstd1, mean2, rstd2 = ctx.saved_tensors
         block, (arith1, arith2), dtype = ctx.block, ctx.arith, ctx.dtype
         n1, n2, skip = block.norm1, block.norm2, block.conv_shortcut
-        none = [True, False, False]  # the input's gradient only
+        input_only = [True, False, False]  # the normalisations' input gradients, not their weights
         g = _conv_input_grad(grad, block.conv2.weight.to(dtype), h.shape, *_geometry(block.conv2))
         g = _group_norm_act_backward(g, h, n2.weight, n2.bias, mean2, rstd2, n2.num_groups, n2.eps, True, arith2,
-                                     none)[0]
+                                     input_only)[0]
         g = _conv_input_grad(g, block.conv1.weight.to(dtype), x.shape, *_geometry(block.conv1))
         dx = _group_norm_act_backward(g, x, n1.weight, n1.bias, mean1, rstd1, n1.num_groups, n1.eps, True, arith1,
-                                      none)[0].to(x.dtype)
+                                      input_only)[0].to(x.dtype)
         if isinstance(skip, nn.Conv2d):
             dx += _conv_input_grad(grad, skip.weight.to(dtype), x.shape, *_geometry(skip))
         else:
