@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .activation_memory import Conv2d
 from .attention import SpatialTransformer
 from .blocks import (TIME_CONDITIONING, Downsample, ResBlock, TimestepEmbedding, Upsample, check_widths, group_norm,
                      timestep_embedding)
+from .checkpointing import checkpoint
 from .group_norm import group_norm_act
 
 
@@ -127,6 +127,11 @@ class Level(nn.Module):
         h = self.resnets[j](h, emb)
         return h if self.attentions is None else self.attentions[j](h, context, mask)
 
+    def layer_parameters(self, j: int) -> list[nn.Parameter]:
+        """The parameters layer(j, ...) reads."""
+        modules = [self.resnets[j]] + ([] if self.attentions is None else [self.attentions[j]])
+        return [p for module in modules for p in module.parameters()]
+
 
 class UNet(nn.Module):
     """eps_theta(x_t, t, context, mask) -> eps, all tensors batched along dim 0."""
@@ -197,7 +202,8 @@ class UNet(nn.Module):
 
     def _layer(self, level: Level, j: int, h, emb, context, mask):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(level.layer, j, h, emb, context, mask, use_reentrant=False)
+            return checkpoint(level.layer, j, h, emb, context, mask, parameters=level.layer_parameters(j),
+                              preserve_rng_state=self.training and self.config.dropout > 0)
         return level.layer(j, h, emb, context, mask)
 
     def embed(self, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype):
