@@ -18,7 +18,7 @@ state included.
 
     python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
         [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--channels-last]
-        [--foreach-adamw]
+        [--foreach-adamw] [--torch-checkpoint]
 
 --compiled takes RUN[@MODE][/cl]: torch.compile's mode (default "default"), /cl for channels-last maps.
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from latentlab.models import activation_memory
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
@@ -56,7 +57,7 @@ def diffusers_unet(mode: str, checkpointing: bool):
     return model, lambda x, t, c: model(x, t, c).sample
 
 
-def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last: bool):
+def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last: bool, torch_checkpoint: bool = False):
     from diffusers import UNet2DConditionModel
 
     from latentlab.adapters import add_lora
@@ -78,7 +79,22 @@ def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=1e-3)  # nonzero, so that B's gradient path is exercised as trained
     network = torch.compile(model, mode=compiled) if compiled else model
-    return model, network
+    return model, partial(with_torch_checkpoint, network) if torch_checkpoint else network
+
+
+def with_torch_checkpoint(network, *args):
+    """network(*args) with our U-Net's blocks checkpointed by torch.utils.checkpoint (non-reentrant, as
+    diffusers does) instead of models/checkpointing.py: what the latter saves."""
+    import latentlab.models.unet as unet
+
+    def torch_checkpoint(function, *inputs, parameters, preserve_rng_state):
+        return checkpoint(function, *inputs, use_reentrant=False, preserve_rng_state=preserve_rng_state)
+
+    ours, unet.checkpoint = unet.checkpoint, torch_checkpoint
+    try:
+        return network(*args)
+    finally:
+        unet.checkpoint = ours
 
 
 class Contender:
@@ -153,6 +169,9 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     parser.add_argument("--plain-layers", action="store_true",
                         help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False)")
+    parser.add_argument("--torch-checkpoint", action="store_true",
+                        help="also ours with torch.utils.checkpoint instead of models/checkpointing.py (runs with "
+                             "checkpointing)")
     parser.add_argument("--foreach-adamw", action="store_true",
                         help="also ours with the reference's optimiser (AdamW's default, foreach) instead of our "
                              "trainers' fused AdamW")
@@ -174,12 +193,15 @@ def main():
 
     for run in [r for r in args.runs.split(",") if r]:
         mode, checkpointing, tag = parse_run(run)
-        variants = [("", False, True, True)] + [(", channels-last", True, True, True)] * args.channels_last \
-            + [(", plain layers", False, False, True)] * args.plain_layers \
-            + [(", foreach AdamW", False, True, False)] * args.foreach_adamw
-        for suffix, channels_last, lean, fused in variants:
+        variants = [("", False, True, True, False)] \
+            + [(", channels-last", True, True, True, False)] * args.channels_last \
+            + [(", plain layers", False, False, True, False)] * args.plain_layers \
+            + [(", foreach AdamW", False, True, False, False)] * args.foreach_adamw \
+            + [(", torch.utils.checkpoint", False, True, True, True)] * (args.torch_checkpoint and checkpointing)
+        for suffix, channels_last, lean, fused, torch_checkpoint in variants:
             group(run).append((f"latentlab, {tag}{suffix}",
-                               partial(our_unet, mode, checkpointing, None, channels_last), fused, lean))
+                               partial(our_unet, mode, checkpointing, None, channels_last, torch_checkpoint), fused,
+                               lean))
     for spec in [] if args.no_compile else [c for c in args.compiled.split(",") if c]:
         spec, _, layout = spec.partition("/")  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
         run, _, compile_mode = spec.partition("@")
@@ -210,7 +232,7 @@ def write_table(result: dict, path: Path) -> None:
 
     def reference(run: str) -> dict:
         tag = run.split(", ", 1)[1].split(", compiled")[0]
-        for variant in (", channels-last", ", plain layers", ", foreach AdamW"):
+        for variant in (", channels-last", ", plain layers", ", foreach AdamW", ", torch.utils.checkpoint"):
             tag = tag.replace(variant, "")
         name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
         return next(r for r in rows if r["run"] == f"{name}, {tag}")
