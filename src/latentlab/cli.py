@@ -279,8 +279,8 @@ def cmd_lora_train(args) -> None:
         p_uncond=args.p_uncond, image_size=args.image_size, seed=args.seed, device=args.device,
         prior_prompts=tuple(args.prior_prompt or ()), prior_images=args.prior_images, prior_weight=args.prior_weight,
         prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
-        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile is not None,
-        compile_mode=args.compile or "default", checkpoint_every=args.checkpoint_every, resume=args.resume,
+        gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
+        compile=args.compile is not None, compile_mode=args.compile or "default", checkpoint_every=args.checkpoint_every, resume=args.resume,
     )
     _check_resume(args)
     result = train_lora(config)
@@ -531,6 +531,8 @@ def build_parser() -> Parser:
     lt.add_argument("--prior-guidance", type=float, default=4.0, help="guidance scale for the prior images")
     lt.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
+    lt.add_argument("--channels-last", action="store_true",
+                    help="the U-Net's feature maps in NHWC, the GPU convolutions' own layout (5%% faster compiled)")
     lt.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                     help="torch.compile the U-Net, in torch.compile's MODE (default: default; reduce-overhead "
                          "replays CUDA graphs, the fastest on a GPU)")

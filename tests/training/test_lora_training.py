@@ -111,6 +111,24 @@ def test_the_loss_falls_on_a_fixed_batch(tmp_path):
     assert last < 0.7 * first, (first, last)  # 0.26 -> 0.12 when written
 
 
+def test_channels_last_trains_the_same_adapters(model, images, tmp_path):
+    """NHWC feature maps (the frozen base's convolutions; the adapters, convolutions' included, stay
+    contiguous with their optimiser state) change the losses and the trained adapters by rounding only."""
+    runs = []
+    for channels_last in (False, True):
+        trainer = LoRATrainer(config(model, images, tmp_path / f"run{channels_last}", unet_convolutions=True,
+                                     text_encoder_lora=True, gradient_checkpointing=True,
+                                     channels_last=channels_last))
+        losses = [trainer.train_step(step).item() for step in range(3)]
+        runs.append((losses, [p.detach().clone() for p in trainer.params], trainer))
+    (losses0, params0, _), (losses1, params1, trainer) = runs
+    conv = trainer.pipe.unet.conv_in
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dim() == 4
+    assert all(p.is_contiguous() for p in params1)
+    assert np.allclose(losses0, losses1, rtol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params0, params1))
+
+
 def checkpoint_tensors(out) -> tuple[dict, dict]:
     tensors, meta = load_state(out / FILENAME)
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta
@@ -209,3 +227,11 @@ def test_compile_takes_an_optional_mode(monkeypatch, images, tmp_path, args, com
     monkeypatch.setattr("latentlab.training.lora.train_lora", lambda c: configs.append(c) or {"interrupted": False})
     assert main(["lora", "train", "--data", str(images), "--out", str(tmp_path / "run")] + args) == 0
     assert (configs[0].compile, configs[0].compile_mode) == (compiled, mode)
+
+
+def test_channels_last_flag(monkeypatch, images, tmp_path):
+    configs = []
+    monkeypatch.setattr("latentlab.training.lora.train_lora", lambda c: configs.append(c) or {"interrupted": False})
+    for args in ([], ["--channels-last"]):
+        assert main(["lora", "train", "--data", str(images), "--out", str(tmp_path / "run")] + args) == 0
+    assert [c.channels_last for c in configs] == [False, True]
