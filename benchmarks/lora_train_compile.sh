@@ -3,10 +3,10 @@
 # the recipe of scripts/lora_concept.sh (diamond concept, 100 images, rank 16 on the U-Net's attention and
 # convolutions and the text encoder, batch 8, lr 3e-4), 400 steps each. Each run's log.csv gives samples/s
 # and the loss every 50 steps; the first row's elapsed time includes loading and compiling.
-# MODES picks the runs (default: eager default reduce-overhead); a "+channels-last" suffix adds that flag.
+# MODES picks the runs (default: eager default reduce-overhead); a "-channels-last" suffix adds that flag.
 #
 #     bash benchmarks/lora_train_compile.sh OUT [DEVICE]      (results: docs/benchmarks/lora-train-compile/)
-#     MODES="reduce-overhead reduce-overhead+channels-last" STEPS=400 bash benchmarks/lora_train_compile.sh OUT
+#     MODES="reduce-overhead reduce-overhead-channels-last" STEPS=400 bash benchmarks/lora_train_compile.sh OUT
 set -euo pipefail
 out=${1:?output folder}; device=${2:-cuda}
 py=${PYTHON:-python3}
@@ -17,8 +17,8 @@ data=$(mktemp -d)
 $py -m latentlab.data.concept --out "$data" --concept diamond --count 100 > /dev/null
 for mode in $modes; do
   flags=()
-  [ "${mode%+channels-last}" != eager ] && flags=(--compile "${mode%+channels-last}")
-  [ "$mode" != "${mode%+channels-last}" ] && flags+=(--channels-last)
+  [ "${mode%-channels-last}" != eager ] && flags=(--compile "${mode%-channels-last}")
+  [ "$mode" != "${mode%-channels-last}" ] && flags+=(--channels-last)
   $py -m latentlab lora train --model shapes-default --data "$data" --out "$data/$mode" --rank 16 --steps ${STEPS:-400} \
       --batch-size 8 --lr 3e-4 --device "$device" --text-encoder-lora --unet-convolutions "${flags[@]}" \
       2> "$data/$mode.err" > "$out/$mode.json" || { tail -5 "$data/$mode.err"; exit 1; }
