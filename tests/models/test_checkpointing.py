@@ -10,7 +10,7 @@ from torch import nn
 
 from latentlab.adapters import add_lora
 from latentlab.models import UNet, activation_memory
-from latentlab.models.checkpointing import checkpoint
+from latentlab.models.checkpointing import checkpoint, first_pass
 from latentlab.training.presets import preset
 
 
@@ -111,13 +111,14 @@ def test_unet_gradients_with_and_without_checkpointing(lora):
 
 
 def test_bf16_first_pass_differs_by_rounding_only(monkeypatch):
-    """The first pass runs under no_grad, where the layers take their inference paths (models/
-    activation_memory.py's lean layers and the LoRA training node step aside): in bf16 its activations
-    differ from the recomputation's by rounding, and so do the gradients (0.3% of their norm here)."""
+    """The first pass runs under no_grad, where the lean layers of models/activation_memory.py take their
+    inference paths (LoRA's training node does not: it is asked for by first_pass()): in bf16 its
+    activations differ from the recomputation's by rounding, and so do the gradients (0.02% of their norm
+    here; 0.3% before LoRA's node ran in the first pass too)."""
     monkeypatch.setattr(activation_memory, "MIN_ELEMENTS", 0)  # the lean layers at this tiny size too
     plain, checkpointed = unet_grads(False, lora=True, bf16=True), unet_grads(True, lora=True, bf16=True)
     a, b = (torch.cat([g[name].flatten() for name in plain]) for g in (plain, checkpointed))
-    assert (a - b).norm() < 0.01 * a.norm()
+    assert (a - b).norm() < 0.002 * a.norm()
 
 
 def test_under_torch_compile_it_hands_over_to_torch_checkpoint():
@@ -127,3 +128,15 @@ def test_under_torch_compile_it_hands_over_to_torch_checkpoint():
     compiled = unet_grads(True, lora=True, compile_backend="aot_eager")
     for name in eager:
         assert torch.allclose(eager[name], compiled[name], atol=1e-5), name
+
+
+def test_first_pass_is_only_the_no_grad_pass():
+    seen = []
+
+    def block(h):
+        seen.append((first_pass(), torch.is_grad_enabled()))
+        return h * 2
+
+    x = torch.randn(3, requires_grad=True)
+    checkpoint(block, x, parameters=[]).sum().backward()
+    assert seen == [(True, False), (False, True)] and not first_pass()

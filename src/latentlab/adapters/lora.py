@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LatentlabError
+from ..models import activation_memory
 from ..models.activation_memory import recording
+from ..models.checkpointing import first_pass
 from ..models.precision import compute_copy, stacked_copy, to_autocast_dtype
 
 # the default targets: the attention projections (q, k, v, out) of the U-Net's self- and cross-attention
@@ -174,7 +176,8 @@ class LoRALayer(nn.Module):
     def _trained(self, x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor] | None:
         """(scaling, A, B) when this layer can train through `_LoRALinear`: one active adapter on a frozen
         linear layer (or 1x1 convolution over tokens), without dropout, while autograd records outside
-        torch.compile. (On the hot path of every training step: few lookups.)"""
+        torch.compile, or in a checkpointed block's first pass (models/checkpointing.py), which the
+        recomputation then repeats product for product. (On the hot path of every training step: few lookups.)"""
         base = self.base
         weight, bias = base.weight, base.bias
         if weight.requires_grad or bias is not None and bias.requires_grad:
@@ -190,7 +193,8 @@ class LoRALayer(nn.Module):
         if dropout.training and isinstance(dropout, nn.Dropout):  # (the trainer keeps the base in eval mode)
             return None
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
-        return (scaling, A, B) if recording(x, A, B) else None
+        trains = recording(x, A, B) or first_pass() and activation_memory.ENABLED and A.requires_grad
+        return (scaling, A, B) if trains else None
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, tokens: bool, bias: torch.Tensor | None = None,
                down: bool = False) -> torch.Tensor:

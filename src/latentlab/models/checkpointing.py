@@ -13,8 +13,8 @@ even where none of its tensor inputs carries a gradient (a LoRA's first block: t
 and so that their gradients come back as the node's own: `torch.autograd.grad` from outside works, where
 the reentrant variant writes `.grad` instead. Autocast's state, and on request the RNG state, are restored
 for the recomputation. In float32 it gives the values the first pass gave; in bf16 they can differ by
-rounding, since under no_grad the layers take their inference paths (the lean layers of
-activation_memory.py and LoRA's training node step aside): 0.3% of the gradients' norm on the tiny U-Net
+rounding, since under no_grad the lean layers of activation_memory.py take their inference paths (LoRA's
+training node, which `first_pass()` asks for, does not): 0.02% of the gradients' norm on the tiny U-Net
 (tests/models/test_checkpointing.py).
 
 torch.compile traces `torch.utils.checkpoint` (and not a node whose backward pass calls autograd), so
@@ -23,6 +23,7 @@ under compilation `checkpoint` hands over to it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
@@ -41,6 +42,16 @@ def checkpoint(function: Callable[..., torch.Tensor], *args, parameters: Sequenc
         return torch_checkpoint(function, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state)
     trained = [p for p in parameters if p.requires_grad]
     return _Recompute.apply(function, preserve_rng_state, len(args), *args, *trained)
+
+
+_state = threading.local()
+
+
+def first_pass() -> bool:
+    """Whether a checkpointed block's first pass runs now: under no_grad, though the block trains. Layers
+    that train through a node of their own (adapters/lora.py) take it here too, so that the recomputation
+    repeats this pass's products."""
+    return getattr(_state, "depth", 0) > 0
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype, bool]:
@@ -70,7 +81,11 @@ class _Recompute(torch.autograd.Function):
         if preserve_rng_state:
             ctx.rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices]
         ctx.save_for_backward(*tensors)
-        return function(*args)  # autograd.Function.forward runs under no_grad: no graph, nothing saved
+        _state.depth = getattr(_state, "depth", 0) + 1
+        try:
+            return function(*args)  # autograd.Function.forward runs under no_grad: no graph, nothing saved
+        finally:
+            _state.depth -= 1
 
     @staticmethod
     def backward(ctx, grad_output):
