@@ -36,7 +36,9 @@ def checkpoint(function: Callable[..., torch.Tensor], *args, parameters: Sequenc
     """function(*args), one tensor, whose activations are recomputed in the backward pass.
 
     parameters: the trained tensors function reads besides args (those not requiring a gradient are
-    skipped). preserve_rng_state: replay the random draws (dropout) in the recomputation.
+    skipped); one left out gets no gradient from this block, so list them all (UNet: Level.layer_parameters,
+    whose gradients tests/models/test_checkpointing.py compares with the block run plainly).
+    preserve_rng_state: replay the random draws (dropout) in the recomputation.
     """
     if torch.compiler.is_compiling():
         return torch_checkpoint(function, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state)
