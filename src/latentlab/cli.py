@@ -280,7 +280,8 @@ def cmd_lora_train(args) -> None:
         prior_prompts=tuple(args.prior_prompt or ()), prior_images=args.prior_images, prior_weight=args.prior_weight,
         prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last,
-        compile=args.compile is not None, compile_mode=args.compile or "default", checkpoint_every=args.checkpoint_every, resume=args.resume,
+        compile=args.compile is not None, compile_mode=args.compile or "default",
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
     )
     _check_resume(args)
     result = train_lora(config)

@@ -149,8 +149,9 @@ class LoRATrainer:
             module.requires_grad_(False)
         self.prior = self.prior_data() if c.prior_prompts else None  # drawn by the base model, before the adapters
         self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
-        pipe.unet.to(memory_format=self.memory_format)  # the frozen base only: the adapters and their optimiser
-        self.parts = self.add_adapters()  # state stay contiguous, as a resumed run loads them
+        if c.channels_last:  # the frozen base only: the adapters, added next, and their optimiser state stay
+            pipe.unet.to(memory_format=torch.channels_last)  # contiguous, as a resumed run loads them
+        self.parts = self.add_adapters()
         self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
         self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
