@@ -227,10 +227,10 @@ def frozen_res_block(block: nn.Module, x: torch.Tensor, e: torch.Tensor | None) 
     normalisations' backward kernels directly. Saved: x and h = conv1(...) + e (as the lean layers save
     them) with the two normalisations' statistics. None where it does not apply: a weight that trains (an
     adapter on a convolution), dropout in training, an embedding that needs a gradient, or a small map."""
+    if not lean(x) or e is not None and e.requires_grad or block.dropout.training and block.dropout.p > 0:
+        return None  # (first, and cheap: every residual block asks, at inference too)
     convs = (block.conv1, block.conv2, block.conv_shortcut) if isinstance(block.conv_shortcut, nn.Conv2d) \
         else (block.conv1, block.conv2)
-    if not lean(x) or e is not None and e.requires_grad or block.dropout.training and block.dropout.p > 0:
-        return None
     if not all(type(c) is Conv2d and c.padding_mode == "zeros" for c in convs):
         return None
     params = (block.norm1.weight, block.norm1.bias, block.norm2.weight, block.norm2.bias,

@@ -79,7 +79,7 @@ class _Recompute(torch.autograd.Function):
         ctx.function, ctx.preserve, ctx.parameters = function, preserve_rng_state, inputs[n_args:]
         ctx.constants = [_TENSOR if isinstance(a, torch.Tensor) else a for a in args]
         ctx.autocast = {d: _autocast_state(d) for d in {"cpu", *(t.device.type for t in tensors)}}
-        ctx.devices = _devices(tensors)
+        ctx.devices = _devices(tensors) if preserve_rng_state else []
         if preserve_rng_state:
             ctx.rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices]
         ctx.save_for_backward(*tensors)
