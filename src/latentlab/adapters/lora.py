@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LatentlabError
-from ..models import activation_memory
+from ..models import activation_memory, lowrank
 from ..models.activation_memory import recording
 from ..models.checkpointing import first_pass
 from ..models.precision import compute_copy, stacked_copy, to_autocast_dtype
@@ -169,6 +169,31 @@ class LoRALayer(nn.Module):
         out = _training_node(layers, to_autocast_dtype(x))
         return None if out is None else out.split([layer.base.weight.shape[0] for layer in layers], dim=-1)
 
+    @staticmethod
+    def training_factors(layers: list[nn.Module], x: torch.Tensor) -> lowrank.Factors | None:
+        """The low-rank product (models/lowrank.py) that computes these layers' outputs for x, stacked when
+        several, in x's dtype: when each is a LoRALayer that trains one adapter (`_trained`) and, for several,
+        they share a scaling and have no bias, equal widths and equal ranks (as attention's q, k and v)."""
+        if not all(isinstance(layer, LoRALayer) for layer in layers):
+            return None
+        trained = [layer._trained(x) for layer in layers]
+        if None in trained:
+            return None
+        scaling, dtype = trained[0][0], x.dtype
+        A, B = tuple(t[1] for t in trained), tuple(t[2] for t in trained)
+        if len(layers) == 1:
+            base = layers[0].base
+            bias = None if base.bias is None else compute_copy(base.bias, dtype)
+            return lowrank.Factors(_matrix(compute_copy(base.weight, dtype)), bias, _matrix(compute_copy(A[0], dtype)),
+                                   _matrix(compute_copy(B[0], dtype)), scaling, 1, (*A, *B))
+        W = tuple(layer.base.weight for layer in layers)
+        if any(t[0] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2
+                                                        for layer, w in zip(layers, W)) \
+                or len({w.shape[0] for w in W}) > 1 or len({a.shape[0] for a in A}) > 1:
+            return None
+        return lowrank.Factors(stacked_copy(W, dtype), None, stacked_copy(A, dtype),
+                               stacked_copy(B, dtype, diagonal=True), scaling, len(layers), (*A, *B))
+
     def _active(self) -> list[tuple[str, float]]:
         """(adapter, s alpha / r) of each adapter that adds to the output: unmerged, at a nonzero scale."""
         return [(n, s) for n in self.lora_A if n not in self.merged and (s := self.scaling(n)) != 0]
@@ -214,26 +239,9 @@ class LoRALayer(nn.Module):
 
 def _training_node(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | None:
     """The layers' outputs for input x, side by side on the last dimension, from one `_LoRALinear` node;
-    None unless each layer trains one adapter through it and, for several, they share a scaling and have
-    no bias."""
-    trained = [layer._trained(x) for layer in layers]
-    if None in trained:
-        return None
-    scaling, dtype = trained[0][0], x.dtype
-    A, B = tuple(t[1] for t in trained), tuple(t[2] for t in trained)
-    if len(layers) == 1:
-        base = layers[0].base
-        bias = None if base.bias is None else compute_copy(base.bias, dtype)
-        return _LoRALinear.apply(x, _matrix(compute_copy(base.weight, dtype)), bias,
-                                 _matrix(compute_copy(A[0], dtype)), _matrix(compute_copy(B[0], dtype)), scaling, 1,
-                                 *A, *B)
-    W = tuple(layer.base.weight for layer in layers)
-    if any(t[0] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2 for layer, w in
-                                                    zip(layers, W)) \
-            or len({w.shape[0] for w in W}) > 1 or len({a.shape[0] for a in A}) > 1:
-        return None  # (stacks of equal linear layers without bias and of equal ranks, as attention's)
-    return _LoRALinear.apply(x, stacked_copy(W, dtype), None, stacked_copy(A, dtype),
-                             stacked_copy(B, dtype, diagonal=True), scaling, len(layers), *A, *B)
+    None unless each layer trains one adapter through it (`training_factors`)."""
+    f = LoRALayer.training_factors(layers, x)
+    return None if f is None else _LoRALinear.apply(x, f, *f.params)
 
 
 def _matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -243,61 +251,29 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
 
 class _LoRALinear(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T as one autograd node, for training the adapters of frozen linear layers:
-    one layer's (W = W0), or those of n layers that read the same x, stacked (W = [W0_1; ...; W0_n],
-    A = [A_1; ...; A_n], B = diag(B_1, ..., B_n): q, k and v of an attention in three products, not nine).
+    one layer's (W = W0), or those of n layers that read the same x, stacked (models/lowrank.py: q, k and v
+    of an attention in three products, not nine).
 
     The plain composition records seven nodes per layer (W0's product, A's and B's casts and products, the
-    scaling, the sum) and adds the two paths' input gradients in a separate pass; here the forward pass is
-    three products (B's added into W's output in place) and the backward pass five, the input's gradient
-    g W + s (g B) A accumulated in place. W, A and B come in the compute dtype (models/precision.py: cast or
-    stacked once per optimiser step); the float32 A_i and B_i (`params`) only receive their gradients, which
-    come out of the products in float32 (on CUDA; elsewhere cast). Saved: x (which other layers usually
-    save too), the small h = x A^T, and the weights in the compute dtype."""
+    scaling, the sum) and adds the two paths' input gradients in a separate pass. W, A and B come in the
+    compute dtype (models/precision.py: cast or stacked once per optimiser step); the float32 A_i and B_i
+    (`params`) only receive their gradients. Saved: x (which other layers usually save too), the small
+    h = x A^T, and the weights in the compute dtype."""
 
     @staticmethod
-    def forward(ctx, x, W, bias, A, B, scaling, n, *params):
+    def forward(ctx, x, f, *params):
         x2 = x.reshape(-1, x.shape[-1])
-        h = F.linear(x2, A)  # (M, n r); every operand is in x's dtype already, so autocast casts nothing
-        out = F.linear(x2, W, bias)
-        out.addmm_(h, B.t(), alpha=scaling)
-        ctx.save_for_backward(x2, W, A, B, h)
-        ctx.scaling, ctx.x_shape, ctx.n, ctx.dtype = scaling, x.shape, n, params[0].dtype
-        ctx.shapes = [p.shape if p.dim() != 2 else None for p in params]  # a convolution's A and B are 4-d
-        return out.view(*x.shape[:-1], W.shape[0])
+        out, h = lowrank.forward(x2, f)
+        ctx.save_for_backward(x2, h, f.W, f.bias, f.A, f.B)
+        ctx.f, ctx.x_shape = f._replace(W=None, bias=None, A=None, B=None), x.shape
+        return out.view(*x.shape[:-1], f.W.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        x2, W, A, B, h = ctx.saved_tensors
-        s, n, needs = ctx.scaling, ctx.n, ctx.needs_input_grad
-        g = grad.reshape(-1, grad.shape[-1]).to(W.dtype)
-        gB = g @ B  # dL/dh / s, (M, n r)
-        dx = (g @ W).addmm_(gB, A, alpha=s).view(ctx.x_shape) if needs[0] else None
-        dA = _scaled(_product_in(gB.t(), x2, ctx.dtype), s).split(A.shape[0] // n) if any(needs[7:7 + n]) \
-            else (None,) * n
-        dB = _block_gradients(g, h, n, ctx.dtype, s) if any(needs[7 + n:]) else (None,) * n
-        grads = (d if d is None or shape is None else d.view(shape) for d, shape in zip((*dA, *dB), ctx.shapes))
-        return dx, None, None, None, None, None, None, *grads
-
-
-def _block_gradients(g: torch.Tensor, h: torch.Tensor, n: int, dtype: torch.dtype, s: float) -> tuple:
-    """s g_i^T h_i for each of n stacked layers (g: (M, n C), h: (M, n r)), each contiguous: the diagonal
-    blocks of s g^T h, without computing the others."""
-    if n == 1:
-        return (_scaled(_product_in(g.t(), h, dtype), s),)
-    M = g.shape[0]
-    gi = g.view(M, n, -1).permute(1, 2, 0)  # (n, C, M)
-    hi = h.view(M, n, -1).transpose(0, 1)  # (n, M, r)
-    return tuple(_scaled(_product_in(gi, hi, dtype, torch.bmm), s).unbind(0))
-
-
-def _product_in(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, product=torch.mm) -> torch.Tensor:
-    """product(a, b) (torch.mm or torch.bmm) written in `dtype`: by the product itself on CUDA (bf16 in,
-    float32 out), else cast."""
-    if a.dtype == dtype:
-        return product(a, b)
-    if a.is_cuda and dtype == torch.float32:
-        return product(a, b, out_dtype=dtype)
-    return product(a, b).to(dtype)
+        x2, h, W, bias, A, B = ctx.saved_tensors
+        f, needs = ctx.f._replace(W=W, bias=bias, A=A, B=B), ctx.needs_input_grad
+        dx, grads = lowrank.backward(grad.reshape(-1, grad.shape[-1]), x2, h, f, needs[0], any(needs[2:]))
+        return (None if dx is None else dx.view(ctx.x_shape)), None, *grads
 
 
 def _in_dtype(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,10 +282,6 @@ def _in_dtype(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype) -> tuple[tor
     if torch.compiler.is_compiling() or torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return A.to(dtype), B.to(dtype)
     return compute_copy(A, dtype), compute_copy(B, dtype)
-
-
-def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:
-    return t if s == 1 else t.mul_(s)
 
 
 # ---------------------------------------------------------------------- models

@@ -8,6 +8,7 @@ from torch import nn
 
 from .activation_memory import LayerNorm, geglu
 from .blocks import group_norm
+from .frozen_transformer import frozen_transformer_block
 from .group_norm import group_norm_act
 from .precision import to_autocast_dtype
 
@@ -98,6 +99,9 @@ class TransformerBlock(nn.Module):
         self.norm3, self.ff = LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        fused = frozen_transformer_block(self, x, context, mask)  # training adapters on a frozen block
+        if fused is not None:
+            return fused
         x = x + self.attn1(self.norm1(x))  # self-attention
         x = x + self.attn2(self.norm2(x), context, mask)  # cross-attention
         return x + self.ff(self.norm3(x))  # feed-forward

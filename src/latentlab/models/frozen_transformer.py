@@ -1,0 +1,210 @@
+"""A frozen transformer block (models/attention.py TransformerBlock) trained through its adapters, as one
+autograd node.
+
+Training LoRA on Stable Diffusion's U-Net is bound by the host: at batch 8 on an H100 the GPU waits for
+Python and the autograd engine more than for its kernels. A transformer block records about 45 autograd
+nodes (nine of them Python functions: the normalisations, the low-rank products, the gated feed-forward)
+and makes about 15 module calls. Here it is one node: the forward pass calls the kernels directly, and
+the backward pass chains their gradients by hand,
+
+    x1 = x0 + attn1(norm1(x0)),  x2 = x1 + attn2(norm2(x1), context),  out = x2 + ff(norm3(x2)),
+
+each projection a frozen weight plus, where an adapter trains, a low-rank term (models/lowrank.py).
+The attention itself keeps PyTorch's kernels and their backward: scaled_dot_product_attention is
+recorded on its own (one node, whatever backend serves it) and differentiated by the engine from within
+this node's backward pass.
+
+It computes what the modules compute, with the same products, and saves what they save (each
+sub-block's input with its normalisation's statistics, the inputs of the trained products, the
+attention's operands, and the gated feed-forward's two halves). It applies in eager training when the
+block's own weights are frozen: every projection a frozen linear layer or a layer that trains one
+low-rank adapter (`training_factors`, adapters/lora.py), the normalisations frozen, no dropout, and a
+large activation (activation_memory.MIN_ELEMENTS). Elsewhere the modules run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import activation_memory, lowrank
+from .activation_memory import _arithmetic, _layer_norm_backward, _to
+from .precision import compute_dtype
+
+ENABLED = True
+"""Run eligible blocks as one node; False runs the modules (benchmarks compare both)."""
+
+_gelu_backward = torch.ops.aten.gelu_backward.default
+
+
+def frozen_transformer_block(block: nn.Module, x: torch.Tensor, context: torch.Tensor,
+                             mask: torch.Tensor | None) -> torch.Tensor | None:
+    """block(x, context, mask) as one autograd node, or None where it does not apply (see the module's
+    docstring); the caller then runs the modules."""
+    if not _applies(block, x):
+        return None
+    context = context.to(x.dtype)
+    a1, a2, ff = block.attn1, block.attn2, block.ff
+    factors = (_factors((a1.to_q, a1.to_k, a1.to_v), x), _factors((a1.to_out[0],), x), _factors((a2.to_q,), x),
+               _factors((a2.to_k, a2.to_v), context), _factors((a2.to_out[0],), x), _factors((ff.net[0].proj,), x),
+               _factors((ff.net[2],), x))
+    if None in factors:
+        return None
+    params = tuple(p for f in factors for p in f.params)
+    if not (x.requires_grad or context.requires_grad or params):
+        return None
+    return _FrozenTransformerBlock.apply(x, context, mask, block, factors, *params)
+
+
+def _applies(block: nn.Module, x: torch.Tensor) -> bool:
+    """Cheap refusals first: a small map, autograd off, tokens not in the compute dtype, torch.compile,
+    saved-tensor hooks (the attention's own node would escape their packing), dropout, a trained norm."""
+    if x.numel() < activation_memory.MIN_ELEMENTS or not (ENABLED and activation_memory.ENABLED) \
+            or not torch.is_grad_enabled() or x.dtype != compute_dtype(x) or torch.compiler.is_compiling() \
+            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+        return False
+    dropouts = (block.attn1.to_out[1], block.attn2.to_out[1], block.ff.net[1])
+    if any(d.training and d.p > 0 for d in dropouts):
+        return False
+    norms = (block.norm1, block.norm2, block.norm3)
+    return all(type(n) is activation_memory.LayerNorm and not any(p.requires_grad for p in n.parameters())
+               for n in norms)
+
+
+def _factors(layers: tuple[nn.Module, ...], x: torch.Tensor) -> lowrank.Factors | None:
+    """The layers' product for input x: frozen linear layers, or layers that offer `training_factors`."""
+    f = lowrank.frozen_linear(layers, x.dtype)
+    if f is not None:
+        return f
+    offered = getattr(type(layers[0]), "training_factors", None)
+    return None if offered is None else offered(layers, x)
+
+
+class _FrozenTransformerBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, context, mask, block, factors, *params):
+        f_qkv, f_out1, f_q, f_kv, f_out2, f_proj, f_ff = factors
+        B, N, C = x.shape
+        ctx.block, ctx.factors, ctx.context_shape = block, factors, context.shape
+        x0 = x.reshape(B * N, C)
+        n1, stats1 = _norm(x0, block.norm1)
+        qkv, h_qkv = lowrank.forward(n1, f_qkv)
+        attn1 = _Attention(qkv.split(C, dim=-1), B, block.attn1.heads, None)
+        y, h_out1 = lowrank.forward(attn1.o2, f_out1)
+        x1 = y.add_(x0)
+        n2, stats2 = _norm(x1, block.norm2)
+        q, h_q = lowrank.forward(n2, f_q)
+        context2 = context.reshape(-1, context.shape[-1])
+        kv, h_kv = lowrank.forward(context2, f_kv)
+        attn2 = _Attention((q, *kv.split(C, dim=-1)), B, block.attn2.heads, mask)
+        y, h_out2 = lowrank.forward(attn2.o2, f_out2)
+        x2 = y.add_(x1)
+        n3, stats3 = _norm(x2, block.norm3)
+        a, gate, h_proj = _geglu_input(n3, f_proj, block.ff.net[0].inner)
+        y, h_ff = lowrank.forward(a * F.gelu(gate), f_ff)
+        ctx.attention = (attn1, attn2)
+        ctx.save_for_backward(x0, *stats1, n1, h_qkv, h_out1, x1, *stats2, n2, h_q, context2, h_kv, h_out2,
+                              x2, *stats3, n3 if f_proj.trains else None, h_proj, a, gate, h_ff)
+        return y.add_(x2).view(B, N, C)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x0, mean1, rstd1, n1, h_qkv, h_out1, x1, mean2, rstd2, n2, h_q, context2, h_kv, h_out2,
+         x2, mean3, rstd3, n3, h_proj, a, gate, h_ff) = ctx.saved_tensors
+        f_qkv, f_out1, f_q, f_kv, f_out2, f_proj, f_ff = factors = ctx.factors
+        attn1, attn2 = ctx.attention
+        block, needs = ctx.block, ctx.needs_input_grad
+        grads = [()] * len(factors)  # the trained parameters' gradients, per product
+        g = grad.reshape(x0.shape)
+
+        # out = x2 + ff(norm3(x2)), ff = W_ff (a * gelu(gate)), (a, gate) = W_proj n3
+        gelu = F.gelu(gate)
+        du, grads[6] = lowrank.backward(g, a * gelu if f_ff.trains else None, h_ff, f_ff)
+        da, dgate = du * gelu, _gelu_backward(du * a, gate)
+        dn3 = _geglu_input_grad(da, dgate, n3, h_proj, f_proj, grads)
+        dx = _norm_backward(dn3, x2, mean3, rstd3, block.norm3).add_(g)
+
+        # x2 = x1 + attn2(norm2(x1), context)
+        do, grads[4] = lowrank.backward(dx, attn2.o2, h_out2, f_out2)
+        kv_grads = f_kv.trains or needs[1]
+        dq, dk, dv = attn2.backward(do, (True, kv_grads, kv_grads))
+        dn2, grads[2] = lowrank.backward(_tokens(dq), n2, h_q, f_q)
+        dcontext = None
+        if kv_grads:
+            dcontext, grads[3] = lowrank.backward(_tokens(dk, dv), context2, h_kv, f_kv, needs[1])
+        dx = _norm_backward(dn2, x1, mean2, rstd2, block.norm2).add_(dx)
+
+        # x1 = x0 + attn1(norm1(x0))
+        do, grads[1] = lowrank.backward(dx, attn1.o2, h_out1, f_out1)
+        dq, dk, dv = attn1.backward(do, (True, True, True))
+        dn1, grads[0] = lowrank.backward(_tokens(dq, dk, dv), n1, h_qkv, f_qkv, needs[0])
+        dx = _norm_backward(dn1, x0, mean1, rstd1, block.norm1).add_(dx).view(grad.shape) if needs[0] else None
+
+        params = (d for f, fg in zip(factors, grads) for d in (fg or (None,) * len(f.params)))
+        dcontext = None if dcontext is None or not needs[1] else dcontext.view(ctx.context_shape)
+        return dx, dcontext, None, None, None, *params
+
+
+class _Attention:
+    """Multi-head scaled-dot-product attention of q (M, C) to k and v (B L, C), recorded on its own so that
+    the engine differentiates it (PyTorch's kernels for whatever backend serves it); o2 is the output as
+    tokens (M, C), contiguous, for the output projection."""
+
+    def __init__(self, qkv: tuple[torch.Tensor, ...], batch: int, heads: int, mask: torch.Tensor | None):
+        C = qkv[0].shape[-1]
+        with torch.enable_grad():
+            self.inputs = [t.view(batch, -1, heads, C // heads).transpose(1, 2).detach().requires_grad_()
+                           for t in qkv]
+            self.o = F.scaled_dot_product_attention(*self.inputs,
+                                                    attn_mask=None if mask is None else mask[:, None, None, :])
+        self.o2 = self.o.detach().transpose(1, 2).reshape(-1, C)
+
+    def backward(self, do2: torch.Tensor, wanted: tuple[bool, bool, bool]) -> list[torch.Tensor | None]:
+        """(dq, dk, dv), each (B, heads, tokens, C / heads), None where not wanted."""
+        B, heads, N, d = self.o.shape
+        inputs = [t for t, w in zip(self.inputs, wanted) if w]
+        grads = iter(torch.autograd.grad(self.o, inputs, do2.view(B, N, heads, d).transpose(1, 2)))
+        self.inputs = self.o = None  # release the attention's saved tensors
+        return [next(grads) if w else None for w in wanted]
+
+
+def _tokens(*grads: torch.Tensor) -> torch.Tensor:
+    """Attention-shaped gradients (B, heads, N, d) as tokens side by side, (B N, len(grads) heads d): the
+    gradient of the product whose output they were split from, written in one pass."""
+    B, heads, N, d = grads[0].shape
+    if len(grads) == 1:
+        return grads[0].transpose(1, 2).reshape(B * N, heads * d)
+    return torch.stack([t.transpose(1, 2) for t in grads], dim=2).view(B * N, len(grads) * heads * d)
+
+
+def _norm(x: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, tuple]:
+    """(norm(x) in x's dtype, (mean, 1/std)), computed as activation_memory.LayerNorm computes it."""
+    arith = _arithmetic(x, norm.weight, norm.bias)
+    y, mean, rstd = torch.native_layer_norm(x.to(arith), norm.normalized_shape, _to(norm.weight, arith),
+                                            _to(norm.bias, arith), norm.eps)
+    return y.to(x.dtype), (mean, rstd)
+
+
+def _norm_backward(grad, x, mean, rstd, norm):
+    arith = _arithmetic(x, norm.weight, norm.bias)
+    return _layer_norm_backward(grad.to(arith), x.to(arith), norm.normalized_shape, mean, rstd, _to(norm.weight, arith),
+                                _to(norm.bias, arith), [True, False, False])[0]
+
+
+def _geglu_input(n3, f, inner):
+    """(a, gate, h) of GEGLU's projection: with a frozen weight as two products, each half contiguous (as
+    models/attention.py GEGLU computes it at inference); with an adapter as one, chunked."""
+    if f.A is None:
+        bias = (None, None) if f.bias is None else (f.bias[:inner], f.bias[inner:])
+        return F.linear(n3, f.W[:inner], bias[0]), F.linear(n3, f.W[inner:], bias[1]), None
+    y, h = lowrank.forward(n3, f)
+    return *y.chunk(2, dim=-1), h
+
+
+def _geglu_input_grad(da, dgate, n3, h, f, grads):
+    if f.A is None:
+        inner = da.shape[-1]
+        return (da @ f.W[:inner]).addmm_(dgate, f.W[inner:])
+    dn3, grads[5] = lowrank.backward(torch.cat([da, dgate], dim=-1), n3, h, f)
+    return dn3
