@@ -11,7 +11,7 @@ from torch import nn
 
 from latentlab.adapters import add_lora
 from latentlab.models import UNet, activation_memory, frozen_transformer
-from latentlab.models.attention import TransformerBlock
+from latentlab.models.attention import SpatialTransformer, TransformerBlock
 from latentlab.training.presets import preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,6 +130,49 @@ def test_steps_aside_where_it_does_not_apply(case, monkeypatch):
     torch.testing.assert_close(out, block(x, context), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("linear_projection, depth, targets, x_grad, context_grad", [
+    (True, 1, ATTENTION, True, False), (False, 1, ATTENTION, True, True), (False, 2, EVERYTHING, False, True),
+    (True, 2, ATTENTION, False, False), (False, 1, ATTENTION + ["proj_in"], True, False)])
+def test_spatial_transformer_is_one_node_with_the_modules_gradients(linear_projection, depth, targets, x_grad,
+                                                                     context_grad, monkeypatch):
+    """Inside a SpatialTransformer (linear or 1x1-convolution projections, an adapter on one, one or two
+    blocks) each block is a node, and the gradients are the modules'."""
+    torch.manual_seed(0)
+    st = SpatialTransformer(32, 16, depth=depth, head_dim=8, linear_projection=linear_projection).double().eval()
+    st.requires_grad_(False)
+    add_lora(st, rank=2, alpha=3, targets=targets, dtype=torch.float64)
+    for name, p in st.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 32, 3, 4, generator=g, dtype=torch.float64).requires_grad_(x_grad)
+    context = torch.randn(2, 5, 16, generator=g, dtype=torch.float64).requires_grad_(context_grad)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
+        out = st(x, context)
+        trained = [t for t in (x, context) if t.requires_grad] + [p for p in st.parameters() if p.requires_grad]
+        results.append((out, graph_nodes(out), torch.autograd.grad(out.square().sum(), trained)))
+    (out, nodes, grads), (plain, plain_nodes, plain_grads) = results
+    assert nodes.count(NODE) == depth and NODE not in plain_nodes
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
+    for a, b in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def graph_nodes(out: torch.Tensor) -> list[str]:
+    """The type names of the nodes in out's graph."""
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
 def unet_grads(fused: bool, checkpointing: bool, monkeypatch) -> dict[str, torch.Tensor]:
     monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
     torch.manual_seed(0)
@@ -142,7 +185,10 @@ def unet_grads(fused: bool, checkpointing: bool, monkeypatch) -> dict[str, torch
     unet.enable_gradient_checkpointing(checkpointing)
     g = torch.Generator().manual_seed(1)
     x, context = torch.randn(2, 4, 8, 8, generator=g).double(), torch.randn(2, 6, 64, generator=g).double()
-    unet(x, torch.tensor([3, 900]), context).square().mean().backward()
+    out = unet(x, torch.tensor([3, 900]), context)
+    if not checkpointing:
+        assert (NODE in graph_nodes(out)) == fused
+    out.square().mean().backward()
     return {n: p.grad for n, p in unet.named_parameters() if p.requires_grad}
 
 
