@@ -17,8 +17,8 @@ warm-up, when CUDA graphs are recorded), less what the runs built before it hold
 state included.
 
     python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
-        [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--channels-last]
-        [--foreach-adamw] [--torch-checkpoint]
+        [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--block-modules]
+        [--channels-last] [--foreach-adamw] [--torch-checkpoint]
 
 --compiled takes RUN[@MODE][/cl]: torch.compile's mode (default "default"), /cl for channels-last maps.
 """
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from latentlab.models import activation_memory
+from latentlab.models import activation_memory, frozen_transformer
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
@@ -100,9 +100,9 @@ def with_torch_checkpoint(network, *args):
 class Contender:
     """One run of a group: its model on the GPU, its training step, and the memory it holds between steps."""
 
-    def __init__(self, label: str, build, fused: bool, lean: bool, warm: int):
-        self.label, self.lean = label, lean
-        activation_memory.ENABLED = lean
+    def __init__(self, label: str, build, fused: bool, layers: str, warm: int):
+        self.label, self.layers = label, layers
+        set_layers(layers)
         before = torch.cuda.memory_allocated()
         self.model, network = build()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -134,7 +134,7 @@ class Contender:
         self.seconds = []
 
     def round(self, n: int) -> None:
-        activation_memory.ENABLED = self.lean
+        set_layers(self.layers)
         self.seconds.append(seconds_per_call(self.step, n, 0))
 
     def row(self) -> dict:
@@ -146,6 +146,13 @@ class Contender:
         return row
 
 
+def set_layers(layers: str) -> None:
+    """"lean": our training layers (models/activation_memory.py) and transformer-block nodes
+    (models/frozen_transformer.py); "block modules": the lean layers, each block's modules; "plain": PyTorch's."""
+    activation_memory.ENABLED = layers != "plain"
+    frozen_transformer.ENABLED = layers == "lean"
+
+
 def measure_group(contenders: list[tuple], rounds: int, n: int, warm: int) -> list[dict]:
     """The runs of one group (the reference and ours, eager and compiled) on the GPU together, timed in
     interleaved rounds of n steps: the host's speed drifts by tens of percent from minute to minute, so
@@ -154,7 +161,7 @@ def measure_group(contenders: list[tuple], rounds: int, n: int, warm: int) -> li
     for _ in range(rounds):
         for run in runs:
             run.round(n)
-    activation_memory.ENABLED = True
+    set_layers("lean")
     return [run.row() for run in runs]
 
 
@@ -169,6 +176,9 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     parser.add_argument("--plain-layers", action="store_true",
                         help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False)")
+    parser.add_argument("--block-modules", action="store_true",
+                        help="also ours with each transformer block's modules rather than one node per block "
+                             "(models/frozen_transformer.py ENABLED = False)")
     parser.add_argument("--torch-checkpoint", action="store_true",
                         help="also ours with torch.utils.checkpoint instead of models/checkpointing.py (runs with "
                              "checkpointing)")
@@ -179,7 +189,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     rounds, n, warm = (3, 4, 2) if args.quick else (9, 5, 3)
     # one group per checkpointing mode: the reference's runs, ours and our compiled runs, interleaved
-    groups: dict[bool, list[tuple]] = {}  # checkpointing -> (label, build, fused AdamW, lean layers)
+    groups: dict[bool, list[tuple]] = {}  # checkpointing -> (label, build, fused AdamW, layers)
     references: set[str] = set()
 
     def group(run: str) -> list[tuple]:
@@ -188,20 +198,21 @@ def main():
         if run not in references:
             references.add(run)
             members.append((f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}",
-                            partial(diffusers_unet, mode, checkpointing), False, True))
+                            partial(diffusers_unet, mode, checkpointing), False, "lean"))
         return members
 
     for run in [r for r in args.runs.split(",") if r]:
         mode, checkpointing, tag = parse_run(run)
-        variants = [("", False, True, True, False)] \
-            + [(", channels-last", True, True, True, False)] * args.channels_last \
-            + [(", plain layers", False, False, True, False)] * args.plain_layers \
-            + [(", foreach AdamW", False, True, False, False)] * args.foreach_adamw \
-            + [(", torch.utils.checkpoint", False, True, True, True)] * (args.torch_checkpoint and checkpointing)
-        for suffix, channels_last, lean, fused, torch_checkpoint in variants:
+        variants = [("", False, "lean", True, False)] \
+            + [(", channels-last", True, "lean", True, False)] * args.channels_last \
+            + [(", plain layers", False, "plain", True, False)] * args.plain_layers \
+            + [(", block modules", False, "block modules", True, False)] * args.block_modules \
+            + [(", foreach AdamW", False, "lean", False, False)] * args.foreach_adamw \
+            + [(", torch.utils.checkpoint", False, "lean", True, True)] * (args.torch_checkpoint and checkpointing)
+        for suffix, channels_last, layers, fused, torch_checkpoint in variants:
             group(run).append((f"latentlab, {tag}{suffix}",
                                partial(our_unet, mode, checkpointing, None, channels_last, torch_checkpoint), fused,
-                               lean))
+                               layers))
     for spec in [] if args.no_compile else [c for c in args.compiled.split(",") if c]:
         spec, _, layout = spec.partition("/")  # "lora", "lora+ckpt", "lora@reduce-overhead", "lora/cl", ...
         run, _, compile_mode = spec.partition("@")
@@ -209,7 +220,7 @@ def main():
         label = (f"latentlab, {tag}, compiled{f' ({compile_mode})' if compile_mode else ''}"
                  f"{', channels-last' if layout == 'cl' else ''}")
         group(run).append((label, partial(our_unet, mode, checkpointing, compile_mode or "default", layout == "cl"),
-                           True, True))
+                           True, "lean"))
     rows = []
     for _, contenders in sorted(groups.items()):
         rows += measure_group(contenders, rounds, n, warm)
@@ -232,7 +243,8 @@ def write_table(result: dict, path: Path) -> None:
 
     def reference(run: str) -> dict:
         tag = run.split(", ", 1)[1].split(", compiled")[0]
-        for variant in (", channels-last", ", plain layers", ", foreach AdamW", ", torch.utils.checkpoint"):
+        for variant in (", channels-last", ", plain layers", ", block modules", ", foreach AdamW",
+                        ", torch.utils.checkpoint"):
             tag = tag.replace(variant, "")
         name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
         return next(r for r in rows if r["run"] == f"{name}, {tag}")
