@@ -377,3 +377,25 @@ def test_stacked_projections_train_as_separate_layers(device, cross, autocast, m
     for ours, want in zip(stacked, separate):
         assert ours.dtype == want.dtype
         torch.testing.assert_close(ours.float(), want.float(), atol=tol, rtol=tol)
+
+
+def test_adapter_tables_are_read_only_and_the_output_follows_every_change():
+    """scale, alpha and merged are views: a write raises rather than bypass the layer, which remembers its
+    active adapters between calls until a method changes them."""
+    net, x = make("linear")
+    adapt(net)
+    for table in (net.layer.scale, net.layer.alpha, net.layer.merged):
+        with pytest.raises(TypeError):
+            table["default"] = 2.0
+    base = net.layer.base(x)
+    full = net(x)
+    net.layer.set_scale("default", 0.0)
+    torch.testing.assert_close(net(x), base, atol=0, rtol=0)
+    net.layer.set_scale("default", 1.0)
+    net.layer.merge("default")
+    torch.testing.assert_close(net(x), full, atol=1e-5, rtol=1e-5)
+    net.layer.unmerge("default")
+    adapt(net, "second")
+    assert not torch.allclose(net(x), full)
+    net.layer.remove("second")
+    torch.testing.assert_close(net(x), full, atol=1e-6, rtol=1e-6)

@@ -1,9 +1,17 @@
 """models/precision.py: compute copies of float32 weights, cast once per change."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from latentlab.models.precision import compute_copy
+from latentlab.models import precision
+from latentlab.models.precision import compute_copy, stacked_copy
+
+
+@pytest.fixture(autouse=True)
+def no_other_copies(monkeypatch):
+    """Only this test's copies: other tests' would be refreshed in the same batched casts."""
+    monkeypatch.setattr(precision, "_copies", {})
 
 
 class CountCasts(TorchDispatchMode):
@@ -61,3 +69,37 @@ def test_an_in_place_write_makes_the_copy_stale():
     torch.testing.assert_close(compute_copy(w, torch.bfloat16), w.detach().bfloat16(), atol=0, rtol=0)
     w.data = torch.zeros(4, 5)  # another tensor's data: the copy follows it too
     assert compute_copy(w, torch.bfloat16).abs().sum() == 0
+
+
+def test_a_diagonal_stack_holds_its_blocks_and_follows_them():
+    """diag(B_1, B_2, B_3) in bf16, zero off the blocks, and current after the blocks change."""
+    bs = weights()
+    diag = stacked_copy(tuple(bs), torch.bfloat16, diagonal=True)
+    torch.testing.assert_close(diag, torch.block_diag(*bs).bfloat16(), atol=0, rtol=0)
+    for b in bs:
+        b.grad = torch.ones_like(b)
+    torch.optim.SGD(bs, lr=0.5).step()
+    assert stacked_copy(tuple(bs), torch.bfloat16, diagonal=True) is diag
+    torch.testing.assert_close(diag, torch.block_diag(*bs).detach().bfloat16(), atol=0, rtol=0)
+
+
+def test_each_batched_cast_can_take_the_one_kernel_route(monkeypatch):
+    """PyTorch's CUDA _foreach_copy_ copies tensor by tensor unless every pair has the same strides and the
+    sources one dtype: the refresh groups its pairs so that each call qualifies, a diagonal included."""
+    calls = []
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: calls.append((dst, src)) or foreach_copy(dst, src))
+    ws, bs = weights(), weights()
+    frozen = torch.randn(6, 5)
+    stacked_copy(tuple(ws), torch.bfloat16)
+    stacked_copy(tuple(bs), torch.bfloat16, diagonal=True)
+    compute_copy(frozen, torch.bfloat16)
+    for w in ws + bs:
+        w.grad = torch.ones_like(w)
+    torch.optim.SGD(ws + bs, lr=0.5).step()
+    calls.clear()
+    stacked_copy(tuple(ws), torch.bfloat16)
+    assert len(calls) == 1 and len(calls[0][0]) == 6  # the frozen weight did not change: not copied again
+    for dst, src in calls:
+        assert len({t.dtype for t in src}) == len({t.dtype for t in dst}) == 1
+        assert all(d.stride() == s.stride() for d, s in zip(dst, src))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from types import MappingProxyType
 from typing import Iterable, Iterator
 
 import torch
@@ -56,9 +57,16 @@ class LoRALayer(nn.Module):
         self.base = base
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
-        self.alpha: dict[str, float] = {}
-        self.scale: dict[str, float] = {}  # the user's multiplier s_a
-        self.merged: dict[str, float] = {}  # adapter -> the scaling (s alpha / r) it was merged with
+        self._alpha: dict[str, float] = {}
+        self._scale: dict[str, float] = {}  # the user's multiplier s_a
+        self._merged: dict[str, float] = {}  # adapter -> the scaling (s alpha / r) it was merged with
+        self._active_memo: list[tuple] | None = None  # _adapters_in_use(), until the adapters change
+
+    # read-only views: the methods below change them, and forget what _active() remembered
+    alpha = property(lambda self: MappingProxyType(self._alpha), doc="adapter -> alpha")
+    scale = property(lambda self: MappingProxyType(self._scale), doc="adapter -> the user's multiplier s")
+    merged = property(lambda self: MappingProxyType(self._merged),
+                      doc="adapter -> the scaling (s alpha / r) it was merged into W0 with")
 
     # ------------------------------------------------------------------ adapters
 
@@ -81,15 +89,20 @@ class LoRALayer(nn.Module):
         nn.init.zeros_(B.weight)
         self.lora_A[name], self.lora_B[name] = A, B
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.alpha[name] = float(rank if alpha is None else alpha)
-        self.scale[name] = 1.0
+        self._alpha[name] = float(rank if alpha is None else alpha)
+        self._scale[name] = 1.0
+        self._active_memo = None
 
-    def remove(self, name: str) -> None:
-        if name in self.merged:
+    def remove(self, name: str, keep_merged: bool = False) -> None:
+        """Delete the adapter; a merged one is unmerged first, unless `keep_merged` (it then stays in W0)."""
+        if keep_merged:
+            self._merged.pop(name, None)
+        if name in self._merged:
             self.unmerge(name)
         for table in (self.lora_A, self.lora_B, self.lora_dropout):
             del table[name]
-        del self.alpha[name], self.scale[name]
+        del self._alpha[name], self._scale[name]
+        self._active_memo = None
 
     @property
     def adapters(self) -> list[str]:
@@ -100,14 +113,15 @@ class LoRALayer(nn.Module):
 
     def scaling(self, name: str) -> float:
         """s alpha / r: the factor of B A in W."""
-        return self.scale[name] * self.alpha[name] / self.rank(name)
+        return self._scale[name] * self._alpha[name] / self.rank(name)
 
     def set_scale(self, name: str, scale: float) -> None:
         """Change an adapter's multiplier; a merged adapter is re-merged with it."""
-        merged = name in self.merged
+        merged = name in self._merged
         if merged:
             self.unmerge(name)
-        self.scale[name] = float(scale)
+        self._scale[name] = float(scale)
+        self._active_memo = None
         if merged:
             self.merge(name)
 
@@ -122,17 +136,19 @@ class LoRALayer(nn.Module):
     @torch.no_grad()
     def merge(self, name: str) -> None:
         """W0 <- W0 + delta: the adapter costs nothing at inference until unmerged."""
-        if name in self.merged:
+        if name in self._merged:
             return
         scaling = self.scaling(name)
         self._add_to_base(self.delta_weight(name, scaling))
-        self.merged[name] = scaling
+        self._merged[name] = scaling
+        self._active_memo = None
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
-        if name not in self.merged:
+        if name not in self._merged:
             return
-        self._add_to_base(-self.delta_weight(name, self.merged.pop(name)))
+        self._add_to_base(-self.delta_weight(name, self._merged.pop(name)))
+        self._active_memo = None
 
     def _add_to_base(self, delta: torch.Tensor) -> None:
         weight = self.base.weight
@@ -143,7 +159,7 @@ class LoRALayer(nn.Module):
     def plain_layer(self) -> nn.Linear | nn.Conv2d | None:
         """W0's layer when no adapter adds anything (each at scale 0 or merged), else None: a network
         that computes a layer's product its own way (GEGLU's halves) then computes exactly W0's output."""
-        active = any(self.scaling(n) != 0 and n not in self.merged for n in self.lora_A)
+        active = any(self.scaling(n) != 0 and n not in self._merged for n in self.lora_A)
         return None if active else self.base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +212,14 @@ class LoRALayer(nn.Module):
 
     def _active(self) -> list[tuple[str, float]]:
         """(adapter, s alpha / r) of each adapter that adds to the output: unmerged, at a nonzero scale."""
-        return [(n, s) for n in self.lora_A if n not in self.merged and (s := self.scaling(n)) != 0]
+        return [(n, s) for n, s, _, _, _ in self._adapters_in_use()]
+
+    def _adapters_in_use(self) -> list[tuple]:
+        """(adapter, s alpha / r, A, B, dropout) of each active adapter, remembered until a method changes them."""
+        if self._active_memo is None:
+            self._active_memo = [(n, s, self.lora_A[n].weight, self.lora_B[n].weight, self.lora_dropout[n])
+                                 for n in self.lora_A if n not in self._merged and (s := self.scaling(n)) != 0]
+        return self._active_memo
 
     def _trained(self, x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor] | None:
         """(scaling, A, B) when this layer can train through `_LoRALinear`: one active adapter on a frozen
@@ -210,14 +233,12 @@ class LoRALayer(nn.Module):
         if not (isinstance(base, nn.Linear) or x.dim() == 3 and isinstance(base, nn.Conv2d)
                 and base.kernel_size == (1, 1)):
             return None
-        active = self._active()
+        active = self._adapters_in_use()
         if len(active) != 1:
             return None
-        name, scaling = active[0]
-        dropout = self.lora_dropout[name]
+        _, scaling, A, B, dropout = active[0]
         if dropout.training and isinstance(dropout, nn.Dropout):  # (the trainer keeps the base in eval mode)
             return None
-        A, B = self.lora_A[name].weight, self.lora_B[name].weight
         trains = recording(x, A, B) or first_pass() and activation_memory.ENABLED and A.requires_grad
         return (scaling, A, B) if trains else None
 
@@ -233,8 +254,8 @@ class LoRALayer(nn.Module):
         return F.conv2d(x, weight, bias)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{n}: r={self.rank(n)} alpha={self.alpha[n]:g} scale={self.scale[n]:g}"
-                         f"{' merged' if n in self.merged else ''}" for n in self.lora_A)
+        return ", ".join(f"{n}: r={self.rank(n)} alpha={self._alpha[n]:g} scale={self._scale[n]:g}"
+                         f"{' merged' if n in self._merged else ''}" for n in self.lora_A)
 
 
 def _training_node(layers: list[LoRALayer], x: torch.Tensor) -> torch.Tensor | None:
@@ -398,9 +419,7 @@ def remove_lora(model: nn.Module, adapter: str | None = None, *, keep_merged: bo
     are unmerged first."""
     for name, layer in _layers_with(model, adapter):
         for a in [adapter] if adapter is not None else layer.adapters:
-            if keep_merged:
-                layer.merged.pop(a, None)
-            layer.remove(a)
+            layer.remove(a, keep_merged)
         if not layer.adapters:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -464,7 +483,7 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapt
             layer = model.get_submodule(m)
             layer.lora_A[adapter].weight.copy_(ab["lora_A"])
             layer.lora_B[adapter].weight.copy_(ab["lora_B"])
-            layer.scale[adapter] = float(scale)
+            layer.set_scale(adapter, scale)
     return list(modules)
 
 

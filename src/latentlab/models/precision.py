@@ -33,23 +33,30 @@ def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
 # A trained adapter keeps its weights in float32 (the optimiser's precision) while its products run in
 # bf16. Casting each weight where it is read costs two kernels per adapted layer per forward pass, 256
 # for SD's attention LoRA, each launched from Python. `compute_copy` keeps one bf16 copy per weight and
-# recasts all the stale ones together, in one batched kernel, the first time one is read after it changed:
-# after an optimiser step (any torch.optim optimiser; fused ones do not advance version counters, so a
-# step hook tells) or an in-place write (which advances the weight's version counter). Writes through
-# `.data` are seen by neither: step an optimiser or write under torch.no_grad() instead.
+# recasts all the stale ones together, in one batched cast (torch._foreach_copy_), the first time one is
+# read after it changed: after an optimiser step (any torch.optim optimiser; fused ones do not advance
+# version counters, so a step hook tells; weights that need no gradient are not stepped) or an in-place
+# write (which advances the weight's version counter). Writes through `.data` are seen by neither: step an
+# optimiser or write under torch.no_grad() instead.
 # `stacked_copy` keeps several matrices that one product reads together (the projections that read the
 # same input) in one buffer, by rows or along the diagonal, refreshed the same way; for frozen weights
 # already in the compute dtype that is a second copy (0.1 GiB for SD 1.5's stacked q, k and v).
+# The batched cast runs as one kernel per dtype pair on CUDA only where each target has its weight's
+# strides (else PyTorch copies them one by one: 300 kernels per step for SD's attention LoRA); a diagonal
+# block does not, so its weights are cast into a packed (n, rows, cols) buffer, and each diagonal is
+# written from it with one more copy.
 
 
 class _Copy:
-    """Weights arranged in one buffer of a dtype: `targets[i]` is the view of `buffer` that holds weights[i]."""
+    """Weights arranged in one buffer of a dtype: `targets[i]` is the view of `buffer` that holds weights[i],
+    or for a diagonal, of `packed`, whose blocks `unpack` writes onto the diagonal."""
 
-    __slots__ = ("weights", "buffer", "targets", "stamps")
+    __slots__ = ("weights", "buffer", "targets", "stamps", "packed")
 
     def __init__(self, weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool):
         self.weights = [weakref.ref(w) for w in weights]
         self.stamps: list[tuple | None] = [None] * len(weights)
+        self.packed = None
         if len(weights) == 1:
             self.buffer = torch.empty_like(weights[0], dtype=dtype, requires_grad=False)
             self.targets = [self.buffer]
@@ -57,10 +64,19 @@ class _Copy:
         rows = sum(w.shape[0] for w in weights)
         cols = sum(w.shape[1] for w in weights) if diagonal else weights[0].shape[1]
         self.buffer = torch.zeros(rows, cols, dtype=dtype, device=weights[0].device)
+        if diagonal and len({w.shape for w in weights}) == 1:
+            self.packed = torch.empty(len(weights), *weights[0].shape, dtype=dtype, device=weights[0].device)
+            self.targets = list(self.packed.unbind(0))
+            return
         self.targets, row, col = [], 0, 0
         for w in weights:
             self.targets.append(self.buffer[row:row + w.shape[0], col:col + w.shape[1]])
             row, col = row + w.shape[0], col + w.shape[1] * diagonal
+
+    def unpack(self) -> None:
+        """Write the packed blocks (n, rows, cols) onto the buffer's diagonal, in one copy."""
+        n, rows, cols = self.packed.shape
+        self.buffer.view(n, rows, n, cols).diagonal(dim1=0, dim2=2).copy_(self.packed.permute(1, 2, 0))
 
     def fits(self, weights: tuple[torch.Tensor, ...]) -> bool:
         return all(ref() is w and t.shape == w.shape and t.device == w.device
@@ -77,7 +93,9 @@ class _Copy:
 
 
 def _stamp(w: torch.Tensor) -> tuple[int, int, int]:
-    return w._version, _optimizer_steps, w.data_ptr()
+    """What changes when w does: its version counter, its storage, and (for a weight that trains) the
+    optimiser steps taken."""
+    return w._version, _optimizer_steps if w.requires_grad else -1, w.data_ptr()
 
 
 _copies: dict[tuple, _Copy] = {}
@@ -122,9 +140,15 @@ def _cached(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: boo
 
 @torch.no_grad()
 def _refresh(device: torch.device) -> None:
-    """Copy every changed weight on `device` into its buffers, in one batched copy."""
+    """Copy every changed weight on `device` into its buffers: one batched copy per (dtype, dtype, whether
+    the target has the weight's strides), then the diagonals that changed."""
     stale = [(entry, *item) for entry in _copies.values() if entry.buffer.device == device for item in entry.stale()]
-    if stale:
-        torch._foreach_copy_([target for _, target, _, _ in stale], [w for _, _, w, _ in stale])
+    groups: dict[tuple, list] = {}
+    for entry, target, w, i in stale:
+        groups.setdefault((w.dtype, target.dtype, target.stride() == w.stride()), []).append((target, w))
+    for pairs in groups.values():
+        torch._foreach_copy_([target for target, _ in pairs], [w for _, w in pairs])
+    for entry in {id(entry): entry for entry, _, _, _ in stale if entry.packed is not None}.values():
+        entry.unpack()
     for entry, _, w, i in stale:
         entry.stamps[i] = _stamp(w)
