@@ -82,68 +82,91 @@ def _factors(layers: tuple[nn.Module, ...], x: torch.Tensor) -> lowrank.Factors 
 
 
 class _FrozenTransformerBlock(torch.autograd.Function):
+    """The block's input and the text are saved (autograd checks them for in-place writes); what the node
+    computes itself, which nothing else can see, is kept per sub-block in `ctx.parts` and released as the
+    backward pass leaves each, so that the block's memory falls as the modules' would."""
+
     @staticmethod
     def forward(ctx, x, context, mask, block, factors, *params):
         f_qkv, f_out1, f_q, f_kv, f_out2, f_proj, f_ff = factors
         B, N, C = x.shape
-        ctx.block, ctx.factors, ctx.context_shape = block, factors, context.shape
         x0 = x.reshape(B * N, C)
-        n1, stats1 = _norm(x0, block.norm1)
+        n1, stats1 = _norm(x0, block.norm1)  # x1 = x0 + attn1(norm1(x0))
         qkv, h_qkv = lowrank.forward(n1, f_qkv)
         attn1 = _Attention(qkv.split(C, dim=-1), B, block.attn1.heads, None)
         y, h_out1 = lowrank.forward(attn1.o2, f_out1)
         x1 = y.add_(x0)
-        n2, stats2 = _norm(x1, block.norm2)
+        n2, stats2 = _norm(x1, block.norm2)  # x2 = x1 + attn2(norm2(x1), context)
         q, h_q = lowrank.forward(n2, f_q)
         context2 = context.reshape(-1, context.shape[-1])
         kv, h_kv = lowrank.forward(context2, f_kv)
         attn2 = _Attention((q, *kv.split(C, dim=-1)), B, block.attn2.heads, mask)
         y, h_out2 = lowrank.forward(attn2.o2, f_out2)
         x2 = y.add_(x1)
-        n3, stats3 = _norm(x2, block.norm3)
+        n3, stats3 = _norm(x2, block.norm3)  # out = x2 + W_ff (a * gelu(gate)), (a, gate) = W_proj norm3(x2)
         a, gate, h_proj = _geglu_input(n3, f_proj, block.ff.net[0].inner)
         y, h_ff = lowrank.forward(a * F.gelu(gate), f_ff)
-        ctx.attention = (attn1, attn2)
-        ctx.save_for_backward(x0, *stats1, n1, h_qkv, h_out1, x1, *stats2, n2, h_q, context2, h_kv, h_out2,
-                              x2, *stats3, n3 if f_proj.trains else None, h_proj, a, gate, h_ff)
+        ctx.save_for_backward(x, context)
+        ctx.parts = [(stats1, n1, h_qkv, attn1, h_out1), (x1, stats2, n2, h_q, h_kv, attn2, h_out2),
+                     (x2, stats3, n3 if f_proj.trains else None, h_proj, a, gate, h_ff)]
+        ctx.block, ctx.factors = block, factors
         return y.add_(x2).view(B, N, C)
 
     @staticmethod
     def backward(ctx, grad):
-        (x0, mean1, rstd1, n1, h_qkv, h_out1, x1, mean2, rstd2, n2, h_q, context2, h_kv, h_out2,
-         x2, mean3, rstd3, n3, h_proj, a, gate, h_ff) = ctx.saved_tensors
-        f_qkv, f_out1, f_q, f_kv, f_out2, f_proj, f_ff = factors = ctx.factors
-        attn1, attn2 = ctx.attention
-        block, needs = ctx.block, ctx.needs_input_grad
+        x, context = ctx.saved_tensors
+        block, factors, needs = ctx.block, ctx.factors, ctx.needs_input_grad
         grads = [()] * len(factors)  # the trained parameters' gradients, per product
-        g = grad.reshape(x0.shape)
-
-        # out = x2 + ff(norm3(x2)), ff = W_ff (a * gelu(gate)), (a, gate) = W_proj n3
-        gelu = F.gelu(gate)
-        du, grads[6] = lowrank.backward(g, a * gelu if f_ff.trains else None, h_ff, f_ff)
-        da, dgate = du * gelu, _gelu_backward(du * a, gate)
-        dn3 = _geglu_input_grad(da, dgate, n3, h_proj, f_proj, grads)
-        dx = _norm_backward(dn3, x2, mean3, rstd3, block.norm3).add_(g)
-
-        # x2 = x1 + attn2(norm2(x1), context)
-        do, grads[4] = lowrank.backward(dx, attn2.o2, h_out2, f_out2)
-        kv_grads = f_kv.trains or needs[1]
-        dq, dk, dv = attn2.backward(do, (True, kv_grads, kv_grads))
-        dn2, grads[2] = lowrank.backward(_tokens(dq), n2, h_q, f_q)
-        dcontext = None
-        if kv_grads:
-            dcontext, grads[3] = lowrank.backward(_tokens(dk, dv), context2, h_kv, f_kv, needs[1])
-        dx = _norm_backward(dn2, x1, mean2, rstd2, block.norm2).add_(dx)
-
-        # x1 = x0 + attn1(norm1(x0))
-        do, grads[1] = lowrank.backward(dx, attn1.o2, h_out1, f_out1)
-        dq, dk, dv = attn1.backward(do, (True, True, True))
-        dn1, grads[0] = lowrank.backward(_tokens(dq, dk, dv), n1, h_qkv, f_qkv, needs[0])
-        dx = _norm_backward(dn1, x0, mean1, rstd1, block.norm1).add_(dx).view(grad.shape) if needs[0] else None
-
+        dx = _feed_forward_backward(grad.reshape(-1, grad.shape[-1]), ctx.parts.pop(), block, factors, grads)
+        dx, dcontext = _cross_attention_backward(dx, ctx.parts.pop(), context.reshape(-1, context.shape[-1]), block,
+                                                 factors, grads, needs[1])
+        dx = _self_attention_backward(dx, ctx.parts.pop(), x.reshape(dx.shape), block, factors, grads, needs[0])
         params = (d for f, fg in zip(factors, grads) for d in (fg or (None,) * len(f.params)))
-        dcontext = None if dcontext is None or not needs[1] else dcontext.view(ctx.context_shape)
-        return dx, dcontext, None, None, None, *params
+        return (None if dx is None else dx.view(grad.shape)), \
+            (None if dcontext is None else dcontext.view(context.shape)), None, None, None, *params
+
+
+def _feed_forward_backward(g, part, block, factors, grads):
+    """x2's gradient through out = x2 + ff(norm3(x2)), from out's g."""
+    x2, (mean, rstd), n3, h_proj, a, gate, h_ff = part
+    f_proj, f_ff = factors[5], factors[6]
+    gelu = F.gelu(gate)
+    du, grads[6] = lowrank.backward(g, a * gelu if f_ff.trains else None, h_ff, f_ff)
+    da = du * gelu
+    del gelu
+    dgate = _gelu_backward(du * a, gate)
+    del du
+    if f_proj.A is None:
+        inner = da.shape[-1]
+        dn3 = (da @ f_proj.W[:inner]).addmm_(dgate, f_proj.W[inner:])
+    else:
+        dn3, grads[5] = lowrank.backward(torch.cat([da, dgate], dim=-1), n3, h_proj, f_proj)
+    del da, dgate
+    return _norm_backward(dn3, x2, mean, rstd, block.norm3).add_(g)
+
+
+def _cross_attention_backward(g, part, context2, block, factors, grads, context_grad):
+    """(x1's gradient, the text's or None) through x2 = x1 + attn2(norm2(x1), context), from x2's g."""
+    x1, (mean, rstd), n2, h_q, h_kv, attn, h_out = part
+    f_q, f_kv, f_out = factors[2], factors[3], factors[4]
+    do, grads[4] = lowrank.backward(g, attn.o2, h_out, f_out)
+    kv_grads = f_kv.trains or context_grad
+    dq, dk, dv = attn.backward(do, (True, kv_grads, kv_grads))
+    dn2, grads[2] = lowrank.backward(_tokens(dq), n2, h_q, f_q)
+    dcontext = None
+    if kv_grads:
+        dcontext, grads[3] = lowrank.backward(_tokens(dk, dv), context2, h_kv, f_kv, context_grad)
+    return _norm_backward(dn2, x1, mean, rstd, block.norm2).add_(g), dcontext
+
+
+def _self_attention_backward(g, part, x0, block, factors, grads, input_grad):
+    """x0's gradient (None unless asked for) through x1 = x0 + attn1(norm1(x0)), from x1's g."""
+    (mean, rstd), n1, h_qkv, attn, h_out = part
+    f_qkv, f_out = factors[0], factors[1]
+    do, grads[1] = lowrank.backward(g, attn.o2, h_out, f_out)
+    dq, dk, dv = attn.backward(do, (True, True, True))
+    dn1, grads[0] = lowrank.backward(_tokens(dq, dk, dv), n1, h_qkv, f_qkv, input_grad)
+    return _norm_backward(dn1, x0, mean, rstd, block.norm1).add_(g) if input_grad else None
 
 
 class _Attention:
@@ -200,11 +223,3 @@ def _geglu_input(n3, f, inner):
         return F.linear(n3, f.W[:inner], bias[0]), F.linear(n3, f.W[inner:], bias[1]), None
     y, h = lowrank.forward(n3, f)
     return *y.chunk(2, dim=-1), h
-
-
-def _geglu_input_grad(da, dgate, n3, h, f, grads):
-    if f.A is None:
-        inner = da.shape[-1]
-        return (da @ f.W[:inner]).addmm_(dgate, f.W[inner:])
-    dn3, grads[5] = lowrank.backward(torch.cat([da, dgate], dim=-1), n3, h, f)
-    return dn3
