@@ -62,7 +62,7 @@ def _applies(block: nn.Module, x: torch.Tensor) -> bool:
     saved-tensor hooks (the attention's own node would escape their packing), dropout, a trained norm."""
     if x.numel() < activation_memory.MIN_ELEMENTS or not (ENABLED and activation_memory.ENABLED) \
             or not torch.is_grad_enabled() or x.dtype != compute_dtype(x) or torch.compiler.is_compiling() \
-            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+            or _saved_tensors_hooks_set():
         return False
     dropouts = (block.attn1.to_out[1], block.attn2.to_out[1], block.ff.net[1])
     if any(d.training and d.p > 0 for d in dropouts):
@@ -70,6 +70,18 @@ def _applies(block: nn.Module, x: torch.Tensor) -> bool:
     norms = (block.norm1, block.norm2, block.norm3)
     return all(type(n) is activation_memory.LayerNorm and not any(p.requires_grad for p in n.parameters())
                for n in norms)
+
+
+def _saved_tensors_hooks_set() -> bool:
+    """Whether saved-tensor hooks are set (torch.autograd.graph.saved_tensors_hooks, non-reentrant
+    torch.utils.checkpoint); a torch that cannot tell is taken to have them."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return True
+    try:
+        return top(False) is not None
+    except TypeError:  # before the argument ignore_is_tracing
+        return top() is not None
 
 
 def _factors(layers: tuple[nn.Module, ...], x: torch.Tensor) -> lowrank.Factors | None:
