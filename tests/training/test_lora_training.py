@@ -129,6 +129,28 @@ def test_channels_last_trains_the_same_adapters(model, images, tmp_path):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params0, params1))
 
 
+@pytest.mark.parametrize("text_encoder_lora", [False, True])
+def test_transformer_block_nodes_train_the_same_adapters(model, images, tmp_path, monkeypatch, text_encoder_lora):
+    """With every map large enough for the lean layers, the U-Net's transformer blocks train as one node each
+    (models/frozen_transformer.py), also when the text carries a gradient (an adapted text encoder): the
+    losses and the trained adapters are the modules'."""
+    from latentlab.models import activation_memory, frozen_transformer
+
+    monkeypatch.setattr(activation_memory, "MIN_ELEMENTS", 0)
+    node, calls = frozen_transformer._FrozenTransformerBlock, []
+    monkeypatch.setattr(node, "apply", lambda *args, apply=node.apply: calls.append(1) or apply(*args))
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
+        trainer = LoRATrainer(config(model, images, tmp_path / f"run{fused}", text_encoder_lora=text_encoder_lora))
+        losses = [trainer.train_step(step).item() for step in range(3)]
+        runs.append((losses, [p.detach().clone() for p in trainer.params]))
+    (losses0, params0), (losses1, params1) = runs
+    assert len(calls) >= 3  # a node per block and step, in the first run only
+    assert np.allclose(losses0, losses1, rtol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params0, params1, strict=True))
+
+
 def checkpoint_tensors(out) -> tuple[dict, dict]:
     tensors, meta = load_state(out / FILENAME)
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta
