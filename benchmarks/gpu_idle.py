@@ -104,9 +104,9 @@ def idle_report(events: list[dict], steps: int) -> dict:
     for k in kernels:
         busy += k["dur"]
         if end is not None and k["ts"] > end:
-            launch = launches.get(k["args"].get("correlation"))
-            idle[_launcher(launch, ops, starts, phases)] += k["ts"] - end
-            counts[_launcher(launch, ops, starts, phases)] += 1
+            op = _launcher(launches.get(k["args"].get("correlation")), ops, starts, phases)
+            idle[op] += k["ts"] - end
+            counts[op] += 1
         end = max(end or 0.0, k["ts"] + k["dur"])
     span = (kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / 1e3 / steps
     return {"per_step_ms": {"span": round(span, 1), "gpu_busy": round(busy / 1e3 / steps, 1),

@@ -62,7 +62,7 @@ class LoRALayer(nn.Module):
         self._merged: dict[str, float] = {}  # adapter -> the scaling (s alpha / r) it was merged with
         self._active_memo: list[tuple] | None = None  # _adapters_in_use(), until the adapters change
 
-    # read-only views: the methods below change them, and forget what _active() remembered
+    # read-only views: the methods below change them, and forget what _adapters_in_use() remembered
     alpha = property(lambda self: MappingProxyType(self._alpha), doc="adapter -> alpha")
     scale = property(lambda self: MappingProxyType(self._scale), doc="adapter -> the user's multiplier s")
     merged = property(lambda self: MappingProxyType(self._merged),
@@ -159,8 +159,7 @@ class LoRALayer(nn.Module):
     def plain_layer(self) -> nn.Linear | nn.Conv2d | None:
         """W0's layer when no adapter adds anything (each at scale 0 or merged), else None: a network
         that computes a layer's product its own way (GEGLU's halves) then computes exactly W0's output."""
-        active = any(self.scaling(n) != 0 and n not in self._merged for n in self.lora_A)
-        return None if active else self.base
+        return None if self._adapters_in_use() else self.base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
@@ -169,9 +168,9 @@ class LoRALayer(nn.Module):
             return out
         tokens = x.dim() == 3 and isinstance(self.base, nn.Conv2d)  # a 1x1 convolution applied to (B, N, C)
         out = self._product(self.base.weight, x, tokens, self.base.bias) if tokens else self.base(x)
-        for name, scaling in self._active():  # (scale 0 is exactly the base layer)
-            A, B = _in_dtype(self.lora_A[name].weight, self.lora_B[name].weight, x.dtype)
-            h = self._product(A, self.lora_dropout[name](x), tokens, down=True)
+        for _, scaling, A, B, dropout in self._adapters_in_use():  # (scale 0 is exactly the base layer)
+            A, B = _in_dtype(A, B, x.dtype)
+            h = self._product(A, dropout(x), tokens, down=True)
             out = torch.add(out, self._product(B, h, tokens), alpha=scaling)
         return out
 
@@ -197,25 +196,18 @@ class LoRALayer(nn.Module):
             return None
         scaling, dtype = trained[0][0], x.dtype
         A, B = tuple(t[1] for t in trained), tuple(t[2] for t in trained)
+        frozen = lowrank.frozen_linear(tuple(layer.base for layer in layers), dtype)  # W0 (stacked), b
+        if frozen is None or any(t[0] != scaling for t in trained) or len({a.shape[0] for a in A}) > 1:
+            return None  # (stacks of equal layers without bias, of one scaling and one rank, as attention's)
         if len(layers) == 1:
-            base = layers[0].base
-            bias = None if base.bias is None else compute_copy(base.bias, dtype)
-            return lowrank.Factors(_matrix(compute_copy(base.weight, dtype)), bias, _matrix(compute_copy(A[0], dtype)),
-                                   _matrix(compute_copy(B[0], dtype)), scaling, 1, (*A, *B))
-        W = tuple(layer.base.weight for layer in layers)
-        if any(t[0] != scaling for t in trained) or any(layer.base.bias is not None or w.dim() != 2
-                                                        for layer, w in zip(layers, W)) \
-                or len({w.shape[0] for w in W}) > 1 or len({a.shape[0] for a in A}) > 1:
-            return None
-        return lowrank.Factors(stacked_copy(W, dtype), None, stacked_copy(A, dtype),
-                               stacked_copy(B, dtype, diagonal=True), scaling, len(layers), (*A, *B))
-
-    def _active(self) -> list[tuple[str, float]]:
-        """(adapter, s alpha / r) of each adapter that adds to the output: unmerged, at a nonzero scale."""
-        return [(n, s) for n, s, _, _, _ in self._adapters_in_use()]
+            return frozen._replace(A=_matrix(compute_copy(A[0], dtype)), B=_matrix(compute_copy(B[0], dtype)),
+                                   scaling=scaling, params=(*A, *B))
+        return frozen._replace(A=stacked_copy(A, dtype), B=stacked_copy(B, dtype, diagonal=True), scaling=scaling,
+                               params=(*A, *B))
 
     def _adapters_in_use(self) -> list[tuple]:
-        """(adapter, s alpha / r, A, B, dropout) of each active adapter, remembered until a method changes them."""
+        """(adapter, s alpha / r, A, B, dropout) of each adapter that adds to the output (unmerged, at a nonzero
+        scale), remembered until a method changes them."""
         if self._active_memo is None:
             self._active_memo = [(n, s, self.lora_A[n].weight, self.lora_B[n].weight, self.lora_dropout[n])
                                  for n in self.lora_A if n not in self._merged and (s := self.scaling(n)) != 0]

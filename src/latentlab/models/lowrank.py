@@ -41,17 +41,26 @@ class Factors(NamedTuple):
 
 
 def frozen_linear(layers: tuple[nn.Module, ...], dtype: torch.dtype) -> Factors | None:
-    """Factors of frozen nn.Linear layers that read the same input (stacked when several, which then have
-    no bias and equal widths); None if one is not a frozen nn.Linear."""
-    if not all(type(layer) is nn.Linear and not layer.weight.requires_grad
-               and (layer.bias is None or not layer.bias.requires_grad) for layer in layers):
+    """Factors of frozen linear layers (nn.Linear, or 1x1 convolutions read as one over tokens) that read the
+    same input, stacked when several (which then have no bias and equal 2-d shapes); None otherwise."""
+    if not all(_frozen_matrix(layer) for layer in layers):
         return None
     if len(layers) == 1:
         bias = layers[0].bias
-        return Factors(compute_copy(layers[0].weight, dtype), None if bias is None else compute_copy(bias, dtype))
-    if any(layer.bias is not None for layer in layers) or len({layer.weight.shape for layer in layers}) > 1:
+        return Factors(compute_copy(layers[0].weight, dtype).flatten(1),
+                       None if bias is None else compute_copy(bias, dtype))
+    if any(layer.bias is not None or layer.weight.dim() != 2 for layer in layers) \
+            or len({layer.weight.shape for layer in layers}) > 1:
         return None
     return Factors(stacked_copy(tuple(layer.weight for layer in layers), dtype), None, n=len(layers))
+
+
+def _frozen_matrix(layer: nn.Module) -> bool:
+    """A frozen nn.Linear, or a frozen ungrouped 1x1 convolution."""
+    if not (type(layer) is nn.Linear or isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1)
+            and layer.groups == 1):
+        return False
+    return not layer.weight.requires_grad and (layer.bias is None or not layer.bias.requires_grad)
 
 
 def forward(x2: torch.Tensor, f: Factors) -> tuple[torch.Tensor, torch.Tensor | None]:
