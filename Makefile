@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0 lies on this machine's disk; a bare `torch` would pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test test-gpu install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ demo: $(VENV)/.installed
 		"a big yellow square in the centre" "a small purple circle to the left of a large green square" \
 		--seed 0 --out samples/
 
+# Then the tests that pin values computed on the CPU, again on ATen's plain kernels (no AVX2, AVX-512 or NEON): a
+# test that holds only on this machine's vector units fails here first, not on a user's machine.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m cpu_capability
+
+# The tests that need a CUDA GPU (skipped by `make test` without one). On a machine whose Python already has a CUDA
+# torch and the test dependencies: make test-gpu PY=python3 GPU_SETUP=
+GPU_SETUP ?= $(VENV)/.installed
+test-gpu: $(GPU_SETUP)
+	$(PY) -c "import torch, sys; torch.cuda.is_available() or sys.exit('make test-gpu: no CUDA GPU here')"
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) samples build src/*.egg-info .pytest_cache

@@ -78,7 +78,8 @@ def test_saves_only_the_inputs():
     assert len(saved) == 1 and saved[0] is x
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def CUDA(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 def unet_grads(enabled: bool, lora: bool, compile_backend: str | None = None, bf16: bool = False,

@@ -202,6 +202,7 @@ def test_unet_lora_gradients_are_the_modules(checkpointing, monkeypatch):
         torch.testing.assert_close(fused[name], plain[name], rtol=0, atol=1e-12, msg=name)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_bf16_matches_the_modules_to_rounding(monkeypatch):
     """PyTorch's CUDA attention kernels, differentiated from within the node."""

@@ -73,8 +73,9 @@ def test_dispatch_never_chooses_triton_on_cpu():
 
 # -- CUDA: the Triton kernels -----------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or gn.triton is None,
-                          reason="needs a CUDA device and Triton")
+def cuda(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available() or gn.triton is None,
+                                              reason="needs a CUDA device and Triton")(test))
 
 
 @pytest.fixture
