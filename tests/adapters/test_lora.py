@@ -2,6 +2,7 @@
 parity with peft's LoRA layers on the same A, B, alpha and rank."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -242,7 +243,8 @@ def test_parity_with_peft(kind, rslora):
 LINEAR_KINDS = ["linear", "linear on tokens", "conv 1x1 on tokens"]
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu,
+                                              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
 
 
 @pytest.mark.parametrize("device", DEVICES)  # on CUDA A's and B's gradients come out of the products in float32
@@ -399,3 +401,63 @@ def test_adapter_tables_are_read_only_and_the_output_follows_every_change():
     assert not torch.allclose(net(x), full)
     net.layer.remove("second")
     torch.testing.assert_close(net(x), full, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["train", "to", "half", "eval", "update", "keys", "training", "_modules", "~train",
+                                  "~~x"])
+def test_an_adapter_may_be_named_like_a_module_attribute(name):
+    """Names that nn.ModuleDict refuses as keys (its attributes) are kept escaped; others keep their keys."""
+    net, x = make("conv 3x3")
+    adapt(net, "default")
+    adapt(net, name, seed=2)
+    assert net.layer.adapters == ["default", name] and name in net.layer.lora_A and "~" + name not in net.layer.lora_A
+    assert {"layer.lora_A.default.weight", "layer.lora_B.default.weight"} <= set(net.state_dict())
+    want = net(x)
+    torch.testing.assert_close(want - net.layer.base(x), delta(net, x, "default") + delta(net, x, name))
+    state = lora_state_dict(net, name)
+    assert set(state) == {"layer.lora_A.weight", "layer.lora_B.weight"}
+    other, _ = make("conv 3x3")
+    adapt(other, "default")
+    add_lora(other, name, rank=3, alpha=6.0, targets=["layer"])
+    other.load_state_dict(net.state_dict())  # the escaped keys round-trip
+    torch.testing.assert_close(other(x), want)
+    merge_lora(net, name)
+    unmerge_lora(net, name)
+    remove_lora(net, name)
+    assert net.layer.adapters == ["default"] and list(net.layer.lora_A.keys()) == ["default"]
+
+
+@pytest.mark.parametrize("name", ["", "a.b", 3, None])
+def test_an_adapter_name_that_cannot_work_is_refused_in_one_line(name):
+    net, _ = make("linear")
+    with pytest.raises(LatentlabError, match=r"^LoRA name .* must be non-empty and hold no '\.'$"):
+        add_lora(net, name, targets=["layer"])
+    assert type(net.layer) is nn.Linear
+
+
+def test_add_lora_refused_by_one_layer_changes_nothing():
+    """A rank refused by the last of three layers: the two layers wrapped before are unwrapped again."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    add_lora(net, "kept", rank={"0": 2})
+    net[1].weight.requires_grad_(True)
+    types, grads = [type(m) for m in net], [p.requires_grad for p in net.parameters()]
+    state = copy.deepcopy(net.state_dict())
+    with pytest.raises(LatentlabError, match="LoRA rank must be a positive integer, got 0"):
+        add_lora(net, "new", rank={"0": 2, "1": 2, "2": 0})
+    assert [type(m) for m in net] == types and [p.requires_grad for p in net.parameters()] == grads
+    assert net.state_dict().keys() == state.keys() and all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    assert adapters_of(net) == ["kept"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e300])
+def test_a_non_finite_scale_or_alpha_is_refused_and_changes_nothing(value):
+    layer = LoRALayer(nn.Linear(6, 4))
+    layer.add("a", rank=2)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(LatentlabError, match="finite"):
+        layer.set_scale("a", value)
+    with pytest.raises(LatentlabError, match="finite"):
+        layer.add("b", rank=2, alpha=value)
+    assert layer.scale["a"] == 1.0 and layer.adapters == ["a"]
+    assert all(torch.equal(v, layer.state_dict()[k]) for k, v in before.items())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Iterable, Iterator
 
@@ -47,6 +48,46 @@ TEXT_ENCODER = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
 DEFAULT_ADAPTER = "default"
 
 
+def check_adapter_name(name) -> None:
+    """An adapter's name is any non-empty string without "." (a module path's separator)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise LatentlabError(f"LoRA name {name!r} must be non-empty and hold no '.'")
+
+
+class AdapterDict(nn.ModuleDict):
+    """An nn.ModuleDict by adapter name that takes any name: one that is an attribute of the dict (train, to,
+    half) or starts with "~" is kept under "~" + name, so that other names keep their state-dict keys
+    (`<module>.lora_A.<name>.weight`)."""
+
+    def _key(self, name: str) -> str:
+        return f"~{name}" if name.startswith("~") or name not in self._modules and hasattr(self, name) else name
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return key[1:] if key.startswith("~") else key
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(self._key(name))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(self._key(name), module)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(self._key(name))
+
+    def __contains__(self, name: str) -> bool:
+        return super().__contains__(self._key(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self._name, super().__iter__())
+
+    def keys(self) -> list[str]:
+        return list(self)
+
+    def items(self) -> list[tuple[str, nn.Module]]:
+        return [(self._name(k), m) for k, m in super().items()]
+
+
 class LoRALayer(nn.Module):
     """A frozen nn.Linear or nn.Conv2d (`base`) plus any number of named low-rank adapters."""
 
@@ -55,8 +96,8 @@ class LoRALayer(nn.Module):
         if isinstance(base, nn.Conv2d) and base.groups != 1:
             raise LatentlabError(f"LoRA needs an ungrouped convolution; this one has {base.groups} groups")
         self.base = base
-        self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
+        self.lora_A, self.lora_B = AdapterDict(), AdapterDict()
+        self.lora_dropout = AdapterDict()
         self._alpha: dict[str, float] = {}
         self._scale: dict[str, float] = {}  # the user's multiplier s_a
         self._merged: dict[str, float] = {}  # adapter -> the scaling (s alpha / r) it was merged with
@@ -72,10 +113,13 @@ class LoRALayer(nn.Module):
 
     def add(self, name: str, rank: int, alpha: float | None = None, dropout: float = 0.0,
             dtype: torch.dtype | None = None) -> None:
+        check_adapter_name(name)
         if name in self.lora_A:
             raise LatentlabError(f"this layer already holds an adapter named {name!r}")
         if rank < 1:
             raise LatentlabError(f"LoRA rank must be a positive integer, got {rank}")
+        if alpha is not None and (not math.isfinite(alpha) or abs(alpha) > torch.finfo(torch.float32).max):
+            raise LatentlabError(f"LoRA alpha must be a finite number, got {alpha}")
         base = self.base
         factory = dict(device=base.weight.device, dtype=dtype or torch.float32)
         if isinstance(base, nn.Linear):
@@ -117,6 +161,8 @@ class LoRALayer(nn.Module):
 
     def set_scale(self, name: str, scale: float) -> None:
         """Change an adapter's multiplier; a merged adapter is re-merged with it."""
+        if not math.isfinite(scale) or abs(scale) > torch.finfo(torch.float32).max:
+            raise LatentlabError(f"a LoRA's scale must be a finite number that float32 holds, got {scale}")
         merged = name in self._merged
         if merged:
             self.unmerge(name)
@@ -332,18 +378,44 @@ def target_modules(model: nn.Module, targets: Iterable[str]) -> list[str]:
     return found
 
 
-def _wrap(model: nn.Module, name: str) -> LoRALayer:
+def _put(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule `name` by `module`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    module = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+    if child.isdigit():
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+
+
+def _wrap(model: nn.Module, name: str) -> LoRALayer:
+    module = model.get_submodule(name)
     if isinstance(module, LoRALayer):
         return module
     layer = LoRALayer(module)
-    if child.isdigit():
-        parent[int(child)] = layer
-    else:
-        setattr(parent, child, layer)
+    _put(model, name, layer)
     return layer
+
+
+@contextmanager
+def unchanged_on_error(models: Iterable[nn.Module], adapter: str):
+    """For a block that adds adapter `adapter` to `models`: if it raises (whatever the exception), the
+    adapter is removed where the block added it, the layers it wrapped are unwrapped and requires_grad
+    flags are restored, leaving the models as they were."""
+    before = [(m, dict(lora_layers(m)), {p: p.requires_grad for p in m.parameters()}) for m in models]
+    held = {id(layer) for _, wrapped, _ in before for layer in wrapped.values() if adapter in layer.adapters}
+    try:
+        yield
+    except BaseException:
+        for model, wrapped, grads in before:
+            for name, layer in list(lora_layers(model)):
+                if adapter in layer.adapters and id(layer) not in held:
+                    layer.remove(adapter)
+                if name not in wrapped:
+                    _put(model, name, layer.base)
+            for p, grad in grads.items():
+                p.requires_grad_(grad)
+        raise
 
 
 def add_lora(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int | dict[str, int] = 4,
@@ -352,7 +424,9 @@ def add_lora(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int | di
     """Add adapter `adapter` to every linear layer and convolution of `model` named by `targets`
     (patterns; default UNET_ATTENTION), or, when `rank` is a dict, to exactly the modules it names with
     their ranks. alpha: a number for all, a dict per module, or None (alpha = r: scaling 1). The
-    adapter's weights are float32 unless `dtype` says otherwise; W0 is frozen. Returns the module names."""
+    adapter's weights are float32 unless `dtype` says otherwise; W0 is frozen. Returns the module names.
+    All or nothing: if any layer refuses the adapter, the model is left as it was."""
+    check_adapter_name(adapter)
     if isinstance(rank, dict):
         names = list(rank)
         known = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, LoRALayer))}
@@ -365,12 +439,13 @@ def add_lora(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int | di
         if not names:
             raise LatentlabError(f"no linear layer or convolution of this model matches the LoRA targets "
                                  f"{list(UNET_ATTENTION if targets is None else targets)}")
-    for name in names:
-        layer = _wrap(model, name)
-        layer.base.requires_grad_(False)
-        r = rank[name] if isinstance(rank, dict) else rank
-        a = alpha.get(name) if isinstance(alpha, dict) else alpha
-        layer.add(adapter, r, a, dropout, dtype)
+    with unchanged_on_error([model], adapter):
+        for name in names:
+            layer = _wrap(model, name)
+            layer.base.requires_grad_(False)
+            r = rank[name] if isinstance(rank, dict) else rank
+            a = alpha.get(name) if isinstance(alpha, dict) else alpha
+            layer.add(adapter, r, a, dropout, dtype)
     return names
 
 
@@ -413,12 +488,7 @@ def remove_lora(model: nn.Module, adapter: str | None = None, *, keep_merged: bo
         for a in [adapter] if adapter is not None else layer.adapters:
             layer.remove(a, keep_merged)
         if not layer.adapters:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if child.isdigit():
-                parent[int(child)] = layer.base
-            else:
-                setattr(parent, child, layer.base)
+            _put(model, name, layer.base)
 
 
 def lora_parameters(model: nn.Module, adapter: str | None = None) -> list[nn.Parameter]:
@@ -444,7 +514,8 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapt
                          dtype: torch.dtype | None = None) -> list[str]:
     """Add adapter `adapter` holding the weights in `state` (named as lora_state_dict names them) to the
     modules they name, with their ranks. Keys naming no module, A without B and shapes that do not fit
-    W0 raise LatentlabError naming them; nothing is added then. alphas: per module (default alpha = r)."""
+    W0 raise LatentlabError naming them; nothing is added then, nor after any other exception. alphas: per
+    module (default alpha = r)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
     for key, tensor in state.items():
@@ -469,8 +540,8 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapt
         raise LatentlabError(f"{len(bad)} LoRA weights do not fit their layers' shapes (another base model, or "
                              f"a wrong rank?), e.g. {', '.join(sorted(bad)[:3])}")
     ranks = {m: ab["lora_A"].shape[0] for m, ab in modules.items()}
-    add_lora(model, adapter, rank=ranks, alpha=alphas, dtype=dtype)
-    with torch.no_grad():
+    with unchanged_on_error([model], adapter), torch.no_grad():
+        add_lora(model, adapter, rank=ranks, alpha=alphas, dtype=dtype)
         for m, ab in modules.items():
             layer = model.get_submodule(m)
             layer.lora_A[adapter].weight.copy_(ab["lora_A"])

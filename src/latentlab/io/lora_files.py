@@ -39,8 +39,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ..adapters.lora import (DEFAULT_ADAPTER, LoRALayer, adapters_of, load_lora_state_dict, lora_alphas, lora_layers,
-                             lora_state_dict, remove_lora)
+from ..adapters.lora import (DEFAULT_ADAPTER, LoRALayer, adapters_of, check_adapter_name, load_lora_state_dict,
+                             lora_alphas, lora_layers, lora_state_dict, unchanged_on_error)
 from ..errors import CheckpointError, LatentlabError
 from .checkpoint import atomic_write, read_json
 
@@ -424,6 +424,8 @@ def _resolve(model: nn.Module, part: str, lora: LoRAFile) -> tuple[dict[str, tor
 
 
 def _adapter_name(parts: dict[str, nn.Module], adapter: str | None, default: str) -> str:
+    """`adapter`, refused if taken; None: `default`, made unique by a suffix (style, style_2, ...)."""
+    check_adapter_name(adapter if adapter is not None else default)
     taken = {a for m in parts.values() for a in adapters_of(m)}
     if adapter is None:
         adapter = default
@@ -433,8 +435,6 @@ def _adapter_name(parts: dict[str, nn.Module], adapter: str | None, default: str
             adapter = f"{default}_{i}"
     elif adapter in taken:
         raise LatentlabError(f"a LoRA named {adapter!r} is already loaded; pass another name, or remove it first")
-    if not adapter or "." in adapter:
-        raise LatentlabError(f"LoRA name {adapter!r} must be non-empty and hold no '.'")
     return adapter
 
 
@@ -455,7 +455,8 @@ def apply_lora(parts: dict[str, nn.Module], lora: LoRAFile, adapter: str | None 
     """Add the file's LoRA to the networks in `parts` ({"unet": unet, "text_encoder": te}) as adapter
     `adapter` (default: the file's name, made unique) at multiplier `scale`, its weights in each network's
     device and dtype; returns the adapter's name. All or nothing: a module the model lacks, a shape that
-    does not fit, or (with `check_base`) another base model's fingerprint raises, and nothing is added."""
+    does not fit, or (with `check_base`) another base model's fingerprint raises, and nothing is added; after
+    any other exception too, the networks are left as they were."""
     missing = sorted(set(lora.parts) - set(parts))
     if missing:
         raise CheckpointError(f"{lora.path} adapts {', '.join(missing)}, which this model does not have "
@@ -464,13 +465,10 @@ def apply_lora(parts: dict[str, nn.Module], lora: LoRAFile, adapter: str | None 
     if check_base:
         _check_base(parts, lora)
     resolved = {p: _resolve(parts[p], p, lora) for p in lora.parts}
-    loaded = []
     try:
-        for p, (state, alphas) in resolved.items():
-            load_lora_state_dict(parts[p], state, adapter, alphas=alphas, scale=scale, dtype=_dtype(parts[p]))
-            loaded.append(p)
+        with unchanged_on_error([parts[p] for p in resolved], adapter):
+            for p, (state, alphas) in resolved.items():
+                load_lora_state_dict(parts[p], state, adapter, alphas=alphas, scale=scale, dtype=_dtype(parts[p]))
     except LatentlabError as e:
-        for p in loaded:
-            remove_lora(parts[p], adapter)
         raise CheckpointError(f"{lora.path}: {e}") from None
     return adapter
