@@ -43,3 +43,30 @@ def test_state_dict_translation():
     bert = from_transformers_bert({"embeddings.position_ids": torch.zeros(1), "pooler.dense.weight": torch.ones(1),
                                    "encoder.layer.0.output.dense.bias": torch.ones(1)})
     assert list(bert) == ["encoder.layer.0.output.dense.bias"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({**SD15, "a_future_setting": 1}, "a_future_setting"),
+    ({**SD15, "_class_name": "FlowMatchEulerDiscreteScheduler"}, "FlowMatchEulerDiscreteScheduler"),
+    ({**SD15, "_class_name": "EDMEulerScheduler"}, "EDMEulerScheduler"),
+    ({**SD15, "use_flow_sigmas": True}, "use_flow_sigmas"),
+    ({**SD15, "timestep_type": "continuous"}, "timestep_type"),
+    ({**SD15, "num_train_timesteps": "1000"}, "num_train_timesteps"),
+    ({**SD15, "beta_start": None}, "beta_start"),
+    ({**SD15, "rescale_betas_zero_snr": "yes"}, "rescale_betas_zero_snr"),
+])
+def test_scheduler_settings_we_do_not_understand_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        diffusion_config_from_diffusers(changes)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+                                  "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+                                  "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LCMScheduler"])
+def test_every_ddpm_family_scheduler_config_is_read(name):
+    """What each of diffusers' schedulers of the DDPM family writes (its sampling settings ignored)."""
+    import diffusers
+
+    scheduler = getattr(diffusers, name)(**SD15)
+    config = diffusion_config_from_diffusers({"_class_name": name, **scheduler.config})
+    assert (config.schedule, config.timesteps) == ("scaled_linear", 1000)

@@ -131,3 +131,51 @@ def test_both_tokenizer_layouts_give_clips_ids(sd, clip_vocab_files, tmp_path, l
     want = clip_tokenizer()(prompts)
     got = read_clip_tokenizer(folder, 77)(prompts)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"_class_name": "StableDiffusionXLPipeline"}, "StableDiffusionXLPipeline.*accepted: StableDiffusionPipeline"),
+    ({"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "text_encoder_2"),
+    ({"controlnet": ["diffusers", "ControlNetModel"]}, "controlnet"),
+])
+def test_pipelines_the_loader_does_not_understand_are_refused(sd, tmp_path, changes, message):
+    folder = tmp_path / "other"
+    shutil.copytree(sd[1], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, **changes}))
+    with pytest.raises(CheckpointError, match=f"model_index.json: .*{message}"):
+        Pipeline.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize("part, file, changes, message", [
+    ("text_encoder", "config.json", {"a_future_setting": 1}, "a_future_setting"),
+    ("text_encoder", "config.json", {"hidden_size": "64"}, "hidden_size"),
+    ("scheduler", "scheduler_config.json", {"a_future_setting": 1}, "a_future_setting"),
+    ("scheduler", "scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler"}, "FlowMatch"),
+    ("scheduler", "scheduler_config.json", {"num_train_timesteps": [1000]}, "num_train_timesteps"),
+    ("unet", "config.json", {"block_out_channels": 32}, "block_out_channels"),
+    ("unet", "config.json", {"norm_num_groups": "32"}, "norm_num_groups"),
+    ("unet", "config.json", {"sample_size": [8, 8]}, "sample_size"),
+    ("unet", "config.json", {"norm_eps": None}, "norm_eps"),
+    ("vae", "config.json", {"latent_channels": 4.5}, "latent_channels"),
+    ("vae", "config.json", {"scaling_factor": "0.18215"}, "scaling_factor"),
+])
+def test_component_configs_the_loader_does_not_understand_are_one_line_errors(sd, tmp_path, part, file, changes,
+                                                                             message):
+    folder = tmp_path / "other"
+    shutil.copytree(sd[1], folder)
+    config = folder / part / file
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
+    with pytest.raises(CheckpointError, match=f"{config}: .*{message}") as error:
+        Pipeline.load(folder, device="cpu")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["77", None, 0, float("nan")])
+def test_a_bad_tokenizer_length_is_a_one_line_error(sd, tmp_path, value):
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd[1] / "tokenizer", folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": value}))
+    with pytest.raises(CheckpointError, match="tokenizer_config.json: model_max_length"):
+        read_clip_tokenizer(folder, 77)

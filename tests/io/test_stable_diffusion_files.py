@@ -239,8 +239,75 @@ def test_vae_settings_we_cannot_reproduce_are_refused(key, value):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("model_type", "clip"), ("architectures", ["CLIPVisionModel"]), ("hidden_act", "relu"),
+    ("model_type", "clip"), ("architectures", ["CLIPVisionModel"]), ("hidden_act", "relu"), ("a_future_setting", 1),
+    ("hidden_size", "768"), ("num_hidden_layers", 12.5), ("layer_norm_eps", None), ("vocab_size", True),
 ])
 def test_other_text_encoders_are_refused(key, value):
     with pytest.raises(ValueError, match=key):
         clip_config_from_transformers({**SD15_TEXT, key: value})
+
+
+# transformers 4's full dump of a config's generic settings (what older save_pretrained calls wrote)
+TRANSFORMERS_4_GENERIC = {
+    "return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False,
+    "torch_dtype": None, "use_bfloat16": False, "tf_legacy_loss": False, "pruned_heads": {}, "tie_word_embeddings": True,
+    "is_encoder_decoder": False, "is_decoder": False, "cross_attention_hidden_size": None, "add_cross_attention": False,
+    "tie_encoder_decoder": False, "max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False,
+    "num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+    "typical_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "num_return_sequences": 1, "chunk_size_feed_forward": 0,
+    "output_scores": False, "return_dict_in_generate": False, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "remove_invalid_values": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "finetuning_task": None, "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1}, "tokenizer_class": None, "prefix": None, "sep_token_id": None,
+    "decoder_start_token_id": None, "task_specific_params": None, "problem_type": None,
+}
+
+
+def test_text_encoder_configs_of_every_transformers_version_are_read():
+    want = clip_config_from_transformers(SD15_TEXT)
+    assert clip_config_from_transformers({**TRANSFORMERS_4_GENERIC, **SD15_TEXT}) == want
+    assert clip_config_from_transformers(TransformersCLIPConfig(**{k: v for k, v in SD15_TEXT.items()
+                                                                   if not k.startswith("_")}).to_dict()) == want
+
+
+# ------------------------------------------------------------------ single files that break SD 1.x's conventions
+
+def ldm_file(tmp_path, parts, unet=None, vae=None, text_encoder=None):
+    """A single file of the tiny parts, with the given networks' state dicts instead."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file(to_ldm_checkpoint(unet or parts["unet"], vae or parts["vae"], text_encoder or parts["text_encoder"]),
+              path)
+    return path
+
+
+@pytest.mark.parametrize("part, model", [
+    ("unet", lambda: tiny_unet(block_out_channels=(16, 32), norm_num_groups=8)),
+    ("unet", lambda: tiny_unet(block_out_channels=(48, 64), norm_num_groups=16)),
+    ("vae", lambda: tiny_vae(block_out_channels=(16, 32), norm_num_groups=8)),
+])
+def test_single_files_whose_widths_do_not_fit_32_groups_are_refused(parts, tmp_path, part, model):
+    """A single file does not record its group-norm groups: widths that 32 groups (SD 1.x's) cannot split are
+    refused, in one line naming the assumption and the way to give the groups, instead of read with other groups."""
+    from latentlab.errors import CheckpointError
+    from latentlab.pipeline import Pipeline
+
+    path = ldm_file(tmp_path, parts, **{part: model().state_dict()})
+    with pytest.raises(CheckpointError, match=f"{path}: .*32 groups.*norm_num_groups") as error:
+        Pipeline.load(path, device="cpu")
+    assert "\n" not in str(error.value)
+
+
+def test_single_file_text_encoders_narrower_than_sd_heads_are_refused(parts, tmp_path):
+    from latentlab.errors import CheckpointError
+    from latentlab.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    narrow = TransformersCLIPModel(TransformersCLIPConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=1,
+                                                          intermediate_size=64, vocab_size=1000))
+    path = ldm_file(tmp_path, parts, text_encoder=narrow.state_dict())
+    with pytest.raises(CheckpointError, match=f"{path}: the text encoder is 32 wide.*64-wide heads") as error:
+        Pipeline.load(path, device="cpu")
+    assert "heads must be positive" not in str(error.value) and "\n" not in str(error.value)

@@ -44,3 +44,12 @@ def test_minilm_loads_and_matches_transformers():
     assert torch.allclose(got[mask], want[mask], atol=1e-4)
     assert ids[0, 0].item() == tok._tok.token_to_id("[CLS]") and not any(p.requires_grad for p in ours.parameters())
     del pretrained
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"heads": 0}, "heads must be positive"), ({"layer_norm_eps": 0.0}, "layer_norm_eps must be positive"),
+    ({"width": 100}, "not divisible"),
+])
+def test_config_refuses_values_no_network_has(changes, message):
+    with pytest.raises(ValueError, match=message):
+        BertConfig(**changes)

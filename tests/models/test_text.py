@@ -42,3 +42,13 @@ def test_encoder_context_ignores_padding(tokenizer):
     with torch.no_grad():
         a, b = encoder(ids, mask), encoder(changed, mask)
     assert torch.allclose(a[mask], b[mask], atol=1e-5)
+
+
+def test_config_refuses_values_no_network_has():
+    """head_dim 0 was a ZeroDivisionError; a width it does not divide failed only when the module was built."""
+    import pytest
+
+    for changes, message in [({"head_dim": 0}, "head_dim must be positive"), ({"width": 100}, "not a multiple"),
+                             ({"vocab_size": 0}, "vocab_size must be positive"), ({"layers": -1}, "layers")]:
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(preset("tiny", "text"), **changes)

@@ -136,3 +136,15 @@ def test_channels_last_gives_the_same_output():
     unet = unet.to(memory_format=torch.channels_last)
     got = unet(x.contiguous(memory_format=torch.channels_last), t, context, mask)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"head_dim": 0}, "head_dim must be positive"), ({"heads": 0}, "heads must be positive"),
+    ({"heads": (4, 0)}, "heads must be positive"), ({"groups": 0}, "groups must be positive"),
+    ({"transformer_depth": 0}, "transformer_depth must be positive"), ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"norm_eps": 0.0}, "norm_eps must be positive"), ({"in_channels": 0}, "in_channels must be positive"),
+])
+def test_config_refuses_values_no_network_has(changes, message):
+    """Out-of-range values are a ValueError naming the field, not a ZeroDivisionError or a broken module."""
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(preset("tiny", "unet"), **changes)

@@ -80,3 +80,13 @@ def test_the_first_format_is_read_by_translation(tmp_path):
 def test_bad_padding_name():
     with pytest.raises(ValueError, match="accepted: symmetric, asymmetric"):
         VAEConfig(downsample_padding="same")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"groups": 0}, "groups must be positive"), ({"latent_channels": 0}, "latent_channels must be positive"),
+    ({"scale_factor": 0.0}, "scale_factor must be a positive number"),
+    ({"scale_factor": float("nan")}, "scale_factor must be a positive number"),
+])
+def test_config_refuses_values_no_network_has(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(preset("tiny", "vae"), **changes)

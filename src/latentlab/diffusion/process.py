@@ -16,6 +16,7 @@ import torch
 from .schedules import SCHEDULES, make_betas
 
 PREDICTIONS = ("eps", "x0", "v")
+MAX_TIMESTEPS = 100_000  # beyond any schedule in use; a typo's 10^12 levels would not fit in memory
 
 
 @dataclass
@@ -27,6 +28,8 @@ class DiffusionConfig:
     zero_terminal_snr: bool = False  # rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024)
 
     def __post_init__(self):
+        if not 2 <= self.timesteps <= MAX_TIMESTEPS:
+            raise ValueError(f"timesteps must be from 2 to {MAX_TIMESTEPS:,}, got {self.timesteps}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {self.schedule!r}; accepted: {', '.join(SCHEDULES)}")
         if self.prediction not in PREDICTIONS:

@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from .checkpoint import check_fields, check_value
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -32,14 +34,47 @@ def from_transformers_clip_text(state: StateDict) -> StateDict:
 _DIFFUSERS_SCHEDULES = {"linear": ("linear", (1e-4, 0.02)), "scaled_linear": ("scaled_linear", (0.00085, 0.012)),
                         "squaredcos_cap_v2": ("cosine", None)}
 _DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# diffusers' schedulers of the DDPM family (a discrete beta schedule; not EDM's sigmas, not flow matching)
+_DIFFUSERS_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "TCDScheduler", "DDIMInverseScheduler",
+    "DDPMParallelScheduler", "DDIMParallelScheduler", "SASolverScheduler")
+# the settings that describe the training process, read below, with their types
+_DIFFUSERS_SCHEDULER_TYPES = {"beta_schedule": str, "beta_start": float, "beta_end": float,
+                              "num_train_timesteps": int, "prediction_type": str, "variance_type": str | None,
+                              "rescale_betas_zero_snr": bool}
+# settings that would make the model another kind of process (flow matching, continuous time): key -> accepted
+_DIFFUSERS_SCHEDULER_FIXED = {"use_flow_sigmas": (False,), "use_dynamic_shifting": (False,),
+                              "timestep_type": ("discrete",)}
+# how those schedulers sample, as of diffusers 0.42 (and tensor_format, of its first versions): not read here
+_DIFFUSERS_SCHEDULER_SAMPLING = (
+    "algorithm_type", "clip_sample", "clip_sample_range", "corrector_order", "disable_corrector",
+    "dynamic_thresholding_ratio", "euler_at_final", "final_sigmas_type", "flow_shift", "interpolation_type",
+    "lambda_min_clipped", "lower_order_final", "noise_sampler_seed", "original_inference_steps", "predict_x0",
+    "predictor_order", "sample_max_value", "set_alpha_to_one", "shift_terminal", "sigma_max", "sigma_min",
+    "skip_prk_steps", "solver_order", "solver_p", "solver_type", "steps_offset", "tau_func", "tensor_format",
+    "thresholding", "time_shift_type", "timestep_scaling", "timestep_spacing", "trained_betas", "use_beta_sigmas",
+    "use_exponential_sigmas", "use_karras_sigmas", "use_lu_lambdas")
 
 
 def diffusion_config_from_diffusers(scheduler: dict):
     """A diffusers scheduler config (scheduler/scheduler_config.json) -> DiffusionConfig. Only the
     training process is read (schedule, T, target, zero-SNR rescaling); how diffusers would sample is
-    the sampler's business here. A schedule we cannot reproduce exactly is an error, not a guess."""
+    the sampler's business here. A schedule we cannot reproduce exactly, a scheduler outside the DDPM
+    family and a setting unknown to diffusers 0.42 are errors, not guesses."""
     from ..diffusion import DiffusionConfig
 
+    kind = scheduler.get("_class_name", "DDPMScheduler")
+    if kind not in _DIFFUSERS_SCHEDULERS:
+        raise ValueError(f"diffusers scheduler {kind!r} is not supported; accepted: the DDPM family's "
+                         f"({', '.join(_DIFFUSERS_SCHEDULERS)})")
+    known = (*_DIFFUSERS_SCHEDULER_TYPES, *_DIFFUSERS_SCHEDULER_SAMPLING)
+    _check_settings(scheduler, _DIFFUSERS_SCHEDULER_FIXED, known, "scheduler")
+    for key, kind in _DIFFUSERS_SCHEDULER_TYPES.items():
+        if key in scheduler:
+            check_value(key, scheduler[key], kind)
     name = scheduler.get("beta_schedule", "linear")
     if name not in _DIFFUSERS_SCHEDULES:
         raise ValueError(f"diffusers beta_schedule {name!r} is not supported; accepted: {', '.join(_DIFFUSERS_SCHEDULES)}")
@@ -95,6 +130,15 @@ _DIFFUSERS_UNET_DEFAULTS = {
 # settings that do not change what the network computes (or only matter with a refused one)
 _DIFFUSERS_UNET_IGNORED = ("sample_size", "upcast_attention", "addition_time_embed_dim",
                            "projection_class_embeddings_input_dim", "addition_embed_type_num_heads")
+# the types of the settings that we translate
+_DIFFUSERS_UNET_TYPES = {
+    "in_channels": int, "out_channels": int, "block_out_channels": tuple[int, ...],
+    "layers_per_block": int | tuple[int, ...], "down_block_types": tuple[str, ...], "up_block_types": tuple[str, ...],
+    "attention_head_dim": int | tuple[int, ...], "num_attention_heads": int | tuple[int, ...] | None,
+    "cross_attention_dim": int | tuple[int, ...], "transformer_layers_per_block": int | tuple[int, ...],
+    "norm_num_groups": int, "norm_eps": float, "dropout": float, "use_linear_projection": bool,
+    "resnet_time_scale_shift": str, "time_embedding_dim": int | None, "sample_size": int | None,
+}
 _DOWN_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # block type -> has attention
 _UP_BLOCKS = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
 _TIME_CONDITIONING = {"default": "additive", "scale_shift": "scale_shift"}
@@ -147,6 +191,8 @@ def _unet_kwargs_from_diffusers(cfg: dict) -> dict:
     cfg = {**_DIFFUSERS_UNET_DEFAULTS, **cfg}
     known = (*_DIFFUSERS_UNET_DEFAULTS, *_DIFFUSERS_UNET_IGNORED)
     _check_settings(cfg, _DIFFUSERS_UNET_FIXED, known, "UNet2DConditionModel")
+    for key, kind in _DIFFUSERS_UNET_TYPES.items():
+        check_value(key, cfg.get(key), kind)
     channels = tuple(cfg["block_out_channels"])
     for key in ("layers_per_block", "cross_attention_dim", "norm_num_groups"):
         if not isinstance(_uniform(cfg[key]), int):
@@ -188,6 +234,10 @@ _DIFFUSERS_VAE_DEFAULTS = {"in_channels": 3, "out_channels": 3, "block_out_chann
                            "latent_channels": 4, "norm_num_groups": 32, "scaling_factor": 0.18215,
                            "use_quant_conv": True, "use_post_quant_conv": True}
 _DIFFUSERS_VAE_IGNORED = ("sample_size", "force_upcast")
+_DIFFUSERS_VAE_TYPES = {"in_channels": int, "out_channels": int, "block_out_channels": tuple[int, ...],
+                        "layers_per_block": int, "latent_channels": int, "norm_num_groups": int,
+                        "scaling_factor": float, "use_quant_conv": bool, "use_post_quant_conv": bool,
+                        "down_block_types": tuple[str, ...], "up_block_types": tuple[str, ...]}
 
 
 def vae_config_from_diffusers(cfg: dict):
@@ -198,6 +248,9 @@ def vae_config_from_diffusers(cfg: dict):
 
     cfg = {**_DIFFUSERS_VAE_DEFAULTS, **cfg}
     _check_settings(cfg, _DIFFUSERS_VAE_FIXED, (*_DIFFUSERS_VAE_DEFAULTS, *_DIFFUSERS_VAE_IGNORED), "AutoencoderKL")
+    for key, kind in _DIFFUSERS_VAE_TYPES.items():
+        if key in cfg:
+            check_value(key, cfg[key], kind)
     if cfg["in_channels"] != cfg["out_channels"]:
         raise ValueError(f"diffusers AutoencoderKL in_channels={cfg['in_channels']} and out_channels="
                          f"{cfg['out_channels']} differ; accepted: the same image channels in and out")
@@ -214,31 +267,60 @@ def vae_config_from_diffusers(cfg: dict):
 
 
 _CLIP_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+# transformers' CLIPTextConfig settings -> our CLIPTextConfig's fields
+_TRANSFORMERS_CLIP_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "width", "num_hidden_layers": "layers",
+                             "num_attention_heads": "heads", "intermediate_size": "mlp_width",
+                             "max_position_embeddings": "max_positions", "hidden_act": "activation",
+                             "layer_norm_eps": "layer_norm_eps", "eos_token_id": "eos_token_id"}
+# CLIP settings that do not change what the text tower computes: dropout (off at inference), initialisation,
+# the token ids generation would use, the projection of CLIPTextModelWithProjection (not used)
+_TRANSFORMERS_CLIP_IGNORED = ("model_type", "architectures", "attention_dropout", "dropout", "initializer_range",
+                              "initializer_factor", "projection_dim", "bos_token_id", "pad_token_id")
+# every transformers model config's generic settings, as of transformers 4 and 5 (what an output holds, how
+# generate() would run, labels, dtypes, versions): none changes the text tower's states
+_TRANSFORMERS_GENERIC = (
+    "return_dict", "output_hidden_states", "output_attentions", "torchscript", "torch_dtype", "dtype",
+    "use_bfloat16", "tf_legacy_loss", "pruned_heads", "tie_word_embeddings", "chunk_size_feed_forward",
+    "is_encoder_decoder", "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "finetuning_task", "id2label",
+    "label2id", "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
+    "problem_type", "transformers_version", "gradient_checkpointing")
 
 
 def clip_config_from_transformers(cfg: dict):
     """A transformers CLIPTextConfig (text_encoder/config.json) -> CLIPTextConfig; absent keys take
-    transformers' defaults. Legacy configs (SD 1.x's among them) say eos_token_id=2, and transformers then
-    pools at the largest token id, which is "<|endoftext|>" = vocab_size - 1 (49407): we record that id."""
+    transformers' defaults, and a setting transformers' CLIPTextConfig does not have is an error. Legacy
+    configs (SD 1.x's among them) say eos_token_id=2, and transformers then pools at the largest token id,
+    which is "<|endoftext|>" = vocab_size - 1 (49407): we record that id."""
     from ..models import CLIPTextConfig
     from ..models.clip import ACTIVATIONS
 
+    for key in cfg:
+        if not key.startswith("_") and key not in (*_TRANSFORMERS_CLIP_FIELDS, *_TRANSFORMERS_CLIP_IGNORED,
+                                                    *_TRANSFORMERS_GENERIC):
+            raise ValueError(f"transformers CLIPTextConfig setting {key!r} is unknown here; accepted: "
+                             "CLIPTextConfig's settings as of transformers 5")
     if cfg.get("model_type", "clip_text_model") != "clip_text_model":
         raise ValueError(f"transformers model_type {cfg['model_type']!r} is not supported; accepted: clip_text_model")
     others = [name for name in cfg.get("architectures") or () if name not in _CLIP_ARCHITECTURES]
     if others:
         raise ValueError(f"transformers architectures {others} are not supported; "
                          f"accepted: {', '.join(_CLIP_ARCHITECTURES)}")
-    activation = cfg.get("hidden_act", "quick_gelu")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"transformers hidden_act {activation!r} is not supported; accepted: {', '.join(ACTIVATIONS)}")
-    vocab_size, eos = cfg.get("vocab_size", 49408), cfg.get("eos_token_id", 49407)
-    return CLIPTextConfig(vocab_size=vocab_size, width=cfg.get("hidden_size", 512),
-                          layers=cfg.get("num_hidden_layers", 12), heads=cfg.get("num_attention_heads", 8),
-                          mlp_width=cfg.get("intermediate_size", 2048),
-                          max_positions=cfg.get("max_position_embeddings", 77), activation=activation,
-                          layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
-                          eos_token_id=vocab_size - 1 if eos == 2 else eos)
+    defaults = {"vocab_size": 49408, "hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8,
+                "intermediate_size": 2048, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                "layer_norm_eps": 1e-5, "eos_token_id": 49407}
+    fields = {ours: cfg.get(theirs, defaults[theirs]) for theirs, ours in _TRANSFORMERS_CLIP_FIELDS.items()}
+    check_fields(CLIPTextConfig, fields, {ours: theirs for theirs, ours in _TRANSFORMERS_CLIP_FIELDS.items()})
+    if fields["activation"] not in ACTIVATIONS:
+        raise ValueError(f"transformers hidden_act {fields['activation']!r} is not supported; accepted: "
+                         f"{', '.join(ACTIVATIONS)}")
+    if fields["eos_token_id"] == 2:
+        fields["eos_token_id"] = fields["vocab_size"] - 1
+    return CLIPTextConfig(**{**fields, "layer_norm_eps": float(fields["layer_norm_eps"])})
 
 
 # The single file: component prefixes, and what the prefixes of other models' files say they are
@@ -433,10 +515,24 @@ def to_ldm_checkpoint(unet: StateDict, vae: StateDict, text_encoder: StateDict) 
             **{prefixes["text_encoder"] + k: v for k, v in _clip_text(text_encoder).items()}}
 
 
+# what the shapes of a single file cannot tell, taken from Stable Diffusion 1.x
+SD1_GROUPS, SD1_UNET_HEADS, SD1_TEXT_HEAD_WIDTH = 32, 8, 64
+
+
+def _check_sd1_groups(channels: tuple[int, ...], what: str, folder: str) -> None:
+    """Widths that SD 1.x's 32 group-norm groups cannot split prove the file's model used other groups."""
+    if any(c % SD1_GROUPS for c in channels):
+        raise ValueError(f"the {what}'s widths {channels} are not multiples of {SD1_GROUPS}: a single file does not "
+                         f"record its group-norm groups, and is read with Stable Diffusion 1.x's {SD1_GROUPS} groups; "
+                         f"accepted: widths that {SD1_GROUPS} groups divide, or the model as a diffusers folder whose "
+                         f"{folder}/config.json gives its norm_num_groups")
+
+
 def _unet_kwargs_from_ldm(unet: StateDict) -> dict:
     """The UNetConfig fields of a U-Net state dict in diffusers' names (see unet_config_from_ldm)."""
     levels, blocks, attention = _diffusers_unet_layout(unet)
     channels = tuple(unet[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels))
+    _check_sd1_groups(channels, "U-Net", "unet")
     mid = "mid_block.attentions.0."
     mid_depth = len(_indices(unet, rf"{mid}transformer_blocks\.(\d+)\."))
     depth = tuple(len(_indices(unet, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\."))
@@ -444,9 +540,9 @@ def _unet_kwargs_from_ldm(unet: StateDict) -> dict:
     scale_shift = unet["down_blocks.0.resnets.0.time_emb_proj.weight"].shape[0] == 2 * channels[0]
     return dict(in_channels=unet["conv_in.weight"].shape[1], out_channels=unet["conv_out.weight"].shape[0],
                 channels=channels, blocks_per_level=blocks, attention_levels=attention,
-                transformer_depth=_uniform(depth), heads=8,
-                context_dim=unet[f"{mid}transformer_blocks.0.attn2.to_k.weight"].shape[1], groups=32, dropout=0.0,
-                attention_gates=False, time_conditioning="scale_shift" if scale_shift else "additive",
+                transformer_depth=_uniform(depth), heads=SD1_UNET_HEADS,
+                context_dim=unet[f"{mid}transformer_blocks.0.attn2.to_k.weight"].shape[1], groups=SD1_GROUPS,
+                dropout=0.0, attention_gates=False, time_conditioning="scale_shift" if scale_shift else "additive",
                 pooled_text=False, linear_projection=unet[f"{mid}proj_in.weight"].ndim == 2, norm_eps=1e-5)
 
 
@@ -454,7 +550,8 @@ def unet_config_from_ldm(unet: StateDict):
     """The UNetConfig of split_ldm_checkpoint(...)["unet"], from its tensors: levels, widths, blocks per
     level, attention levels, transformer depth (per level where they differ; a level without attention
     takes the mid block's), context width, in/out channels, linear or 1x1-conv proj_in, and additive or
-    scale-shift time conditioning. What shapes cannot tell follows SD 1.x: 8 heads, 32 groups, eps 1e-5."""
+    scale-shift time conditioning. What shapes cannot tell follows SD 1.x: 8 heads, 32 groups, eps 1e-5; widths
+    that 32 groups cannot split are refused (their model had other groups, which the file does not say)."""
     from ..models import UNetConfig
 
     return UNetConfig(**_unet_kwargs_from_ldm(unet))
@@ -463,14 +560,16 @@ def unet_config_from_ldm(unet: StateDict):
 def vae_config_from_ldm(vae: StateDict):
     """The VAEConfig of split_ldm_checkpoint(...)["vae"], from its tensors: image and latent channels,
     widths, blocks per level, quant convs, attention biases. What shapes cannot tell follows SD 1.x:
-    32 groups, scale factor 0.18215, asymmetric downsampling padding."""
+    32 groups (widths they cannot split are refused), scale factor 0.18215, asymmetric downsampling padding."""
     from ..models import VAEConfig
 
     levels, blocks = _diffusers_vae_layout(vae)
     channels = tuple(vae[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels))
+    _check_sd1_groups(channels, "autoencoder", "vae")
     return VAEConfig(image_channels=vae["encoder.conv_in.weight"].shape[1],
                      latent_channels=vae["decoder.conv_in.weight"].shape[1], channels=channels,
-                     blocks_per_level=blocks, groups=32, scale_factor=0.18215, quant_conv="quant_conv.weight" in vae,
+                     blocks_per_level=blocks, groups=SD1_GROUPS, scale_factor=0.18215,
+                     quant_conv="quant_conv.weight" in vae,
                      downsample_padding="asymmetric",
                      attention_bias="encoder.mid_block.attentions.0.to_q.bias" in vae)
 
@@ -478,11 +577,18 @@ def vae_config_from_ldm(vae: StateDict):
 def clip_config_from_ldm(text_encoder: StateDict):
     """The CLIPTextConfig of split_ldm_checkpoint(...)["text_encoder"], from its tensors: vocabulary,
     width, layers, MLP width, positions. What shapes cannot tell follows SD 1.x (openai CLIP ViT-L/14):
-    64-wide heads, quick_gelu, layer-norm eps 1e-5, end token = the last id of the vocabulary."""
+    64-wide heads (a width they cannot split is refused), quick_gelu, layer-norm eps 1e-5, end token = the last
+    id of the vocabulary."""
     from ..models import CLIPTextConfig
 
     vocab_size, width = text_encoder["text_model.embeddings.token_embedding.weight"].shape
-    return CLIPTextConfig(vocab_size=vocab_size, width=width, heads=width // 64,
+    if width % SD1_TEXT_HEAD_WIDTH:
+        raise ValueError(f"the text encoder is {width} wide, not a multiple of {SD1_TEXT_HEAD_WIDTH}: a single file "
+                         "does not record its attention heads, and is read with Stable Diffusion 1.x's "
+                         f"{SD1_TEXT_HEAD_WIDTH}-wide heads; accepted: widths that are multiples of "
+                         f"{SD1_TEXT_HEAD_WIDTH}, or the model as a diffusers folder whose text_encoder/config.json "
+                         "gives its num_attention_heads")
+    return CLIPTextConfig(vocab_size=vocab_size, width=width, heads=width // SD1_TEXT_HEAD_WIDTH,
                           layers=len(_indices(text_encoder, r"text_model\.encoder\.layers\.(\d+)\.")),
                           mlp_width=text_encoder["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                           max_positions=text_encoder["text_model.embeddings.position_embedding.weight"].shape[0],

@@ -31,6 +31,11 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
 
     def __post_init__(self):
+        for name in ("vocab_size", "width", "layers", "heads", "mlp_width", "max_positions", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 

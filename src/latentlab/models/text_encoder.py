@@ -24,6 +24,15 @@ class TextEncoderConfig:
     layers: int = 4
     head_dim: int = 64
 
+    def __post_init__(self):
+        for name in ("vocab_size", "max_length", "width", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.layers < 0:
+            raise ValueError(f"layers must be 0 or more, got {self.layers}")
+        if self.width % self.head_dim:
+            raise ValueError(f"width {self.width} is not a multiple of head_dim {self.head_dim}")
+
 
 class EncoderBlock(nn.Module):
     def __init__(self, width: int, head_dim: int):

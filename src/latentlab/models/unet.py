@@ -48,6 +48,17 @@ class UNetConfig:
     def __post_init__(self):
         self.channels, self.attention_levels = tuple(self.channels), tuple(self.attention_levels)
         check_widths(self.channels)
+        for name in ("in_channels", "out_channels", "blocks_per_level", "head_dim", "context_dim", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("transformer_depth", "heads"):
+            value = getattr(self, name)
+            if value is not None and any(v < 1 for v in (value if isinstance(value, (list, tuple)) else [value])):
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
         levels = len(self.channels)
         if len(self.attention_levels) != levels:
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "

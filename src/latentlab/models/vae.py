@@ -33,6 +33,11 @@ class VAEConfig:
     def __post_init__(self):
         self.channels = tuple(self.channels)
         check_widths(self.channels)
+        for name in ("image_channels", "latent_channels", "blocks_per_level", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.scale_factor < float("inf"):
+            raise ValueError(f"scale_factor must be a positive number, got {self.scale_factor}")
         if self.downsample_padding not in PADDINGS:
             raise ValueError(f"unknown downsample_padding {self.downsample_padding!r}; accepted: {', '.join(PADDINGS)}")
 
