@@ -66,3 +66,14 @@ def test_cache_latents_command(vae, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 8
     assert main(["cache-latents", "--vae", str(folder), "--data", "shapes", "--out", str(tmp_path / "x")]) == 2
     assert "shapes is endless: give --count" in capsys.readouterr().err
+
+
+def test_a_cache_run_removes_what_a_killed_one_left(vae, tmp_path):
+    _, model = vae
+    out = tmp_path / "cache"
+    out.mkdir()
+    stale, kept = out / ".latents-00000.safetensors.0123456789ab.tmp", out / "notes.tmp"
+    stale.write_bytes(b"half a shard")
+    kept.write_text("a user's file")
+    cache_latents(ShapesDataset(seed=0), model, out, count=4)
+    assert not stale.exists() and kept.exists()

@@ -12,6 +12,8 @@ pytest.importorskip("mlxtend", reason="installed by the Makefile: pip install --
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("classifier") / "mnist"
+    out.mkdir()
+    (out / ".model.safetensors.0123456789ab.tmp").write_bytes(b"what a killed run left")
     result = train_classifier(mnist("train"), mnist("test"), out, epochs=1, batch_size=64, lr=2e-3,
                               config=ClassifierConfig(channels=(16, 32), features=32), log=lambda line: None)
     return out, result
@@ -24,6 +26,7 @@ def test_learns_digits_and_reloads(trained):
     assert accuracy(model, mnist("test"), "cpu") == pytest.approx(result["test_accuracy"])
     classes, features = predict(model, mnist("test").batch(0, 7)[0])
     assert classes.shape == (7,) and features.shape == (7, 32)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # the stale file gone
 
 
 def test_class_fidelity_report(trained, tiny_pipeline):

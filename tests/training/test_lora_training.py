@@ -5,6 +5,7 @@ command writes a file the pipeline loads."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -257,3 +258,51 @@ def test_channels_last_flag(monkeypatch, images, tmp_path):
     for args in ([], ["--channels-last"]):
         assert main(["lora", "train", "--data", str(images), "--out", str(tmp_path / "run")] + args) == 0
     assert [c.channels_last for c in configs] == [False, True]
+
+
+def test_resuming_does_not_depend_on_how_the_paths_are_spelled(model, images, tmp_path, monkeypatch):
+    """A symlinked base model, a copied data folder, a moved run folder: the same run resumes. Data with one
+    caption changed is other data, refused naming the setting."""
+    from latentlab.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    train_lora(config(model, images, "run", steps=1))
+    shutil.copytree(images, "images")
+    os.symlink(model, "model")
+    shutil.move("run", "moved")
+    (tmp_path / "moved" / ".lora.safetensors.0123456789ab.tmp").write_bytes(b"half a file")
+    assert train_lora(config("model", "./images", "moved", steps=2, resume=True))["steps"] == 2
+    assert not list((tmp_path / "moved").glob("*.tmp"))  # what a kill left is gone
+    (tmp_path / "images" / "03.txt").write_text("a large purple square")
+    with pytest.raises(CheckpointError, match=r"other settings \(data: other contents\)"):
+        train_lora(config(model, "images", "moved", steps=3, resume=True))
+
+
+def test_sigterm_on_a_run_that_turned_nan_saves_nothing(model, images, tmp_path):
+    """Stopped by SIGTERM after its adapters turned NaN: no checkpoint and no LoRA file of them; the last good
+    checkpoint stays."""
+    from latentlab.errors import LatentlabError
+
+    trainer = LoRATrainer(config(model, images, tmp_path / "run", steps=50, checkpoint_every=2))
+    step = trainer.train_step
+
+    def poisoned_then_signal(i):
+        loss = step(i)
+        if i == 2:
+            with torch.no_grad():
+                trainer.params[0].fill_(float("nan"))
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    trainer.train_step = poisoned_then_signal
+    with pytest.raises(LatentlabError, match="weights became NaN or infinite by step 3"):
+        trainer.run()
+    assert load_state(tmp_path / "run" / FILENAME)[1]["step"] == 2
+    assert not (tmp_path / "run" / LORA_FILENAME).exists()
+
+
+@pytest.mark.parametrize("setting", ["lr", "prior_weight", "p_uncond", "alpha", "dropout", "weight_decay"])
+def test_settings_that_are_not_finite_are_refused(images, tmp_path, setting):
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"{setting} must be a finite number"):
+            config("shapes-default", images, tmp_path / "run", **{setting: value})

@@ -65,3 +65,17 @@ def test_measuring_while_training(tmp_path, vae, monkeypatch):
     columns = read_columns(tmp_path / "run" / "metrics.csv")
     assert columns["step"] == [2, 4] and len(calls) == 2
     assert all(0 <= a <= 1 for a in columns["single_object_accuracy"]) and columns["train_minutes"][1] > 0
+
+
+def test_a_resumed_metrics_log_drops_the_rows_after_its_checkpoint(tmp_path):
+    """Killed after the evaluation of step 6, its checkpoint at 4: the resumed run measures 6 again, once."""
+    from latentlab.training.monitor import MetricsLog, read_columns
+
+    first = MetricsLog(tmp_path / "metrics.csv")
+    for step in (2, 4, 6):
+        first.write(step, {"accuracy": 0.1})
+    resumed = MetricsLog(tmp_path / "metrics.csv", first_step=4)
+    for step in (6, 8):
+        resumed.write(step, {"accuracy": 0.2})
+    columns = read_columns(tmp_path / "metrics.csv")
+    assert columns["step"] == [2, 4, 6, 8] and columns["accuracy"] == [0.1, 0.1, 0.2, 0.2]

@@ -2,7 +2,9 @@
 resumed after a checkpoint, killed with SIGKILL, stopped with SIGTERM, accumulated over micro-batches,
 or spread over two processes (torchrun, gloo on the CPU)."""
 
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +72,53 @@ def test_resuming_needs_the_same_settings(vae, tmp_path):
     train_diffusion(config(vae, tmp_path / "run", steps=3))
     with pytest.raises(CheckpointError, match=r"other settings \(lr\)"):
         train_diffusion(config(vae, tmp_path / "run", lr=1e-3, resume=True))
+
+
+def test_resuming_does_not_depend_on_how_the_paths_are_spelled(vae, tmp_path, monkeypatch):
+    """`--out run` then `--out ./run`, a moved run folder, an absolute path, a symlinked or copied autoencoder:
+    the same run resumes, exactly as before. Another autoencoder is refused, naming the setting."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(vae, "vae")
+    train_diffusion(config("vae", "run", steps=3))
+    assert train_diffusion(config("./vae", "./run", steps=4, resume=True))["steps"] == 4
+    shutil.move("run", "moved")
+    os.symlink(tmp_path / "vae", "link")
+    assert train_diffusion(config("link", tmp_path / "moved", steps=5, resume=True))["steps"] == 5
+    shutil.copytree("vae", "copy")
+    assert train_diffusion(config(tmp_path / "copy", "moved", steps=6, resume=True))["steps"] == 6
+    torch.manual_seed(1)
+    save_component("other", AutoencoderKL(preset("tiny", "vae")))
+    with pytest.raises(CheckpointError, match=r"other settings \(vae: other contents\)"):
+        train_diffusion(config("other", "moved", steps=7, resume=True))
+
+
+def test_a_checkpoint_from_before_identities_compares_real_paths(vae, tmp_path, monkeypatch):
+    """A checkpoint that keeps no `identity` (written before) resumes where its paths name the same files."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(vae, "vae")
+    train_diffusion(config("vae", "run", steps=2))
+    tensors, meta = load_state(Path("run") / FILENAME)
+    del meta["identity"]
+    save_state(Path("run") / FILENAME, tensors, meta)
+    assert train_diffusion(config(tmp_path / "vae", "run", steps=3, resume=True))["steps"] == 3
+    shutil.copytree("vae", "copy")
+    tensors, meta = load_state(Path("run") / FILENAME)
+    del meta["identity"]
+    save_state(Path("run") / FILENAME, tensors, meta)
+    with pytest.raises(CheckpointError, match=r"other settings \(vae\)"):
+        train_diffusion(config("copy", "run", steps=4, resume=True))
+
+
+def test_a_start_removes_the_temporary_files_a_kill_left(vae, tmp_path):
+    """A kill mid-write leaves `.NAME.RANDOM.tmp` beside the file; the next run in that folder removes them."""
+    out = tmp_path / "run"
+    (out / "unet").mkdir(parents=True)
+    stale = [out / ".checkpoint.safetensors.0123456789ab.tmp", out / "unet" / ".model.safetensors.a1b2c3d4e5f6.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    train_diffusion(config(vae, out, steps=1))
+    assert not any(path.exists() for path in stale)
+    assert not list(out.rglob("*.tmp")) and (out / FILENAME).is_file()
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -167,3 +216,46 @@ def test_two_processes_give_the_weights_of_one(vae, uninterrupted, tmp_path):
     worst = max((two[k].double() - one[k].double()).abs().max().item() for k in one)
     print(f"largest difference between 2 processes and 1: {worst:.2e}")
     assert 0 < worst < 1e-5  # the same run, up to the order of floating-point sums
+
+
+# ------------------------------------------------------------------ a run that diverges
+
+@pytest.mark.parametrize("what", ["weights", "loss"])
+def test_a_run_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(vae, tmp_path, monkeypatch, capsys, what):
+    """A NaN in the weights (or the loss) after step 4 stops the run with one line naming the step and the
+    learning rate, exit status 2: the checkpoint of step 4 is the last written, and no model folder is."""
+    from latentlab.training.diffusion import DiffusionTrainer
+
+    train_step = DiffusionTrainer.train_step
+
+    def poisoned(self, step):
+        loss = train_step(self, step)
+        if step == 4:  # the fifth step: checkpoints 1 to 4 are good
+            if what == "weights":
+                with torch.no_grad():
+                    self.params[0].fill_(math.nan)
+            else:
+                loss = loss * math.nan
+        return loss
+
+    monkeypatch.setattr(DiffusionTrainer, "train_step", poisoned)
+    out = tmp_path / "run"
+    assert main(cli_args(vae, out, steps=STEPS)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("latentlab: error:")]
+    assert len(errors) == 1 and "step 5" in errors[0] and "learning rate" in errors[0], errors
+    tensors, meta = load_state(out / FILENAME)
+    assert meta["step"] == 4 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert not (out / "unet").exists() and not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("setting", ["lr", "vlb_weight", "snr_gamma", "weight_decay", "p_uncond", "minutes"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_settings_that_are_not_finite_are_refused(vae, tmp_path, setting, value):
+    with pytest.raises(LatentlabError, match=f"{setting} must be a finite number"):
+        config(vae, tmp_path / "run", **{setting: value})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_the_generators_would_wrap_is_refused(vae, tmp_path, seed):
+    with pytest.raises(LatentlabError, match="seeds from 0 to 4294967295"):
+        config(vae, tmp_path / "run", seed=seed)

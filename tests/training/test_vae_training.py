@@ -111,3 +111,66 @@ def test_weight_zero_turns_the_discriminator_off(tmp_path):
     result = train_vae(config(tmp_path / "off", steps=3, disc_start=0, disc_weight=0.0))
     rows = read_log(tmp_path / "off" / "metrics.csv")
     assert result["steps"] == 3 and all(math.isnan(row["d_loss"]) for row in rows)
+
+
+def test_killed_then_resumed_logs_each_step_once(tmp_path, monkeypatch):
+    """A run killed during step 5 (its checkpoint at 3, its logs at 4) resumes to logs with each step once."""
+    train_step = VAETrainer.train_step
+
+    def killed_at_5(self, step):
+        if step == 4:
+            raise KeyboardInterrupt  # as SIGKILL would: no checkpoint, nothing more logged
+        return train_step(self, step)
+
+    monkeypatch.setattr(VAETrainer, "train_step", killed_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(config(tmp_path, checkpoint_every=3, log_every=1))
+    assert load_state(tmp_path / FILENAME)[1]["step"] == 3
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1, 2, 3, 4]
+    monkeypatch.undo()
+    train_vae(config(tmp_path, checkpoint_every=3, log_every=1, resume=True))
+    for log in ("log.csv", "metrics.csv"):
+        assert [row["step"] for row in read_log(tmp_path / log)] == [1, 2, 3, 4, 5, 6], log
+
+
+def test_a_run_that_turns_nan_stops_at_the_next_logging_step(tmp_path, monkeypatch):
+    """Weights NaN after step 3: the check at logging step 4 stops the run, long before its end, and neither
+    the checkpoint (of step 2) nor the autoencoder's folder is written over."""
+    from latentlab.errors import LatentlabError
+
+    train_step, steps = VAETrainer.train_step, []
+
+    def poisoned(self, step):
+        steps.append(step)
+        loss, terms = train_step(self, step)
+        if step == 2:
+            with torch.no_grad():
+                self.vae.decoder.conv_out.weight.fill_(math.inf)
+        return loss, terms
+
+    monkeypatch.setattr(VAETrainer, "train_step", poisoned)
+    with pytest.raises(LatentlabError, match=r"at step 4.*lower the learning rate \(lr 0.001\)"):
+        train_vae(config(tmp_path, steps=100, checkpoint_every=2, log_every=2))
+    assert max(steps) == 3 and load_state(tmp_path / FILENAME)[1]["step"] == 2
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("setting", ["lr", "kl_weight", "disc_weight", "disc_lr"])
+def test_settings_that_are_not_finite_are_refused(tmp_path, setting):
+    for value in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=f"{setting} must be a finite number"):
+            config(tmp_path, **{setting: value})
+
+
+def test_a_start_removes_the_temporary_files_a_kill_left(tmp_path):
+    stale = tmp_path / ".checkpoint.safetensors.0123456789ab.tmp"
+    tmp_path.mkdir(exist_ok=True)
+    stale.write_bytes(b"half a file")
+    VAETrainer(config(tmp_path))
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_a_seed_the_generators_would_wrap_is_refused(tmp_path, seed):
+    with pytest.raises(ValueError, match="seeds from 0 to 4294967295"):
+        config(tmp_path, seed=seed)

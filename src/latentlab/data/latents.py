@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError
 from ..io import atomic_write, read_json
+from ..io.checkpoint import remove_stale_temporaries
 from .dataset import CaptionedImages, FiniteDataset
 
 FORMAT, VERSION = "latentlab-latents", 1
@@ -44,6 +45,7 @@ def cache_latents(data: CaptionedImages, vae, out: str | Path, *, count: int | N
                   shard_size: int = 16_384, device: torch.device | str = "cpu") -> dict:
     """Encode examples 0 .. count - 1 of `data` (one epoch of a finite set) into shards in `out`."""
     out = Path(out)
+    remove_stale_temporaries(out)  # what an earlier, killed run left; nothing is being written yet
     count = count if count is not None else len(data)
     shards, vae = [], vae.to(device).eval()
     bar = tqdm(total=count, desc="encoding", unit="image")

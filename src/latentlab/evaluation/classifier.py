@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import load_component, save_component
+from ..io.checkpoint import remove_stale_temporaries
 from .frechet import frechet_distance
 
 
@@ -61,6 +62,7 @@ def train_classifier(data, test, out: str | Path, *, epochs: int = 8, batch_size
                      log=print) -> dict:
     """Train on `data` (a class-labelled set), with random 2-pixel shifts, and save to `out`; returns the
     test accuracy. AdamW with a cosine learning rate over `epochs` passes."""
+    remove_stale_temporaries(out)  # what an earlier, killed run left; nothing is being written yet
     torch.manual_seed(seed)
     model = Classifier(config or ClassifierConfig()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)

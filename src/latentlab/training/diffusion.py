@@ -30,16 +30,18 @@ from ..data.sources import caption_corpus_of, open_dataset
 from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
 from ..errors import CheckpointError, LatentlabError
 from ..io import load_component
+from ..io.checkpoint import remove_stale_temporaries
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..models.bert import BertModel
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline, vae_translation
 from .distributed import close_world, init_world
 from .ema import EMA
-from .loop import Progress, StopSignals, adamw, autocast, learning_rate, run_steps, setup
+from .loop import FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps, setup
 from .monitor import MetricsLog, TensorBoard, sample_grid
-from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
-                    optimizer_state, prefixed, rng_state, save_state, set_rng_state)
+from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_module, load_optimizer,
+                    load_state, meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step,
+                    set_rng_state, unprefixed)
 
 
 @dataclass
@@ -81,10 +83,14 @@ class DiffusionTrainConfig:
     channels_last: bool = False  # the U-Net's convolutions in NHWC memory layout (faster on tensor cores)
     text_encoder: str = "trained"  # trained: ours, from scratch; minilm (or a BERT folder): pretrained, frozen
 
+    def __post_init__(self):
+        check_numbers(self)
 
-# what may differ between a run and the run it resumes: how long it goes on, and where it runs
+
+# what may differ between a run and the run it resumes: how long it goes on, where it runs, and where its folder
+# is (the checkpoint is in it). vae, data, init and text_encoder compare by their contents (`identity`).
 RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "save_every", "checkpoint_every", "compile",
-                     "sample_every", "eval_every", "eval_classifier")
+                     "sample_every", "eval_every", "eval_classifier", "out")
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -129,12 +135,16 @@ class DiffusionTrainer:
     def __init__(self, config: DiffusionTrainConfig):
         self.config = c = config
         self.world = init_world(setup(c.seed, c.device))
+        if self.world.main:  # before anything is written; the other processes write nothing
+            remove_stale_temporaries(c.out)
         self.device = device = self.world.device
         if c.batch_size % (self.world.size * c.grad_accum):
             raise LatentlabError(f"batch size {c.batch_size} does not split into {self.world.size} processes x "
                                   f"{c.grad_accum} micro-batches; use a multiple of {self.world.size * c.grad_accum}")
         self.out = Path(c.out)
-        self.vae = load_vae(c.vae).to(device).eval().requires_grad_(False)
+        self.vae = load_vae(c.vae)
+        self.identity = {"vae": digest(self.vae), "init": c.init, "text_encoder": c.text_encoder}
+        self.vae = self.vae.to(device).eval().requires_grad_(False)
         shapes = {"p_two": c.p_two} if c.data == "shapes" else {}
         self.data = open_dataset(c.data, image_size=c.image_size, seed=c.seed, split="train", **shapes)
         if getattr(self.data, "is_latent", False):
@@ -142,13 +152,17 @@ class DiffusionTrainer:
             if self.data.image_size != c.image_size:
                 raise LatentlabError(f"the latent cache {c.data} holds {self.data.image_size}px images; "
                                      f"train with --image-size {self.data.image_size}")
+        self.identity["data"] = data_identity(c.data, self.data)
         self.diffusion = c.diffusion
         if c.init is not None:  # continue: the tokenizer, networks and noise schedule of that model
             start = Pipeline.load(c.init, device=device)
             self.tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
             self.diffusion = start.diffusion
+            self.identity["init"] = digest(text_encoder, unet, dataclasses.asdict(self.diffusion))
         else:
             self.tokenizer, text_encoder = make_text_encoder(c, caption_corpus_of(c.data, self.data, seed=c.seed))
+            if c.text_encoder not in ("trained", "minilm"):  # a BERT folder
+                self.identity["text_encoder"] = digest(text_encoder)
             out_channels = self.vae.config.latent_channels * (2 if self.diffusion.learned_variance else 1)
             unet = UNet(dataclasses.replace(c.unet, in_channels=self.vae.config.latent_channels,
                                             out_channels=out_channels, context_dim=text_encoder.config.width))
@@ -169,6 +183,7 @@ class DiffusionTrainer:
         self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
         self.t_generator = torch.Generator().manual_seed(c.seed + 1)  # importance-sampled t
         self.importance = ImportanceSampler(self.diffusion.timesteps) if c.importance_sampling else None
+        self.finite = FiniteCheck(self.params, device, lr=c.lr, checkpoint=self.checkpoint_path, world=self.world)
         self.step = 0
 
     # ------------------------------------------------------------------ checkpoints
@@ -179,9 +194,10 @@ class DiffusionTrainer:
 
     def save_checkpoint(self) -> None:
         """Everything the next step reads (written by the main process; every process holds the same)."""
+        self.finite.check(self.step)  # every process: they decide together
         if not self.world.main:
             return
-        tensors, meta = {}, {"step": self.step, "config": config_json(self.config),
+        tensors, meta = {}, {"step": self.step, "config": config_json(self.config), "identity": self.identity,
                              "tokenizer": self.tokenizer.to_json()}
         for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet),
                              ("ema_text", self.ema_text.model), ("ema_unet", self.ema_unet.model)):
@@ -195,18 +211,28 @@ class DiffusionTrainer:
         save_state(self.checkpoint_path, tensors, meta)
 
     def load_checkpoint(self) -> None:
-        tensors, meta = load_state(self.checkpoint_path)
-        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
-        if meta["tokenizer"] != self.tokenizer.to_json():
-            raise CheckpointError(f"{self.checkpoint_path}: its tokenizer differs from this run's")
+        path = self.checkpoint_path
+        tensors, meta = load_state(path)
+        step = saved_step(meta, path)
+        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
+        if meta.get("tokenizer") != self.tokenizer.to_json():
+            raise CheckpointError(f"{path}: its tokenizer differs from this run's")
         for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet),
                              ("ema_text", self.ema_text.model), ("ema_unet", self.ema_unet.model)):
-            load_module(module, name, tensors)
-        load_optimizer(self.optimizer, tensors, meta["optimizer"])
-        set_rng_state(tensors, meta["rng"], {"noise": self.noise, "t": self.t_generator})
+            load_module(module, name, tensors, path)
+        load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
+        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise, "t": self.t_generator}, path)
         if self.importance is not None:
-            self.importance.load_state_dict({k: tensors[f"importance.{k}"] for k in ("values", "counts")})
-        self.step = int(meta["step"])
+            self.load_importance(tensors, path)
+        self.step = step
+
+    def load_importance(self, tensors: dict, path: Path) -> None:
+        mine, saved = self.importance.state_dict(), unprefixed("importance", tensors)
+        if saved.keys() != mine.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
+            raise CheckpointError(f"{path}: its importance sampler's state does not fit this run's "
+                                  f"({self.diffusion.timesteps} timesteps); restore the file, or start the run "
+                                  "again without --resume")
+        self.importance.load_state_dict({k: saved[k].to(v.dtype) for k, v in mine.items()})
 
     def snapshot(self) -> Pipeline:
         return Pipeline(tokenizer=self.tokenizer, text_encoder=self.ema_text.model, unet=self.ema_unet.model,
@@ -303,6 +329,28 @@ class DiffusionTrainer:
 
     # ------------------------------------------------------------------ the run
 
+    def train_and_watch(self, step: int, progress: Progress, board: TensorBoard, metrics: MetricsLog | None) -> None:
+        """Train step `step`, then log, draw samples, measure and save the model folder as the settings ask."""
+        c = self.config
+        loss = self.train_step(step)
+        row = progress.log(step, loss)
+        self.step += 1
+        self.finite.record(self.step, loss)
+        if row is not None:
+            board.scalars(self.step, {"train/loss": row["loss"], "train/samples_per_s": row["samples_per_s"]})
+        if c.sample_every and self.step % c.sample_every == 0 and self.world.main:
+            grid = sample_grid(self.snapshot(), self.sample_prompts, self.out / "samples" / f"step-{self.step:06d}.png")
+            board.image(self.step, "samples", grid)
+        if metrics is not None and self.step % c.eval_every == 0:
+            with metrics.paused():
+                values = self.evaluate()
+            metrics.write(self.step, values)
+            board.scalars(self.step, {f"eval/{k}": v for k, v in values.items()})
+        if self.step % c.save_every == 0:
+            self.finite.check(self.step)  # every process: they decide together
+            if self.world.main:
+                self.snapshot().save(self.out)
+
     def run(self) -> dict:
         c = self.config
         if c.resume:
@@ -310,27 +358,15 @@ class DiffusionTrainer:
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step,
                             enabled=self.world.main)
         board = TensorBoard(self.out, enabled=self.world.main)
-        metrics = MetricsLog(self.out / "metrics.csv", resume=c.resume) if c.eval_every and self.world.main else None
+        metrics = (MetricsLog(self.out / "metrics.csv", first_step=self.step) if c.eval_every and self.world.main
+                   else None)
         with StopSignals() as stop:
-            for step in run_steps(self, progress, stop, c.checkpoint_every):
-                loss = self.train_step(step)
-                row = progress.log(step, loss)
-                self.step += 1
-                if row is not None:
-                    board.scalars(self.step, {"train/loss": row["loss"], "train/samples_per_s": row["samples_per_s"]})
-                if c.sample_every and self.step % c.sample_every == 0 and self.world.main:
-                    grid = sample_grid(self.snapshot(), self.sample_prompts,
-                                       self.out / "samples" / f"step-{self.step:06d}.png")
-                    board.image(self.step, "samples", grid)
-                if metrics is not None and self.step % c.eval_every == 0:
-                    with metrics.paused():
-                        values = self.evaluate()
-                    metrics.write(self.step, values)
-                    board.scalars(self.step, {f"eval/{k}": v for k, v in values.items()})
-                if self.step % c.save_every == 0 and self.world.main:
-                    self.snapshot().save(self.out)
-        progress.close()
-        board.close()
+            try:
+                for step in run_steps(self, progress, stop, c.checkpoint_every):
+                    self.train_and_watch(step, progress, board, metrics)
+            finally:  # also when stopped by an error: the bar ends its line before the error is printed
+                progress.close()
+                board.close()
         self.save_checkpoint()
         if self.world.main:
             self.snapshot().save(self.out)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
+import math
 import random
 import signal
 import threading
@@ -14,7 +17,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..pipeline import resolve_device
+from ..errors import LatentlabError
+from ..io import atomic_write
+from ..pipeline import Pipeline, resolve_device
+
+
+def check_numbers(config) -> None:
+    """Refuse a training config whose number settings (lr, weights of loss terms, probabilities...) are NaN or
+    infinite (a run with one trains every weight to NaN), or whose seed the random generators would wrap."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LatentlabError(f"{field.name} must be a finite number, got {value}")
+    Pipeline.check_seed(config.seed)
 
 
 def setup(seed: int, device: str) -> torch.device:
@@ -44,8 +59,8 @@ def learning_rate(step: int, base: float, warmup: int) -> float:
 class Progress:
     """A progress bar over steps (or minutes, when a time budget ends the run first) and a CSV log.
 
-    A resumed run (`first_step` > 0) appends to the log it continues. Only the main process of a
-    distributed run shows and writes anything (`enabled`)."""
+    A resumed run (`first_step` > 0) appends to the log it continues, less the rows a killed run wrote after
+    its checkpoint. Only the main process of a distributed run shows and writes anything (`enabled`)."""
 
     def __init__(self, out: Path, steps: int, minutes: float | None, batch_size: int, log_every: int = 50,
                  first_step: int = 0, enabled: bool = True):
@@ -59,6 +74,8 @@ class Progress:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "log.csv"
         append = first_step > 0 and path.is_file()
+        if append:
+            truncate_log(path, first_step)
         self.file = open(path, "a" if append else "w", newline="")
         self.csv = csv.writer(self.file)
         if not append:
@@ -134,6 +151,78 @@ def run_steps(trainer, progress: Progress, stop: StopSignals, checkpoint_every: 
             trainer.save_checkpoint()
         if stop.requested:
             return
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop the rows of a CSV log (its first column the step) after `last_step`, the step a run resumes from:
+    a killed run logged them after its last checkpoint, and the resumed run logs those steps again. Rows that
+    are not whole (a kill mid-write) go too. The file is rewritten atomically, only when a row goes."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if len(row) == len(rows[0]) and _step(row[0]) <= last_step]
+    if len(kept) < len(rows) or not _ends_with_newline(path):
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        atomic_write(path, text.getvalue())
+
+
+def _step(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return float("inf")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+class FiniteCheck:
+    """Stops a run whose loss or weights stopped being finite numbers (a learning rate too high, a bad
+    setting) before any of it is saved: a LatentlabError that names the step, and the last good checkpoint
+    stays as it is.
+
+    Reading a value of the GPU back waits for the GPU, so a step only folds its loss into a record, kept on
+    the device, of the first step whose loss was not finite (`record`: a few tiny kernels, no sync). `check`
+    reads that record back together with whether every weight is finite: one sync. `record` checks every
+    `every` steps (the logging steps, where Progress syncs anyway) and the trainers check right before
+    every save (checkpoint, model folder, LoRA file), so a NaN that appears between two checks, in the loss
+    or in the weights of the last update, is never written. Every process of a distributed run checks at the
+    same steps and they decide together (`world`), so all stop, or none."""
+
+    NEVER = 2 ** 62
+
+    def __init__(self, params, device: torch.device, *, lr: float, checkpoint: Path, every: int = 50, world=None):
+        self.params, self.lr, self.checkpoint, self.every, self.world = list(params), lr, checkpoint, every, world
+        self.first_bad = torch.full((), self.NEVER, dtype=torch.long, device=device)
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        """Note the loss of step `step` (counting from 1); check at every `every`-th step."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.first_bad = torch.where(bad, self.first_bad.clamp(max=step), self.first_bad)
+        if step % self.every == 0:
+            self.check(step)
+
+    def check(self, step: int) -> None:
+        """Raise LatentlabError if a loss so far, or a weight now, is not finite."""
+        weights_bad = torch.stack([~torch.isfinite(p.detach()).all() for p in self.params]
+                                  or [torch.zeros((), dtype=torch.bool, device=self.first_bad.device)]).any()
+        state = torch.stack([self.first_bad, weights_bad.long()]).view(1, 2)
+        if self.world is not None:
+            state = self.world.all_gather(state)
+        first_bad, weights_bad = torch.stack([state[:, 0].min(), state[:, 1].max()]).tolist()
+        if first_bad == self.NEVER and not weights_bad:
+            return
+        what = (f"the loss became NaN or infinite at step {first_bad}" if first_bad != self.NEVER
+                else f"the weights became NaN or infinite by step {step}")
+        raise LatentlabError(f"training stopped: {what}; nothing of it was saved, {self.checkpoint} (if any) "
+                             f"still holds the last good state; lower the learning rate (lr {self.lr:g}) "
+                             "or check the loss settings")
 
 
 def read_log(path: str | Path) -> list[dict[str, float]]:

@@ -21,6 +21,7 @@ exactly), log.csv and prior/.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -36,12 +37,13 @@ from ..adapters.lora import (TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, ad
 from ..data.sources import NAMED, open_dataset
 from ..errors import CheckpointError, LatentlabError
 from ..io import atomic_write
+from ..io.checkpoint import remove_stale_temporaries
 from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
-from .loop import Progress, StopSignals, adamw, autocast, learning_rate, run_steps, setup
-from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, optimizer_state, prefixed,
-                    rng_state, save_state, set_rng_state, unprefixed)
+from .loop import FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps, setup
+from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_optimizer, load_state,
+                    meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step, set_rng_state, unprefixed)
 
 LORA_FILENAME = "lora.safetensors"
 PRIOR_FOLDER = "prior"
@@ -81,10 +83,14 @@ class LoRATrainConfig:
     checkpoint_every: int = 500  # write the resumable checkpoint every N steps (SIGTERM and Ctrl-C too)
     resume: bool = False  # continue from out/checkpoint.safetensors
 
+    def __post_init__(self):
+        check_numbers(self)
 
-# what may differ between a run and the run it resumes
+
+# what may differ between a run and the run it resumes; also where its folder is (the checkpoint is in it).
+# model and data compare by their contents (`identity`).
 RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "compile", "compile_mode",
-                     "channels_last")
+                     "channels_last", "out")
 # torch.compile's modes: "reduce-overhead" records the step's kernels as CUDA graphs and replays them, which takes
 # the host out of the step (1.6x eager at SD 1.5's size on an H100: docs/lora.md)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -138,12 +144,15 @@ class LoRATrainer:
 
     def __init__(self, config: LoRATrainConfig):
         self.config = c = check_config(config)
+        remove_stale_temporaries(c.out)  # before anything is written
         self.device = device = setup(c.seed, c.device)
         self.out = Path(c.out)
         pipe = Pipeline.load(c.model, device="cpu")  # float32 on the host; cast once on the way to the device
         self.image_size = c.image_size or pipe.image_size
         pipe.check_size(self.image_size)
         self.data = open_data(c, self.image_size, pipe.vae)
+        self.identity = {"model": digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion)),
+                         "data": data_identity(c.data, self.data)}
         self.pipe = pipe.to(device, dtype=frozen_dtype(device))
         for module in (pipe.text_encoder, pipe.unet, pipe.vae):
             module.requires_grad_(False)
@@ -158,6 +167,7 @@ class LoRATrainer:
         self.unet = torch.compile(pipe.unet, mode=c.compile_mode) if c.compile else pipe.unet
         self.alphas_cumprod = pipe.diffusion.alphas_cumprod().to(device)
         self.noise = torch.Generator(device).manual_seed(c.seed)  # posterior noise, t and eps
+        self.finite = FiniteCheck(self.params, device, lr=c.lr, checkpoint=self.checkpoint_path)
         self.step = 0
 
     def add_adapters(self) -> dict[str, nn.Module]:
@@ -187,7 +197,7 @@ class LoRATrainer:
         from ..data.folder import ImageFolder
 
         c, folder = self.config, self.out / PRIOR_FOLDER
-        settings = {"model": c.model, "prompts": list(c.prior_prompts), "steps": c.prior_steps,
+        settings = {"model": self.identity["model"], "prompts": list(c.prior_prompts), "steps": c.prior_steps,
                     "guidance": c.prior_guidance, "seed": c.seed, "image_size": self.image_size}
         settings_file = folder / "settings.json"
         fresh = not settings_file.is_file() or json.loads(settings_file.read_text()) != settings
@@ -228,28 +238,31 @@ class LoRATrainer:
         return self.out / FILENAME
 
     def save_checkpoint(self) -> None:
+        self.finite.check(self.step)
         tensors = {}
         for name, part in self.parts.items():
             tensors.update(prefixed(name, lora_state_dict(part)))
         optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
         random_tensors, random_meta = rng_state({"noise": self.noise})
-        meta = {"step": self.step, "config": config_json(self.config), "optimizer": optimizer_meta,
-                "rng": random_meta}
+        meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity,
+                "optimizer": optimizer_meta, "rng": random_meta}
         save_state(self.checkpoint_path, {**tensors, **optimizer_tensors, **random_tensors}, meta)
 
     def load_checkpoint(self) -> None:
-        tensors, meta = load_state(self.checkpoint_path)
-        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
+        path = self.checkpoint_path
+        tensors, meta = load_state(path)
+        step = saved_step(meta, path)
+        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
         with torch.no_grad():
             for name, part in self.parts.items():
                 mine, saved = lora_state_dict(part), unprefixed(name, tensors)
                 if mine.keys() != saved.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
-                    raise CheckpointError(f"{self.checkpoint_path}: its {name} adapters do not fit this run's")
+                    raise CheckpointError(f"{path}: its {name} adapters do not fit this run's")
                 for key, value in mine.items():
                     value.copy_(saved[key])
-        load_optimizer(self.optimizer, tensors, meta["optimizer"])
-        set_rng_state(tensors, meta["rng"], {"noise": self.noise})
-        self.step = int(meta["step"])
+        load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
+        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise}, path)
+        self.step = step
 
     # ------------------------------------------------------------------ one step
 
@@ -340,11 +353,14 @@ class LoRATrainer:
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step)
         loss = None
         with StopSignals() as stop:
-            for step in run_steps(self, progress, stop, c.checkpoint_every):
-                loss = self.train_step(step)
-                progress.log(step, loss)
-                self.step += 1
-        progress.close()
+            try:
+                for step in run_steps(self, progress, stop, c.checkpoint_every):
+                    loss = self.train_step(step)
+                    progress.log(step, loss)
+                    self.step += 1
+                    self.finite.record(self.step, loss)
+            finally:  # also when stopped by an error: the bar ends its line before the error is printed
+                progress.close()
         self.save_checkpoint()
         path = self.save_lora()
         return {"steps": self.step, "loss": None if loss is None else loss.item(), "lora": str(path),

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LatentlabError
+from .loop import truncate_log
 
 SAMPLE_STEPS, SAMPLE_GUIDANCE = 25, 4.0
 
@@ -72,10 +73,13 @@ def sample_grid(pipe, prompts: list[str], path: Path, *, steps: int = SAMPLE_STE
 
 class MetricsLog:
     """OUT/metrics.csv: step, training minutes (wall time since this process started the run, less the time
-    spent measuring) and the measured values, one row per evaluation; a resumed run appends."""
+    spent measuring) and the measured values, one row per evaluation; a resumed run (`first_step` > 0)
+    appends, less the rows a killed run wrote after its checkpoint."""
 
-    def __init__(self, path: Path, resume: bool = False):
-        self.path, self.append = path, resume and path.is_file()
+    def __init__(self, path: Path, first_step: int = 0):
+        self.path, self.append = path, first_step > 0 and path.is_file()
+        if self.append:
+            truncate_log(path, first_step)
         self.start, self.paused_seconds = time.monotonic(), 0.0
 
     @contextmanager

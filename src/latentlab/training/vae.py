@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from ..data.dataset import CaptionedImages
 from ..data.sources import open_dataset
 from ..io import save_component
+from ..io.checkpoint import remove_stale_temporaries
 from ..models import AutoencoderKL, VAEConfig
 from ..models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
-from .loop import Progress, StopSignals, autocast, learning_rate, run_steps, setup
-from .state import (FILENAME, check_resumable, config_json, load_module, load_optimizer, load_state,
-                    optimizer_state, prefixed, rng_state, save_state, set_rng_state)
+from .loop import (FiniteCheck, Progress, StopSignals, autocast, check_numbers, learning_rate, run_steps, setup,
+                   truncate_log)
+from .state import (FILENAME, check_resumable, config_json, data_identity, load_module, load_optimizer, load_state,
+                    meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step, set_rng_state)
 
 
 @dataclass
@@ -60,9 +62,13 @@ class VAETrainConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     discriminator: PatchDiscriminatorConfig = field(default_factory=PatchDiscriminatorConfig)
 
+    def __post_init__(self):
+        check_numbers(self)
 
-# what may differ between a run and the run it resumes: how long it goes on, and where it runs
-RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every")
+
+# what may differ between a run and the run it resumes: how long it goes on, where it runs, and where its folder
+# is (the checkpoint is in it). data compares by its contents (`identity`).
+RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "out")
 DISC_BETAS = (0.5, 0.9)  # the discriminator's AdamW betas (taming's)
 
 
@@ -121,7 +127,7 @@ def reconstruction_psnr(vae: AutoencoderKL, data: CaptionedImages, n: int = 256,
 
 class TermsLog:
     """metrics.csv: every `every` steps (and at the first), the loss terms and PSNR of that step's batch.
-    A resumed run appends to the file it continues."""
+    A resumed run appends to the file it continues, less the rows a killed run wrote after its checkpoint."""
 
     COLUMNS = ("step", "l1", "kl", "g_loss", "d_loss", "disc_weight", "psnr_db")
 
@@ -130,6 +136,8 @@ class TermsLog:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "metrics.csv"
         append = first_step > 0 and path.is_file()
+        if append:
+            truncate_log(path, first_step)
         self.file = open(path, "a" if append else "w", newline="")
         self.csv = csv.writer(self.file)
         if not append:
@@ -154,6 +162,7 @@ class VAETrainer:
 
     def __init__(self, config: VAETrainConfig):
         self.config = c = config
+        remove_stale_temporaries(c.out)  # before anything is written
         self.device = device = setup(c.seed, c.device)
         self.out = Path(c.out)
         self.vae = AutoencoderKL(dataclasses.replace(c.model, scale_factor=1.0)).to(device)
@@ -164,7 +173,10 @@ class VAETrainer:
         self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=disc_lr, betas=DISC_BETAS,
                                                 weight_decay=0.0)
         self.data = open_dataset(c.data, image_size=c.image_size, seed=c.seed, split="train")
+        self.identity = {"data": data_identity(c.data, self.data)}
         self.noise = torch.Generator(device).manual_seed(c.seed)  # the posterior's samples
+        self.finite = FiniteCheck([*self.vae.parameters(), *self.discriminator.parameters()], device, lr=c.lr,
+                                  checkpoint=self.checkpoint_path, every=c.log_every)
         self.step = 0
 
     # ------------------------------------------------------------------ checkpoints
@@ -174,9 +186,10 @@ class VAETrainer:
         return self.out / FILENAME
 
     def save_checkpoint(self) -> None:
+        self.finite.check(self.step)
         tensors = {**prefixed("vae", self.vae.state_dict()),
                    **prefixed("discriminator", self.discriminator.state_dict())}
-        meta = {"step": self.step, "config": config_json(self.config)}
+        meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity}
         for name, optimizer in (("optimizer", self.optimizer), ("disc_optimizer", self.disc_optimizer)):
             optimizer_tensors, meta[name] = optimizer_state(optimizer, name)
             tensors.update(optimizer_tensors)
@@ -185,14 +198,16 @@ class VAETrainer:
         save_state(self.checkpoint_path, tensors, meta)
 
     def load_checkpoint(self) -> None:
-        tensors, meta = load_state(self.checkpoint_path)
-        check_resumable(meta["config"], self.config, self.checkpoint_path, RESUMABLE_CHANGES)
-        load_module(self.vae, "vae", tensors)
-        load_module(self.discriminator, "discriminator", tensors)
+        path = self.checkpoint_path
+        tensors, meta = load_state(path)
+        step = saved_step(meta, path)
+        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
+        load_module(self.vae, "vae", tensors, path)
+        load_module(self.discriminator, "discriminator", tensors, path)
         for name, optimizer in (("optimizer", self.optimizer), ("disc_optimizer", self.disc_optimizer)):
-            load_optimizer(optimizer, tensors, meta[name], name)
-        set_rng_state(tensors, meta["rng"], {"noise": self.noise})
-        self.step = int(meta["step"])
+            load_optimizer(optimizer, tensors, meta_field(meta, name, dict, path), path, name)
+        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise}, path)
+        self.step = step
 
     # ------------------------------------------------------------------ one step
 
@@ -253,13 +268,16 @@ class VAETrainer:
         progress = Progress(self.out, c.steps, c.minutes, c.batch_size, log_every=c.log_every, first_step=self.step)
         metrics = TermsLog(self.out, c.log_every, first_step=self.step)
         with StopSignals() as stop:
-            for step in run_steps(self, progress, stop, c.checkpoint_every):
-                loss, terms = self.train_step(step)
-                progress.log(step, loss)
-                metrics.log(step, terms)
-                self.step += 1
-        progress.close()
-        metrics.close()
+            try:
+                for step in run_steps(self, progress, stop, c.checkpoint_every):
+                    loss, terms = self.train_step(step)
+                    progress.log(step, loss)
+                    metrics.log(step, terms)
+                    self.step += 1
+                    self.finite.record(self.step, loss + terms.get("d_loss", 0))
+            finally:  # also when stopped by an error: the bar ends its line before the error is printed
+                progress.close()
+                metrics.close()
         self.save_checkpoint()
         return {"steps": self.step, **self.finish(), "interrupted": stop.requested}
 
