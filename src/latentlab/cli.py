@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import LatentlabError
 
 EXIT_USAGE = 2
+GRID_PIXELS = 2**26  # grid.png's limit, 64 megapixels: under PIL's 89-megapixel warning when it is read back
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,14 +32,51 @@ class Parser(argparse.ArgumentParser):
 
 def _positive(kind):
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _finite(text) if kind is float else _whole(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
         return value
     return parse
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _finite(text: str) -> float:
+    """A number other than nan and inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give a finite number")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed the generators tell apart (Pipeline.MAX_SEED)."""
+    from .pipeline import Pipeline
+
+    value = _whole(text)
+    if not 0 <= value <= Pipeline.MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is not accepted: give a seed from 0 to {Pipeline.MAX_SEED}, the "
+                                         "seeds the generator tells apart")
+    return value
+
+
+def _prompt(text: str) -> str:
+    """A prompt in valid UTF-8 (command-line bytes that are not arrive as lone surrogates)."""
+    from .pipeline import Pipeline
+
+    try:
+        Pipeline.check_prompt(text)
+    except LatentlabError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _spacing(text: str):
@@ -57,8 +99,9 @@ def _lora_file(text: str) -> tuple[str, float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: scale {number!r} is not a number; write FILE or FILE:SCALE, "
                                              "e.g. style.safetensors:0.8") from None
-        if not math.isfinite(scale):
-            raise argparse.ArgumentTypeError(f"{text!r}: scale must be a finite number")
+        if not abs(scale) <= FLOAT32_MAX:  # nan, inf, or beyond what the float32 weights can hold
+            raise argparse.ArgumentTypeError(f"{text!r}: scale must be a finite number from -{FLOAT32_MAX:.4g} to "
+                                             f"{FLOAT32_MAX:.4g}")
     if not Path(path).exists():
         raise argparse.ArgumentTypeError(f"LoRA file {path} does not exist")
     return path, scale
@@ -66,6 +109,75 @@ def _lora_file(text: str) -> tuple[str, float]:
 
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
+
+
+def _check_out(path, *, folder: bool) -> None:
+    """Refuse an output that cannot be written, before any work: a file where a folder goes or the other
+    way round, a file on the way to it, or a folder this user cannot write in. Nothing is created."""
+    path = Path(path)
+    if "\0" in str(path):
+        raise LatentlabError(f"--out {str(path)!r} holds a NUL character, which no file name may")
+    try:
+        if path.exists() and path.is_dir() != folder:
+            raise LatentlabError(f"--out {path} is a {'file' if folder else 'folder'}; give the path of a "
+                                 f"{'folder' if folder else 'file'} to write")
+        parent = path if folder else path.parent
+        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise LatentlabError(f"--out {path} is under {existing}, which is a file, not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:  # a name too long, a folder this user cannot write in
+        where = f" ({e.filename})" if e.filename and e.filename != str(path) else ""
+        raise LatentlabError(f"cannot write --out {path}: {e.strerror or e}{where}") from None
+
+
+def _write_report(path, report) -> None:
+    """The JSON report to `path`; where that fails, to stdout before the error, so the work is not lost."""
+    from .io import atomic_write
+
+    text = json.dumps(report, indent=2) + "\n"
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        print(text, end="")
+        raise LatentlabError(f"cannot write {path}: {e.strerror or e}; the report is printed on standard "
+                             "output") from None
+
+
+def _save_png(image, path: Path, written: int) -> None:
+    try:
+        image.save(path)
+    except OSError as e:
+        raise LatentlabError(f"cannot write {path}: {e.strerror or e}; the {written} images before it are in "
+                             f"{path.parent}") from None
+
+
+def _grid_scale(count: int, size: int, scale: int) -> int:
+    """The largest scale up to `scale` at which grid.png, 8 images a row, stays within GRID_PIXELS; more
+    images than fit at scale 1 are refused."""
+    columns = min(count, 8)
+    pixels = columns * -(-count // columns) * size * size
+    if pixels > GRID_PIXELS:
+        most = columns * (GRID_PIXELS // (columns * size * size))
+        raise LatentlabError(f"{count} images of {size}x{size} pixels make a grid.png of {pixels / 2**20:.0f} "
+                             f"megapixels, over the limit of {GRID_PIXELS // 2**20}: ask for at most {most} "
+                             "images per command")
+    return min(scale, math.isqrt(GRID_PIXELS // pixels))
+
+
+def _close_bars() -> None:
+    """Close the progress bars an error left open, so that the error starts its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _os_error(e: OSError, out) -> str:
+    """One line for a file-system error: what failed, where, and the system's reason."""
+    reason = e.strerror or str(e)
+    if e.errno in WRITE_ERRORS:
+        return f"cannot write {e.filename or out or 'a file'}: {reason}"
+    return f"{e.filename}: {reason}" if e.filename else reason
 
 
 def _check_resume(args) -> None:
@@ -83,12 +195,13 @@ def _sampler_options(args) -> dict:
 
 
 def cmd_generate(args) -> None:
-    from .pipeline import Pipeline, image_grid, to_pil
+    from .pipeline import Pipeline, image_grid
     from tqdm import tqdm
 
-    prompts = [p for p in args.prompts for _ in range(args.images_per_prompt)]
-    if not prompts or any(not p.strip() for p in args.prompts):
+    if not args.prompts or any(not p.strip() for p in args.prompts):
         raise LatentlabError("give one or more non-empty prompts, e.g. latentlab generate \"a red circle\"")
+    count, out = len(args.prompts) * args.images_per_prompt, Path(args.out)
+    _check_out(out, folder=True)
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, channels_last=args.channels_last)
     for path, scale in args.lora or ():
         pipe.load_lora(path, scale=scale)
@@ -96,19 +209,25 @@ def cmd_generate(args) -> None:
         raise LatentlabError(f"--cuda-graph needs a CUDA GPU; the model is on {pipe.device}")
     size = args.size or pipe.image_size
     pipe.check_size(size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    pipe.check_seed(args.seed, count)
+    scale = _grid_scale(count, size, args.grid_scale)
     pipe.check_sampler(args.sampler, args.steps, **_sampler_options(args))  # bad options fail before any work
-    bar = tqdm(total=args.steps, desc="sampling", unit="step")
-    images = to_pil(pipe.sample(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                                sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
-                                cuda_graph=args.cuda_graph, callback=lambda i, n: bar.update(1),
-                                **_sampler_options(args)))
-    bar.close()
-    for i, (prompt, image) in enumerate(zip(prompts, images)):
-        image.save(out / f"{i:03d}-{_slug(prompt)}.png")
-    image_grid(images, columns=min(len(images), 8), scale=args.grid_scale).save(out / "grid.png")
-    print(f"wrote {len(images)} images and grid.png to {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = [p for p in args.prompts for _ in range(args.images_per_prompt)]
+    images = []
+    with tqdm(total=args.steps * -(-count // args.batch_size), desc="sampling", unit="step") as bar:
+        for start in range(0, count, args.batch_size):  # each batch's PNGs are saved as soon as it is done
+            batch = prompts[start:start + args.batch_size]
+            for prompt, image in zip(batch, pipe(batch, steps=args.steps, guidance=args.guidance,
+                                                 seed=args.seed + start, sampler=args.sampler,
+                                                 negative_prompt=args.negative_prompt, size=size,
+                                                 cuda_graph=args.cuda_graph, callback=lambda i, n: bar.update(1),
+                                                 **_sampler_options(args))):
+                _save_png(image, out / f"{len(images):03d}-{_slug(prompt)}.png", len(images))
+                images.append(image)
+    _save_png(image_grid(images, columns=min(count, 8), scale=scale), out / "grid.png", count)
+    smaller = f" (grid.png at scale {scale}, within {GRID_PIXELS // 2**20} megapixels)"
+    print(f"wrote {count} images and grid.png to {out}{smaller if scale < args.grid_scale else ''}")
 
 
 def cmd_train_vae(args) -> None:
@@ -119,6 +238,7 @@ def cmd_train_vae(args) -> None:
                             model=preset(args.preset, "vae"), data=args.data, disc_start=args.disc_start,
                             disc_weight=args.disc_weight, checkpoint_every=args.checkpoint_every, resume=args.resume)
     _check_resume(args)
+    _check_out(args.out, folder=True)
     result = train_vae(config)
     if result["interrupted"]:
         print(f"stopped after step {result['steps']}; the checkpoint is saved in {args.out}; run the same command "
@@ -147,6 +267,7 @@ def cmd_train(args) -> None:
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
     _check_resume(args)
+    _check_out(args.out, folder=True)
     result = train_diffusion(config)
     if not result.pop("main"):
         return  # one report per run, from the main process
@@ -164,6 +285,7 @@ def cmd_cache_latents(args) -> None:
 
     if not Path(args.vae).is_dir():
         raise LatentlabError(f"autoencoder folder {args.vae} does not exist; train one with latentlab train-vae")
+    _check_out(args.out, folder=True)
     data = open_dataset(args.data, image_size=args.image_size, seed=args.seed)
     if args.count is None and not hasattr(data, "__len__"):
         raise LatentlabError(f"{args.data} is endless: give --count, the number of examples to encode")
@@ -174,6 +296,7 @@ def cmd_cache_latents(args) -> None:
 def cmd_plot(args) -> None:
     from .training.monitor import plot_run
 
+    _check_out(args.out or Path(args.run) / "curves.png", folder=False)
     print(f"wrote {plot_run(args.run, args.out)}")
 
 
@@ -182,6 +305,7 @@ def cmd_train_classifier(args) -> None:
     from .evaluation.classifier import train_classifier
     from .pipeline import resolve_device
 
+    _check_out(args.out, folder=True)
     train, test = (open_dataset(args.data, split=split, seed=args.seed) for split in ("train", "test"))
     if not hasattr(train, "class_captions"):
         raise LatentlabError(f"--data {args.data} has no classes; accepted: fashion-mnist, mnist")
@@ -200,8 +324,7 @@ def cmd_eval_classes(args, pipe) -> None:
     print(f"class accuracy {report['class_accuracy']:.1%}  Frechet distance {report['frechet_distance']:.3f} "
           f"(real test images: {report['frechet_floor']:.3f})")
     if args.out:
-        from .io import atomic_write
-        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
 
 
 def cmd_eval(args) -> None:
@@ -210,6 +333,8 @@ def cmd_eval(args) -> None:
 
     if args.concept and args.data != "shapes":
         raise LatentlabError(f"--concept measures a shapes-world concept; it does not go with --data {args.data}")
+    if args.out:
+        _check_out(args.out, folder=False)
     pipe = Pipeline.load(args.model, device=args.device)
     for path, scale in args.lora or ():
         pipe.load_lora(path, scale=scale)
@@ -240,8 +365,7 @@ def cmd_eval(args) -> None:
         print(f"{'':8s} {kind} drawn: {read}; ground truth through the autoencoder: all {round_trip['all']:.1%}, "
               f"{kind} {round_trip[kind]:.1%}")
     if args.out:
-        from .io import atomic_write
-        atomic_write(args.out, json.dumps(reports, indent=2) + "\n")
+        _write_report(args.out, reports)
 
 
 def cmd_nll(args) -> None:
@@ -249,23 +373,23 @@ def cmd_nll(args) -> None:
     from .pipeline import Pipeline
     from tqdm import tqdm
 
+    if args.out:
+        _check_out(args.out, folder=False)
     pipe = Pipeline.load(args.model, device=args.device)
-    bar = tqdm(total=args.images, desc="bound", unit="image")
+    with tqdm(total=args.images, desc="bound", unit="image") as bar:
 
-    def progress(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
 
-    report = bits_per_dim(pipe, images=args.images, batch_size=args.batch_size, variance=args.variance,
-                          seed=args.seed, callback=progress)
-    bar.close()
+        report = bits_per_dim(pipe, images=args.images, batch_size=args.batch_size, variance=args.variance,
+                              seed=args.seed, callback=progress)
     bits = report["bits_per_dim"]
     print(f"latent: {bits['latent']:.4f} bits/dim (prior {bits['latent_prior']:.4f}, decoder {bits['latent_decoder']:.4f})"
           f"  pixel: {bits['pixel']:.4f} bits/dim (reconstruction {bits['pixel_reconstruction']:.4f})"
           f"  variance {report['variance']}, {report['images']} images")
     if args.out:
-        from .io import atomic_write
-        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
 
 
 def cmd_lora_train(args) -> None:
@@ -284,6 +408,7 @@ def cmd_lora_train(args) -> None:
         checkpoint_every=args.checkpoint_every, resume=args.resume,
     )
     _check_resume(args)
+    _check_out(args.out, folder=True)
     result = train_lora(config)
     if result["interrupted"]:
         print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and {result['lora']} are "
@@ -294,6 +419,7 @@ def cmd_lora_train(args) -> None:
 def cmd_lora_merge(args) -> None:
     from .pipeline import Pipeline, resolve_dtype
 
+    _check_out(args.out, folder=True)
     pipe = Pipeline.load(args.model, device=args.device)  # merged in float32, cast when saved
     for path, scale in args.lora:
         pipe.load_lora(path, scale=scale)
@@ -321,29 +447,35 @@ def build_parser() -> Parser:
                            help="a latentlab model folder, a diffusers Stable Diffusion folder, an SD 1.x .safetensors "
                                 "file, or a shipped model: shapes-default (the default) or fashion-mnist")
         p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0, help="0 to 4294967295 (default %(default)s)")
 
     def sampling(p, steps=50):
         p.add_argument("--steps", type=_positive(int), default=steps, help="network evaluations (default %(default)s)")
-        p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale; 1 turns it off")
+        p.add_argument("--guidance", type=_finite, default=4.0, help="classifier-free guidance scale; 1 turns it off")
         p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                        help="ddpm (ancestral), ddim, euler and heun (Karras sigmas), dpmpp_2m (DPM-Solver++(2M))")
         p.add_argument("--variance", choices=VARIANCES, default=None,
                        help="ddpm's reverse variance (default: learned if the model learned one, else small)")
-        p.add_argument("--eta", type=float, default=None, help="ddim's noise: 0 deterministic (default), 1 like ddpm")
+        p.add_argument("--eta", type=_finite, default=None, help="ddim's noise: 0 deterministic (default), 1 like ddpm")
         p.add_argument("--spacing", type=_spacing, default=None,
                        help=f"how ddpm, ddim and dpmpp_2m pick their timesteps: {', '.join(SPACINGS)} (default "
                             "linspace; dpmpp_2m trailing), or the timesteps themselves, e.g. 999,500,100,0")
 
     g = sub.add_parser("generate", help="generate images from text prompts")
-    g.add_argument("prompts", nargs="*", help="one or more text prompts")
+    g.add_argument("prompts", nargs="*", type=_prompt, help="one or more text prompts")
     common(g)
     sampling(g)
     g.add_argument("--out", default="samples", help="folder for the PNGs (default %(default)s)")
-    g.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt)")
+    g.add_argument("--negative-prompt", type=_prompt, default="",
+                   help="what to steer away from (replaces the empty prompt)")
     g.add_argument("--images-per-prompt", type=_positive(int), default=1)
     g.add_argument("--size", type=_positive(int), default=None, help="image size in pixels (default: the model's)")
-    g.add_argument("--grid-scale", type=_positive(int), default=4, help="enlarge grid.png this many times")
+    g.add_argument("--grid-scale", type=_positive(int), default=4,
+                   help="enlarge grid.png this many times (default %(default)s; less where the grid would pass 64 "
+                        "megapixels)")
+    g.add_argument("--batch-size", type=_positive(int), default=16,
+                   help="images sampled at a time (default %(default)s), each batch's PNGs saved as it finishes; the "
+                        "images do not depend on it")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="the networks' weights and activations (default %(default)s; float16 or bfloat16 on a GPU)")
     g.add_argument("--channels-last", action="store_true", help="feature maps in NHWC, the GPU convolutions' own layout")
@@ -371,7 +503,7 @@ def build_parser() -> Parser:
     training(v, 4000, 64, 2e-4)
     v.add_argument("--disc-start", type=int, default=2000,
                    help="the step from which a patch discriminator's hinge loss joins L1 + KL (default %(default)s)")
-    v.add_argument("--disc-weight", type=float, default=0.1,
+    v.add_argument("--disc-weight", type=_finite, default=0.1,
                    help="its weight, times taming's adaptive factor; 0 turns it off (default %(default)s)")
     v.add_argument("--checkpoint-every", type=_positive(int), default=500,
                    help="write the resumable checkpoint every N steps (SIGTERM and Ctrl-C write it too)")
@@ -402,7 +534,7 @@ def build_parser() -> Parser:
                    help="gate the U-Net's skip connections by the decoder's features (Attention U-Net)")
     t.add_argument("--importance-sampling", action="store_true",
                    help="draw timesteps by the bound terms' second moments (Improved DDPM, sec. 3.3)")
-    t.add_argument("--p-two", type=float, default=0.35, help="fraction of two-object scenes (default %(default)s)")
+    t.add_argument("--p-two", type=_finite, default=0.35, help="fraction of two-object scenes (default %(default)s)")
     t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
     t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
     t.add_argument("--checkpoint-every", type=_positive(int), default=500,
@@ -501,7 +633,7 @@ def build_parser() -> Parser:
                     help="r, the adapters' rank (default %(default)s); the update B A is scaled by alpha/rank")
     lt.add_argument("--alpha", type=_positive(float), default=None,
                     help="alpha of the scale alpha/rank (default: the rank, so the scale is 1)")
-    lt.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    lt.add_argument("--dropout", type=_finite, default=0.0, help="dropout on the adapters' input (default 0)")
     lt.add_argument("--targets", nargs="+", default=list(UNET_ATTENTION), metavar="PATTERN",
                     help="the U-Net layers to adapt: regular expressions matching the end of a module's dotted name "
                          "(default: %(default)s, the attention projections)")
@@ -515,21 +647,21 @@ def build_parser() -> Parser:
                     help="images per step (default %(default)s; as many prior images join them)")
     lt.add_argument("--lr", type=_positive(float), default=1e-4, help="AdamW's learning rate (default %(default)s)")
     lt.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps (default %(default)s)")
-    lt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's weight decay (default %(default)s)")
+    lt.add_argument("--weight-decay", type=_finite, default=1e-2, help="AdamW's weight decay (default %(default)s)")
     lt.add_argument("--grad-clip", type=_positive(float), default=1.0, help="clip the gradient norm to this")
-    lt.add_argument("--p-uncond", type=float, default=0.1,
+    lt.add_argument("--p-uncond", type=_finite, default=0.1,
                     help="probability of training on the empty prompt, which keeps guidance working (default "
                          "%(default)s)")
     lt.add_argument("--image-size", type=_positive(int), default=None, help="default: the base model's")
-    lt.add_argument("--prior-prompt", action="append", metavar="PROMPT",
+    lt.add_argument("--prior-prompt", type=_prompt, action="append", metavar="PROMPT",
                     help="prior preservation (DreamBooth): a class prompt the base model draws images of before "
                          "training, cached in OUT/prior; repeat for several")
     lt.add_argument("--prior-images", type=_positive(int), default=100,
                     help="how many prior images to draw (default %(default)s)")
-    lt.add_argument("--prior-weight", type=float, default=1.0,
+    lt.add_argument("--prior-weight", type=_finite, default=1.0,
                     help="lambda of loss = L_data + lambda L_prior (default %(default)s)")
     lt.add_argument("--prior-steps", type=_positive(int), default=50, help="sampler steps for the prior images")
-    lt.add_argument("--prior-guidance", type=float, default=4.0, help="guidance scale for the prior images")
+    lt.add_argument("--prior-guidance", type=_finite, default=4.0, help="guidance scale for the prior images")
     lt.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
     lt.add_argument("--channels-last", action="store_true",
@@ -547,15 +679,22 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise LatentlabError("no command given; accepted: generate, train-vae, train, cache-latents, plot, eval, train-classifier, nll, lora (see latentlab -h)")
         args.func(args)
     except ValueError as e:  # LatentlabError, and bad values caught by the configs' own checks
+        _close_bars()
         print(f"latentlab: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a full disk, a folder made unwritable during the run
+        _close_bars()
+        print(f"latentlab: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
+        _close_bars()
         print("latentlab: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -5,16 +5,25 @@ files, io/stable_diffusion.py); `Pipeline.save` writes any pipeline as a latentl
 
 A model folder holds one sub-folder per component:
 
-    model_index.json        {"format": "latentlab", "version": 3, "image_size": 32, "text_encoder": "latentlab"}
+    model_index.json        {"format": "latentlab", "version": 3, "image_size": 32, "text_encoder": "latentlab",
+                             "save_id": "<32 hex digits>"}
     tokenizer/tokenizer.json
     text_encoder/  unet/  vae/   config.json + model.safetensors each
     scheduler/config.json   the DiffusionConfig the U-Net was trained with
+
+A save writes the networks' weights first, each carrying the save's id in its metadata, and
+model_index.json, with the same id, last; so a save stopped midway (a kill) leaves weights whose id
+is not the index's, and loading refuses the folder instead of mixing two models. Folders of older
+saves carry no ids at all, and load as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import operator
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -28,7 +37,7 @@ from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, 
                         timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
-from .io import atomic_write, load_component, read_config, read_json, save_component
+from .io import atomic_write, load_component, read_config, read_json, read_save_id, save_component
 from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_from_latentlab_v1
 from .io.lora_files import apply_lora, read_lora, save_lora
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
@@ -134,6 +143,10 @@ class Pipeline:
                                   "`latentlab train` or Pipeline.save, a diffusers Stable Diffusion folder, or a "
                                   "Stable Diffusion 1.x .safetensors file")
         pipe = cls(**parts)
+        if pipe.unet.config.in_channels != pipe.vae.config.latent_channels:
+            raise CheckpointError(f"{path / 'unet'} takes {pipe.unet.config.in_channels} channels, but the "
+                                  f"autoencoder's latents have {pipe.vae.config.latent_channels}; accepted: a U-Net "
+                                  "whose input is the latents alone (text to image)")
         channels = pipe.vae.config.latent_channels * (2 if pipe.diffusion.learned_variance else 1)
         if pipe.unet.config.out_channels != channels:
             raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
@@ -146,9 +159,14 @@ class Pipeline:
         """The parts of a latentlab model folder, of any format version."""
         index = read_json(path / "model_index.json")
         version = index.get("version")
-        if index.get("format") != FORMAT or version not in range(1, VERSION + 1):
+        if index.get("format") != FORMAT or type(version) is not int or version not in range(1, VERSION + 1):
             raise CheckpointError(f"{path / 'model_index.json'} is not a latentlab model index "
                                   f"(need format {FORMAT!r}, version 1 to {VERSION})")
+        image_size = index.get("image_size", 32)
+        if type(image_size) is not int or image_size < 1:
+            raise CheckpointError(f"{path / 'model_index.json'}: image_size is {image_size!r}; accepted: a positive "
+                                  "integer")
+        Pipeline._check_save_id(path, index.get("save_id"))
         old_blocks = {1: lambda state, _: blocks_from_latentlab_v1(state),
                       2: lambda state, _: blocks_from_latentlab_v2(state)}.get(version)
         try:
@@ -156,7 +174,7 @@ class Pipeline:
         except Exception as e:  # the tokenizers library raises its own exception types
             raise CheckpointError(f"{path / 'tokenizer' / 'tokenizer.json'} is not a readable tokenizer ({e})") from None
         kind = index.get("text_encoder", "latentlab")
-        if kind not in TEXT_ENCODERS:
+        if not isinstance(kind, str) or kind not in TEXT_ENCODERS:
             raise CheckpointError(f"{path / 'model_index.json'} names text encoder {kind!r}; accepted: "
                                   f"{', '.join(TEXT_ENCODERS)}")
         return dict(
@@ -165,19 +183,33 @@ class Pipeline:
             unet=load_component(path / "unet", UNet, UNetConfig, translate=old_blocks),
             vae=load_component(path / "vae", AutoencoderKL, VAEConfig, translate=vae_translation),
             diffusion=read_config(path / "scheduler" / "config.json", DiffusionConfig),
-            image_size=int(index.get("image_size", 32)),
+            image_size=image_size,
         )
 
+    @staticmethod
+    def _check_save_id(path: Path, save_id) -> None:
+        """Every network's weights were written by the save that wrote model_index.json (see the module's doc)."""
+        if save_id is not None and not isinstance(save_id, str):
+            raise CheckpointError(f"{path / 'model_index.json'}: save_id is {save_id!r}; accepted: a string")
+        for part in ("text_encoder", "unet", "vae"):
+            weights = path / part / "model.safetensors"
+            if read_save_id(weights) != save_id:
+                raise CheckpointError(f"{weights} was written by another save than {path / 'model_index.json'}: the "
+                                      "save was interrupted, and the folder mixes two models; save it again (a "
+                                      "training run's folder: continue the run with --resume, which writes it again)")
+
     def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
-        """Write the model folder; `dtype` (e.g. torch.float16) casts the stored weights."""
+        """Write the model folder; `dtype` (e.g. torch.float16) casts the stored weights. The networks come
+        first, model_index.json last, all stamped with a new save id (see the module's doc)."""
         path = Path(path)
-        save_component(path / "text_encoder", self.text_encoder, dtype=dtype)
-        save_component(path / "unet", self.unet, dtype=dtype)
-        save_component(path / "vae", self.vae, dtype=dtype)
+        save_id = uuid.uuid4().hex
+        for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet), ("vae", self.vae)):
+            save_component(path / name, module, dtype=dtype, save_id=save_id)
         atomic_write(path / "tokenizer" / "tokenizer.json", self.tokenizer.to_json())
         atomic_write(path / "scheduler" / "config.json", json.dumps(dataclasses.asdict(self.diffusion), indent=2) + "\n")
         kind = next(name for name, (module, _) in TEXT_ENCODERS.items() if isinstance(self.text_encoder, module))
-        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind}
+        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind,
+                 "save_id": save_id}
         atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
 
     def to(self, device: str | torch.device, *, dtype: str | torch.dtype | None = None,
@@ -253,6 +285,37 @@ class Pipeline:
 
     # ------------------------------------------------------------------ generation
 
+    MAX_SEED = 2**32 - 1  # torch's CPU generator keeps a seed's low 32 bits: 2^32 would draw what 0 draws
+
+    @classmethod
+    def check_seed(cls, seed: int, count: int = 1) -> int:
+        """`seed` as an int; image i of `count` starts from noise seeded by seed + i, which must stay within
+        0 .. MAX_SEED."""
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise LatentlabError(f"seed must be a whole number, got {seed!r}") from None
+        if not 0 <= seed <= cls.MAX_SEED - (count - 1):
+            last = f"; image i uses seed + i, so {count} images need a seed of at most {cls.MAX_SEED - count + 1}"
+            raise LatentlabError(f"seed {seed} is not accepted: the generator tells apart seeds from 0 to "
+                                 f"{cls.MAX_SEED}{last if count > 1 else ''}")
+        return seed
+
+    @staticmethod
+    def check_prompt(text: str, what: str = "prompt") -> None:
+        """Refuse a prompt that is not text in valid Unicode: Python reads command-line bytes that are not
+        UTF-8 as lone surrogates, which the tokenizer cannot take."""
+        if not isinstance(text, str):
+            raise LatentlabError(f"{what} {text!r} is not text")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                shown = str(text.encode("utf-8", "surrogateescape"))[2:-1]  # the bytes as given: caf\xe9
+            except UnicodeEncodeError:
+                shown = ascii(text)[1:-1]
+            raise LatentlabError(f"{what} \"{shown}\" is not valid UTF-8; give prompts as UTF-8 text") from None
+
     def check_size(self, size: int) -> None:
         step = self.vae.config.downsampling * 2 ** (len(self.unet.config.channels) - 1)
         if size % step or not step <= size <= 1024:
@@ -282,6 +345,8 @@ class Pipeline:
             if sampler == "ddpm" and options.get("variance") is None:
                 options["variance"] = "learned" if self.diffusion.learned_variance else "small"
             options = sampler_options(sampler, **options)
+            if "eta" in options and not math.isfinite(options["eta"]):
+                raise ValueError(f"eta must be a finite number, got {options['eta']}")
             if "variance" in options:
                 check_variance(options["variance"], self.diffusion.learned_variance)
             if "spacing" in options and steps is not None:
@@ -294,35 +359,55 @@ class Pipeline:
     def sample(self, prompts: list[str], *, steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
                variance: str | None = None, eta: float | None = None, spacing: str | None = None,
-               cuda_graph: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+               cuda_graph: bool = False, batch_size: int | None = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
-        Image i starts from noise seeded by `seed + i`, so a prompt's image does not depend on the
-        other prompts in the batch. `guidance` is the classifier-free guidance scale (1: off).
+        Image i draws its noise (x_T, and what ddpm and ddim with eta > 0 add at each step) from a generator
+        seeded by `seed + i` (0 to MAX_SEED), so a prompt's image does not depend on the other prompts. `guidance` is the classifier-free guidance scale (1: off).
         `sampler` is one of diffusion.SAMPLERS; `variance` (ddpm: small, large or learned), `eta`
         (ddim) and `spacing` (ddpm, ddim, dpmpp_2m: linspace, leading or trailing) are its options.
         `cuda_graph` replays the U-Net's recorded kernels from the second step on (CUDA only; the same
         images, faster where launching kernels is the bottleneck, as at small batches).
+        `batch_size` prompts are sampled at a time (default: all): the same images whatever the batch size.
+        `callback(i, steps)` is called after each step of each batch.
         """
         prompts = list(prompts)
         if not prompts:
             raise LatentlabError("no prompts given; pass at least one prompt")
+        for text in prompts:
+            self.check_prompt(text)
+        self.check_prompt(negative_prompt, "negative prompt")
+        if not math.isfinite(guidance):
+            raise LatentlabError(f"guidance must be a finite number, got {guidance}")
+        seed = self.check_seed(seed, len(prompts))
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise LatentlabError(f"batch_size must be a positive whole number, got {batch_size!r}")
         size = size or self.image_size
         self.check_size(size)
         options = self.check_sampler(sampler, steps, variance=variance, eta=eta, spacing=spacing)
-        device = self.device
-        if cuda_graph and device.type != "cuda":
-            raise LatentlabError(f"cuda_graph needs the pipeline on a CUDA GPU; it is on {device}")
+        if cuda_graph and self.device.type != "cuda":
+            raise LatentlabError(f"cuda_graph needs the pipeline on a CUDA GPU; it is on {self.device}")
+        uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
+        batch_size = batch_size or len(prompts)
+        return torch.cat([self._sample_batch(prompts[start:start + batch_size], uncond, seed + start, size, steps,
+                                             guidance, sampler, options, cuda_graph, callback)
+                          for start in range(0, len(prompts), batch_size)])
+
+    def _sample_batch(self, prompts: list[str], uncond: tuple, seed: int, size: int, steps: int, guidance: float,
+                      sampler: str, options: dict, cuda_graph: bool, callback) -> torch.Tensor:
+        """`sample` for one batch of checked arguments; the first prompt's noise is seeded by `seed`."""
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
-        uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
+        uncond, uncond_mask = uncond
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
         denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph)
         latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
-        x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i))
-                           for i in range(len(prompts))]).to(device)
-        generator = torch.Generator().manual_seed(seed)
-        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generator,
+        # image i's own generator draws its x_T, then the noise that ddpm and ddim (eta > 0) add at each step
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        x_T = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device)
+        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generators,
                                    callback=callback, **options)
         return self.vae.decode(z_0.to(next(self.vae.parameters()).dtype)).float().clamp(-1, 1)
 

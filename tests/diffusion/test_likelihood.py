@@ -105,3 +105,11 @@ def test_the_bound_is_tight_with_the_optimal_variance(schedule):
         assert bound["terms"].shape == (1000,) and (bound["terms"][1:] >= 0).all()
     assert abs(gap["learned"]) < 0.01
     assert gap["learned"] + 0.05 < gap["large"] < gap["small"]
+
+
+def test_bits_per_dim_refuses_a_seed_the_generator_would_wrap(tiny_pipeline):
+    from latentlab.errors import LatentlabError
+    from latentlab.evaluation import bits_per_dim
+
+    with pytest.raises(LatentlabError, match="seeds from 0 to 4294967295"):
+        bits_per_dim(tiny_pipeline, images=2, seed=2**32 - 1)

@@ -5,7 +5,9 @@ Every sampler has the signature
 where `denoise(x_t, t, alpha_bar) -> Denoised` wraps the network (see `denoiser.py`; t may be
 fractional), x_T ~ N(0, I), and `steps` is the length of the time grid the sampler walks, from the
 noisiest level down to x_0. Each sampler builds its grid once and reads it; the step to x_0 is the
-last. `callback(i, steps)` is called after each step (progress bars).
+last. `callback(i, steps)` is called after each step (progress bars). `generator` draws the noise that
+ddpm and ddim (eta > 0) add at each step: one generator for the batch, or a list of one per image, so
+that an image's draws do not depend on the other images beside it (as diffusers takes a list).
 
   ddpm      ancestral sampling (Ho et al. 2020, Alg. 2) of the respaced process, variance small, large or learned
   ddim      Song et al. (2021), eq. 12, with eta (0: deterministic; 1: DDPM with the small variance)
@@ -75,7 +77,12 @@ def karras_sigmas(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) ->
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """N(0, I) shaped like `like`; from a list of generators, row i from generator i."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}; give one per image")
+        return torch.stack([_noise(row, g) for row, g in zip(like, generator)])
     device = generator.device if generator is not None else like.device
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 

@@ -43,6 +43,7 @@ def bits_per_dim(pipe: Pipeline, *, images: int = 256, batch_size: int = 128, va
                  split: str = "test", seed: int = 0, callback=None) -> dict:
     """The latent and pixel bounds, in bits per dimension, averaged over `images` captioned test images."""
     variance = variance or ("learned" if pipe.diffusion.learned_variance else "small")
+    pipe.check_seed(seed, 2)  # the images' stream and, from seed + 1, the decoder's fitting images
     pipe.check_sampler("ddpm", variance=variance)
     device, vae = pipe.device, pipe.vae
     data = ShapesDataset(seed=seed, split=split, image_size=pipe.image_size)
