@@ -384,3 +384,24 @@ def test_a_lora_scale_the_float32_weights_cannot_hold_is_refused(tmp_path, capsy
     (tmp_path / "style.safetensors").write_bytes(b"")
     assert main(["generate", "a red circle", "--lora", f"{tmp_path / 'style.safetensors'}:{scale}"]) == 2
     assert_one_line_error(capsys, "scale must be a finite number from -3.403e+38 to 3.403e+38")
+
+
+NEGATIVE_OPTIONS = [
+    (["train-vae", "--out", "x", "--disc-start"], "-1", "0 or more"),
+    (["train-vae", "--out", "x", "--disc-weight"], "-0.5", "0 or more"),
+    (["train", "--vae", "v", "--out", "x", "--sample-every"], "-1", "0 or more"),
+    (["train", "--vae", "v", "--out", "x", "--eval-every"], "-1", "0 or more"),
+    (["train", "--vae", "v", "--out", "x", "--p-two"], "1.5", "probability"),
+    (["lora", "train", "--data", "d", "--out", "x", "--warmup"], "-1", "0 or more"),
+    (["lora", "train", "--data", "d", "--out", "x", "--weight-decay"], "-0.01", "0 or more"),
+    (["lora", "train", "--data", "d", "--out", "x", "--prior-weight"], "-1", "0 or more"),
+    (["lora", "train", "--data", "d", "--out", "x", "--p-uncond"], "-0.1", "probability"),
+    (["lora", "train", "--data", "d", "--out", "x", "--dropout"], "2", "probability"),
+]
+
+
+@pytest.mark.parametrize("command, value, accepted", NEGATIVE_OPTIONS, ids=lambda c: c[-1] if isinstance(c, list) else c)
+def test_counts_weights_and_probabilities_out_of_range_are_refused(command, value, accepted, capsys, no_work):
+    """--sample-every -1 sampled every step, --eval-every -1 evaluated every step: refused before any work."""
+    assert main([*command[:-1], f"{command[-1]}={value}"]) == 2
+    assert_one_line_error(capsys, command[-1], accepted)

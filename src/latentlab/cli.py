@@ -39,6 +39,22 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        value = _finite(text) if kind is float else _whole(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        return value
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability: give a number from 0 to 1")
+    return value
+
+
 def _whole(text: str) -> int:
     try:
         return int(text)
@@ -501,9 +517,9 @@ def build_parser() -> Parser:
 
     v = sub.add_parser("train-vae", help="train the autoencoder")
     training(v, 4000, 64, 2e-4)
-    v.add_argument("--disc-start", type=int, default=2000,
+    v.add_argument("--disc-start", type=_non_negative(int), default=2000,
                    help="the step from which a patch discriminator's hinge loss joins L1 + KL (default %(default)s)")
-    v.add_argument("--disc-weight", type=_finite, default=0.1,
+    v.add_argument("--disc-weight", type=_non_negative(float), default=0.1,
                    help="its weight, times taming's adaptive factor; 0 turns it off (default %(default)s)")
     v.add_argument("--checkpoint-every", type=_positive(int), default=500,
                    help="write the resumable checkpoint every N steps (SIGTERM and Ctrl-C write it too)")
@@ -534,7 +550,7 @@ def build_parser() -> Parser:
                    help="gate the U-Net's skip connections by the decoder's features (Attention U-Net)")
     t.add_argument("--importance-sampling", action="store_true",
                    help="draw timesteps by the bound terms' second moments (Improved DDPM, sec. 3.3)")
-    t.add_argument("--p-two", type=_finite, default=0.35, help="fraction of two-object scenes (default %(default)s)")
+    t.add_argument("--p-two", type=_probability, default=0.35, help="fraction of two-object scenes (default %(default)s)")
     t.add_argument("--init", default=None, help="continue from this model folder's text encoder and U-Net")
     t.add_argument("--save-every", type=_positive(int), default=2000, help="write the model folder every N steps")
     t.add_argument("--checkpoint-every", type=_positive(int), default=500,
@@ -545,10 +561,10 @@ def build_parser() -> Parser:
     t.add_argument("--grad-accum", type=_positive(int), default=1,
                    help="split each step's batch into this many micro-batches (same result, less memory)")
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    t.add_argument("--sample-every", type=int, default=1000,
+    t.add_argument("--sample-every", type=_non_negative(int), default=1000,
                    help="draw 8 samples from the EMA weights every N steps to OUT/samples/ (0: never; default "
                         "%(default)s)")
-    t.add_argument("--eval-every", type=int, default=0,
+    t.add_argument("--eval-every", type=_non_negative(int), default=0,
                    help="measure the EMA weights every N steps to OUT/metrics.csv: judge accuracy (shapes) or class "
                         "accuracy and Frechet distance (fashion-mnist, mnist); 0 (default): never")
     t.add_argument("--classifier", default=None, help="with --eval-every on a class-labelled set: the classifier "
@@ -633,7 +649,7 @@ def build_parser() -> Parser:
                     help="r, the adapters' rank (default %(default)s); the update B A is scaled by alpha/rank")
     lt.add_argument("--alpha", type=_positive(float), default=None,
                     help="alpha of the scale alpha/rank (default: the rank, so the scale is 1)")
-    lt.add_argument("--dropout", type=_finite, default=0.0, help="dropout on the adapters' input (default 0)")
+    lt.add_argument("--dropout", type=_probability, default=0.0, help="dropout on the adapters' input (default 0)")
     lt.add_argument("--targets", nargs="+", default=list(UNET_ATTENTION), metavar="PATTERN",
                     help="the U-Net layers to adapt: regular expressions matching the end of a module's dotted name "
                          "(default: %(default)s, the attention projections)")
@@ -646,10 +662,10 @@ def build_parser() -> Parser:
     lt.add_argument("--batch-size", type=_positive(int), default=8,
                     help="images per step (default %(default)s; as many prior images join them)")
     lt.add_argument("--lr", type=_positive(float), default=1e-4, help="AdamW's learning rate (default %(default)s)")
-    lt.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps (default %(default)s)")
-    lt.add_argument("--weight-decay", type=_finite, default=1e-2, help="AdamW's weight decay (default %(default)s)")
+    lt.add_argument("--warmup", type=_non_negative(int), default=50, help="linear learning-rate warm-up steps (default %(default)s)")
+    lt.add_argument("--weight-decay", type=_non_negative(float), default=1e-2, help="AdamW's weight decay (default %(default)s)")
     lt.add_argument("--grad-clip", type=_positive(float), default=1.0, help="clip the gradient norm to this")
-    lt.add_argument("--p-uncond", type=_finite, default=0.1,
+    lt.add_argument("--p-uncond", type=_probability, default=0.1,
                     help="probability of training on the empty prompt, which keeps guidance working (default "
                          "%(default)s)")
     lt.add_argument("--image-size", type=_positive(int), default=None, help="default: the base model's")
@@ -658,7 +674,7 @@ def build_parser() -> Parser:
                          "training, cached in OUT/prior; repeat for several")
     lt.add_argument("--prior-images", type=_positive(int), default=100,
                     help="how many prior images to draw (default %(default)s)")
-    lt.add_argument("--prior-weight", type=_finite, default=1.0,
+    lt.add_argument("--prior-weight", type=_non_negative(float), default=1.0,
                     help="lambda of loss = L_data + lambda L_prior (default %(default)s)")
     lt.add_argument("--prior-steps", type=_positive(int), default=50, help="sampler steps for the prior images")
     lt.add_argument("--prior-guidance", type=_finite, default=4.0, help="guidance scale for the prior images")

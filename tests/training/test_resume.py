@@ -151,8 +151,11 @@ def cli_args(vae, out, steps=STEPS):
 
 
 def start(args, env=None):
+    """The command in a process of its own, on as many threads as this one: the sums of a step split over
+    threads differently, and their last bits differ, on a machine whose default thread count is not ours."""
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-m", "latentlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
+                            text=True, env={**os.environ, **threads, **(env or {})})
 
 
 def wait_for_checkpoint(out, process, timeout=120):
