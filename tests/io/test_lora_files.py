@@ -492,3 +492,152 @@ def test_lora_merge_writes_a_model_with_the_lora_in_its_weights(sd, lora_file, t
     assert (want - base).abs().max() > 1e-2
     assert (images(merged) - want).abs().max() < 1e-4
     assert main(["lora", "merge", "--model", str(sd[1]), "--out", str(out)]) == 2  # no --lora
+
+
+# ---------------------------------------------------------------------- edited files: refused in one line
+
+
+def saved_lora(ours, tmp_path, format="latentlab") -> tuple[dict, dict]:
+    """(tensors, header) of a LoRA file `format` writes."""
+    add_random_lora(ours)
+    ours.save_lora(tmp_path / "s.safetensors", "style", format=format)
+    ours.remove_lora()
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def refused(ours, path, match) -> str:
+    """Loading `path` raises a one-line CheckpointError matching `match`, and adds nothing."""
+    with pytest.raises(CheckpointError, match=match) as caught:
+        ours.load_lora(path)
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+    assert no_lora_anywhere(ours)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("alpha, why", [("nan", "not valid JSON"), ("NaN", "positive finite number"),
+                                        ("-1", "positive finite number"), ("0", "positive finite number"),
+                                        ("1e400", "positive finite number"), ("[1, 2]", "positive finite number"),
+                                        ("true", "positive finite number"),
+                                        ('{"unet.mid_block.attentions.0.proj_in": "x"}', "positive finite number")])
+def test_a_bad_header_alpha_is_refused_naming_the_field(ours, tmp_path, alpha, why):
+    tensors, header = saved_lora(ours, tmp_path)
+    save_file(tensors, tmp_path / "bad.safetensors", {**header, "alpha": alpha})
+    refused(ours, tmp_path / "bad.safetensors", rf"bad.safetensors: header field 'alpha'.* {why}")
+
+
+@pytest.mark.parametrize("edit, why", [
+    ("not json", "not valid JSON"), ([1], "JSON object"), ({"unet.lora_alpha": "8"}, "positive finite number"),
+    ({"unet.lora_alpha": 0}, "positive finite number"), ({"unet.alpha_pattern": {"conv1": -2}}, "positive finite"),
+    ({"unet.alpha_pattern": [1]}, "alpha_pattern.* JSON object"), ({"unet.alpha_pattern": {"(": 2}}, "regular expr"),
+    ({"unet.use_rslora": "yes"}, "use_rslora.* true or false"), ({"unet.peft_type": "LOHA\n"}, "only plain LoRA")])
+def test_bad_diffusers_metadata_is_refused_naming_the_field(ours, tmp_path, edit, why):
+    tensors, header = saved_lora(ours, tmp_path)
+    del header["alpha"]  # diffusers reads the LoraConfig in lora_adapter_metadata
+    packed = json.loads(header["lora_adapter_metadata"])
+    packed = {**packed, **edit} if isinstance(edit, dict) else edit
+    header["lora_adapter_metadata"] = packed if isinstance(packed, str) else json.dumps(packed)
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    refused(ours, tmp_path / "bad.safetensors", rf"bad.safetensors: .*lora_adapter_metadata.*{why}")
+
+
+@pytest.mark.parametrize("edit, why", [({"lora_alpha": float("inf")}, "lora_alpha.* positive finite number"),
+                                       ({"lora_alpha": None}, "lora_alpha.* positive finite number"),
+                                       ({"alpha_pattern": {"to_k": "3"}}, "alpha_pattern.* positive finite"),
+                                       ({"use_rslora": 1}, "use_rslora.* true or false")])
+def test_bad_peft_config_values_are_refused_naming_the_field(ours, tmp_path, edit, why):
+    add_random_lora(ours, text_encoder=False)
+    ours.save_lora(tmp_path / "peft", "style", format="peft")
+    ours.remove_lora()
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**config, **edit}))
+    refused(ours, tmp_path / "peft", rf"adapter_config.json.*{why}")
+
+
+@pytest.mark.parametrize("shape", [[], [4], [4, 32, 1], [4, 32, 1, 1, 1], [0, 32]])
+def test_lora_weights_of_a_wrong_number_of_dimensions_are_refused(ours, tmp_path, shape):
+    tensors, header = saved_lora(ours, tmp_path)
+    tensors["unet.mid_block.attentions.0.proj_in.lora_A.weight"] = torch.zeros(shape)
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    refused(ours, tmp_path / "bad.safetensors", r"bad.safetensors: 1 LoRA weights do not fit their layers' shapes .*"
+                                               r"e.g. mid_block.attentions.0.proj_in$")
+
+
+def test_lora_a_and_b_of_different_ranks_are_refused_when_read(ours, tmp_path):
+    tensors, header = saved_lora(ours, tmp_path, "kohya")
+    name = "lora_unet_mid_block_attentions_0_proj_in"
+    tensors[f"{name}.lora_up.weight"] = tensors[f"{name}.lora_up.weight"][:, :3].contiguous()
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    with pytest.raises(CheckpointError, match=rf"1 LoRA weights do not fit .*the same rank.*e.g. {name[10:]}$"):
+        read_lora(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("key", ["unet.mid_block.attentions.0.proj_in\n.lora_A.weight",
+                                 "unet.mid\rblock.lora_A.weight", "unet.mid\x1bblock\u202e.lora_A.weight"])
+def test_key_names_with_control_characters_are_shown_escaped(ours, tmp_path, key):
+    tensors, header = saved_lora(ours, tmp_path)
+    tensors[key] = torch.zeros(2, 2)
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    message = refused(ours, tmp_path / "bad.safetensors", "bad.safetensors: ")
+    assert repr(key.removeprefix("unet.").removesuffix(".lora_A.weight")).strip("'") in message or repr(key) in message
+
+
+@pytest.mark.parametrize("format, key, dtype", [
+    ("latentlab", "unet.mid_block.attentions.0.proj_in.lora_A.weight", torch.int32),
+    ("latentlab", "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight", torch.int64),
+    ("kohya", "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight", torch.bool),
+    ("kohya", "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight", torch.uint8),
+    ("kohya", "lora_unet_mid_block_attentions_0_proj_in.alpha", torch.bool)])
+def test_lora_weights_stored_as_integers_are_refused(ours, tmp_path, format, key, dtype):
+    tensors, header = saved_lora(ours, tmp_path, format)
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    refused(ours, tmp_path / "bad.safetensors", r"bad.safetensors: .*(not floating point|one positive finite number)")
+
+
+@pytest.mark.parametrize("alpha, dtype", [(8, torch.int64), (8.0, torch.float16), (8.0, torch.bfloat16)])
+def test_kohya_alphas_as_kohya_writes_them_load(ours, tmp_path, alpha, dtype):
+    """kohya's sd-scripts keeps alpha as a buffer torch.tensor(alpha): int64 where it defaulted alpha to the
+    rank, else float32, or float16 / bfloat16 with --save_precision."""
+    A, B = torch.randn(4, 32), torch.randn(32, 4)
+    path = kohya_file(tmp_path / "k.safetensors", A, B)
+    tensors = load_file(path)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q"
+    tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    save_file(tensors, path)
+    ours.load_lora(path)
+    assert ours.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q").scaling("k") == 2.0
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), 0.0, -1.0, [1.0, 2.0]])
+def test_a_bad_kohya_alpha_is_refused(ours, tmp_path, alpha):
+    path = kohya_file(tmp_path / "k.safetensors", torch.randn(4, 32), torch.randn(32, 4), alpha)
+    refused(ours, path, r"k.safetensors: alpha of unet down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q "
+                        r"must be (one|a) positive finite number")
+
+
+def test_non_finite_lora_weights_are_refused(ours, tmp_path):
+    A, B = torch.randn(4, 32), torch.randn(32, 4)
+    B[3, 1] = float("nan")
+    refused(ours, kohya_file(tmp_path / "k.safetensors", A, B), r"k.safetensors: 1 LoRA modules of unet hold NaN or "
+                                                                r"infinite weights")
+
+
+def test_a_malformed_base_fingerprint_is_refused(ours, tmp_path):
+    tensors, header = saved_lora(ours, tmp_path)
+    fingerprint = header["base_fingerprint.unet"]
+    save_file(tensors, tmp_path / "bad.safetensors", {**header, "base_fingerprint.unet": fingerprint[:-3] + "xyz"})
+    refused(ours, tmp_path / "bad.safetensors", r"bad.safetensors: header field 'base_fingerprint.unet' is not a "
+                                               r"fingerprint")
+
+
+@pytest.mark.parametrize("format", ["latentlab", "kohya"])
+def test_an_alpha_far_beyond_any_trained_lora_is_refused(ours, tmp_path, format):
+    """alpha / r = 1e29 overflows the weights to inf: the pipeline would draw NaN images."""
+    tensors, header = saved_lora(ours, tmp_path, format)
+    if format == "kohya":
+        tensors = {k: torch.tensor(1e30) if k.endswith(".alpha") else v for k, v in tensors.items()}
+    else:
+        header["alpha"] = "1e30"
+    save_file(tensors, tmp_path / "bad.safetensors", header)
+    refused(ours, tmp_path / "bad.safetensors", r"bad.safetensors: .* alpha / r .* at most 10000")

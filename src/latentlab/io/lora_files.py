@@ -52,6 +52,7 @@ DIFFUSERS_METADATA = "lora_adapter_metadata"  # header key diffusers reads LoraC
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # in the folder save_lora_weights writes
 FINGERPRINT_SAMPLES = 64
+MAX_SCALE = 1e4  # alpha / r read from a file: trained LoRAs stay far below; beyond, weights overflow to inf
 
 # key layouts: (part, module, role) from a key; a format's first matching pattern wins
 _PART = r"(?P<part>unet|text_encoder|text_encoder_2)"
@@ -269,7 +270,22 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())})") from None
+
+
+def _shown(name: str) -> str:
+    """A name from a file as messages show it: as it is, or quoted with escapes if it holds control characters
+    (a message stays one line)."""
+    return name if name.isprintable() else repr(name)
+
+
+def _names(names, n: int = 3) -> str:
+    return ", ".join(_shown(name) for name in sorted(names)[:n])
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _match(key: str, patterns: list[str]) -> re.Match | None:
@@ -283,12 +299,12 @@ def _parse(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, dict, set[s
     fmt = max(fits, key=fits.get)
     wrong = [k for k in state if _match(k, LAYOUTS[fmt]) is None]
     if len(wrong) == len(state):
-        raise CheckpointError(f"{path}: unknown LoRA key layout (e.g. {', '.join(sorted(state)[:3])}); accepted: "
+        raise CheckpointError(f"{path}: unknown LoRA key layout (e.g. {_names(state)}); accepted: "
                               "kohya (lora_unet_<module>.lora_down.weight), diffusers (unet.<module>.lora_A.weight "
                               "or .lora.down.weight), peft (base_model.model.<module>.lora_A.weight)")
     if wrong:
         raise CheckpointError(f"{path}: {len(wrong)} keys do not fit the {fmt} layout of the others, e.g. "
-                              f"{', '.join(sorted(wrong)[:3])}")
+                              f"{_names(wrong)}")
     entries, roles = {}, set()
     for key, tensor in state.items():
         m = _match(key, LAYOUTS[fmt])
@@ -303,13 +319,71 @@ def _parse(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, dict, set[s
 def _check_complete(path: Path, entries: dict) -> None:
     """Every module needs its A and B (an alpha alone, or A without B, is an error naming the module)."""
     for part, modules in entries.items():
-        broken = [f"{m} (no {'B' if 'A' in t else 'A'})" for m, t in modules.items() if not {"A", "B"} <= set(t)]
+        broken = [f"{_shown(m)} (no {'B' if 'A' in t else 'A'})" for m, t in modules.items()
+                  if not {"A", "B"} <= set(t)]
         if broken:
             raise CheckpointError(f"{path}: {len(broken)} LoRA modules of {part} lack a weight, e.g. "
                                   f"{', '.join(sorted(broken)[:3])}")
-        bad = [m for m, t in modules.items() if "alpha" in t and t["alpha"].numel() != 1]
+
+
+def _check_tensors(path: Path, entries: dict) -> None:
+    """A and B: floating point, 2-D (linear: r x in, out x r) or 4-D (convolution: r x in x k x k,
+    out x r x 1 x 1), the same rank r >= 1, finite."""
+    for part, modules in entries.items():
+        bad = [m for m, t in modules.items() if not (t["A"].is_floating_point() and t["B"].is_floating_point())]
         if bad:
-            raise CheckpointError(f"{path}: alpha of {part} {bad[0]} is not a number")
+            t = modules[sorted(bad)[0]]
+            raise CheckpointError(f"{path}: {len(bad)} LoRA modules of {part} store A or B as {t['A'].dtype} / "
+                                  f"{t['B'].dtype}, not floating point (float32, float16, bfloat16 or float64), "
+                                  f"e.g. {_names(bad)}")
+        bad = [m for m, t in modules.items() if t["A"].dim() not in (2, 4) or t["B"].dim() not in (2, 4)
+               or t["A"].shape[0] < 1 or t["B"].shape[1] != t["A"].shape[0]]
+        if bad:
+            raise CheckpointError(f"{path}: {len(bad)} LoRA weights do not fit their layers' shapes ({part}: A "
+                                  f"must be r x in or r x in x k x k, B out x r or out x r x 1 x 1, the same rank "
+                                  f"r >= 1), e.g. {_names(bad)}")
+        bad = [m for m, t in modules.items() if not (t["A"].isfinite().all() and t["B"].isfinite().all())]
+        if bad:
+            raise CheckpointError(f"{path}: {len(bad)} LoRA modules of {part} hold NaN or infinite weights, "
+                                  f"e.g. {_names(bad)}")
+
+
+def _positive(path: Path, what: str, value) -> float:
+    """`value` as an alpha: a finite number > 0 (at most float32's largest), else an error naming `what`."""
+    try:
+        ok = type(value) in (int, float) and 0 < float(value) <= torch.finfo(torch.float32).max
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path}: {what} must be a positive finite number; got {_short(value)}")
+    return float(value)
+
+
+def _kohya_alpha(path: Path, part: str, module: str, alpha: torch.Tensor) -> float:
+    """A kohya alpha: a tensor of one element, float (kohya's sd-scripts: float32, or its --save_precision) or
+    integer (int64 where it defaulted alpha to the rank)."""
+    what = f"alpha of {part} {_shown(module)}"
+    if alpha.numel() != 1 or alpha.dtype == torch.bool or alpha.is_complex():
+        raise CheckpointError(f"{path}: {what} must be one positive finite number (a float tensor of one element); "
+                              f"got {alpha.dtype} of shape {list(alpha.shape)}")
+    return _positive(path, what, alpha.item())
+
+
+def _header_json(path: Path, header: dict[str, str], key: str):
+    try:
+        return json.loads(header[key])
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path}: header field {key!r} is not valid JSON; got {_short(header[key])}") from None
+
+
+def _header_alphas(path: Path, header: dict[str, str], ranks: dict) -> dict[str, dict[str, float]]:
+    """The latentlab header's `alpha`: one number, or {"<part>.<module>": number} (a module it lacks: alpha = r)."""
+    stored = _header_json(path, header, "alpha")
+    if not isinstance(stored, dict):
+        alpha = _positive(path, "header field 'alpha' (a number, or a JSON object of them per module)", stored)
+        return {p: {m: alpha for m in r} for p, r in ranks.items()}
+    stored = {k: _positive(path, f"header field 'alpha' of {_shown(k)}", v) for k, v in stored.items()}
+    return {p: {m: stored.get(f"{p}.{m}", float(rank)) for m, rank in r.items()} for p, r in ranks.items()}
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -318,16 +392,40 @@ def _pattern_value(patterns: dict, module: str, default):
     return default if key is None else patterns[key]
 
 
-def _alphas_from_peft(path: Path, config: dict, ranks: dict[str, int]) -> dict[str, float]:
-    """alpha per module for a PEFT LoraConfig: lora_alpha (or its alpha_pattern); with rsLoRA, whose scale
-    is lora_alpha / sqrt(r), alpha = lora_alpha sqrt(r)."""
-    if config.get("use_dora") or config.get("peft_type", "LORA") != "LORA":
-        raise CheckpointError(f"{path}: only plain LoRA is read (this is {config.get('peft_type')}"
-                              f"{', DoRA' if config.get('use_dora') else ''})")
+def _flag(where: str, config: dict, key: str) -> bool:
+    value = config.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise CheckpointError(f"{where}: {key} must be true or false; got {_short(value)}")
+    return bool(value)
+
+
+def _alpha_pattern(where: str, config: dict) -> dict[str, float]:
+    """PEFT's alpha_pattern: {regular expression: alpha}."""
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise CheckpointError(f"{where}: alpha_pattern must be a JSON object {{module pattern: alpha}}; "
+                              f"got {_short(patterns)}")
+    for key in patterns:
+        try:
+            re.compile(rf"(.*\.)?({key})$")  # as _pattern_value matches it
+        except (re.error, RecursionError, OverflowError):
+            raise CheckpointError(f"{where}: alpha_pattern key {_short(key)} is not a regular expression") from None
+    return {k: _positive(where, f"alpha_pattern {_short(k)}", v) for k, v in patterns.items()}
+
+
+def _alphas_from_peft(where: str, config: dict, ranks: dict[str, int]) -> dict[str, float]:
+    """alpha per module for a PEFT LoraConfig (read from `where`, named in errors): lora_alpha (or its
+    alpha_pattern); with rsLoRA, whose scale is lora_alpha / sqrt(r), alpha = lora_alpha sqrt(r)."""
+    dora = _flag(where, config, "use_dora")
+    if dora or config.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{where}: only plain LoRA is read (this is {_short(config.get('peft_type'))}"
+                              f"{', DoRA' if dora else ''})")
+    lora_alpha = _positive(where, "lora_alpha", config.get("lora_alpha", 8))
+    patterns, rslora = _alpha_pattern(where, config), _flag(where, config, "use_rslora")
     alphas = {}
     for m, r in ranks.items():
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, m, config.get("lora_alpha", 8)))
-        alphas[m] = alpha * math.sqrt(r) if config.get("use_rslora") else alpha
+        alpha = _pattern_value(patterns, m, lora_alpha)
+        alphas[m] = alpha * math.sqrt(r) if rslora else alpha
     return alphas
 
 
@@ -335,22 +433,34 @@ def _alphas(path: Path, fmt: str, roles: set[str], entries: dict, header: dict[s
     """{part: {module: alpha}} from wherever the format keeps them; alpha = r where it keeps none."""
     ranks = {p: {m: t["A"].shape[0] for m, t in ms.items()} for p, ms in entries.items()}
     if fmt == "kohya":
-        return {p: {m: float(t["alpha"].float().item()) if "alpha" in t else float(ranks[p][m])
+        return {p: {m: _kohya_alpha(path, p, m, t["alpha"]) if "alpha" in t else float(ranks[p][m])
                     for m, t in ms.items()} for p, ms in entries.items()}
     if fmt == "peft" and config is not None:
-        return {"unet": _alphas_from_peft(path, config, ranks["unet"])}
+        return {"unet": _alphas_from_peft(f"{path.parent / PEFT_CONFIG}", config, ranks["unet"])}
     if fmt == "diffusers" and "alpha" in header and not roles & {"down", "up"}:
-        stored = json.loads(header["alpha"])
-        return {p: {m: float(stored.get(f"{p}.{m}", rank) if isinstance(stored, dict) else stored)
-                    for m, rank in r.items()} for p, r in ranks.items()}
+        return _header_alphas(path, header, ranks)
     alphas = {p: {m: float(rank) for m, rank in r.items()} for p, r in ranks.items()}  # alpha = r
     if fmt == "diffusers" and DIFFUSERS_METADATA in header and not roles & {"down", "up"}:
-        packed = json.loads(header[DIFFUSERS_METADATA])  # {"unet.lora_alpha": ...}, or one network's unprefixed
+        packed = _header_json(path, header, DIFFUSERS_METADATA)  # {"unet.lora_alpha": ...}, or one network's
+        where = f"{path}: header field {DIFFUSERS_METADATA!r}"
+        if not isinstance(packed, dict):
+            raise CheckpointError(f"{where} must be a JSON object of LoraConfig arguments; got {_short(packed)}")
         for p, r in ranks.items():
             config = {k.removeprefix(f"{p}."): v for k, v in packed.items() if k.startswith(f"{p}.")}
             config = config or (packed if "lora_alpha" in packed else {})
-            alphas[p] = _alphas_from_peft(path, config, r) if config else alphas[p]
+            alphas[p] = _alphas_from_peft(where, config, r) if config else alphas[p]
     return alphas
+
+
+def _check_scales(path: Path, entries: dict, alphas: dict) -> None:
+    """Every module's alpha / r at most MAX_SCALE."""
+    for part, modules in entries.items():
+        bad = [m for m, t in modules.items() if alphas[part][m] / t["A"].shape[0] > MAX_SCALE]
+        if bad:
+            m = sorted(bad)[0]
+            raise CheckpointError(f"{path}: {len(bad)} LoRA modules of {part} have alpha / r of "
+                                  f"{alphas[part][m] / modules[m]['A'].shape[0]:g}; accepted: at most {MAX_SCALE:g}, "
+                                  f"e.g. {_names(bad)}")
 
 
 def read_lora(path: str | Path) -> LoRAFile:
@@ -373,8 +483,10 @@ def read_lora(path: str | Path) -> LoRAFile:
         raise CheckpointError(f"{path} holds no tensors")
     fmt, entries, roles = _parse(path, state)
     _check_complete(path, entries)
+    _check_tensors(path, entries)
     config = read_json(folder / PEFT_CONFIG) if fmt == "peft" and (folder / PEFT_CONFIG).is_file() else None
     alphas = _alphas(path, fmt, roles, entries, header, config)
+    _check_scales(path, entries, alphas)
     parts = {p: {f"{m}.lora_{r}.weight": t[r] for m, t in ms.items() for r in "AB"} for p, ms in entries.items()}
     if fmt == "diffusers" and header.get(MARKER) and not roles & {"down", "up"}:
         fmt = "latentlab"
@@ -415,7 +527,7 @@ def _resolve(model: nn.Module, part: str, lora: LoRAFile) -> tuple[dict[str, tor
     if unknown:
         raise CheckpointError(f"{lora.path}: {len(unknown)} LoRA modules are not linear layers or convolutions of "
                               f"this model's {part} (is the file for another base model?), e.g. "
-                              f"{', '.join(unknown[:3])}")
+                              f"{_names(unknown)}")
     state = {}
     for m, n in rename.items():
         for r in "AB":
@@ -441,6 +553,9 @@ def _adapter_name(parts: dict[str, nn.Module], adapter: str | None, default: str
 def _check_base(parts: dict[str, nn.Module], lora: LoRAFile) -> None:
     for p in lora.parts:
         stored = lora.metadata.get(f"base_fingerprint.{p}", "")
+        if stored.startswith("v1:") and not re.fullmatch(r"v1:[0-9a-f]{64}:(?:[0-9a-f]{8})*", stored):
+            raise CheckpointError(f"{lora.path}: header field 'base_fingerprint.{p}' is not a fingerprint "
+                                  "(v1:<sha256>:<hex>) (pass check_base=False to load it anyway)")
         if stored.startswith("v1:") and not same_base(stored, base_fingerprint(parts[p])):
             raise CheckpointError(f"{lora.path} was made for another base model: its {p} fingerprint differs from "
                                   "this model's (pass check_base=False to load it anyway)")
