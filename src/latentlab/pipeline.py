@@ -346,7 +346,7 @@ class Pipeline:
                 options["variance"] = "learned" if self.diffusion.learned_variance else "small"
             options = sampler_options(sampler, **options)
             if "eta" in options and not math.isfinite(options["eta"]):
-                raise ValueError(f"eta must be a finite number, got {options['eta']}")
+                raise LatentlabError(f"eta must be a finite number, got {options['eta']}")
             if "variance" in options:
                 check_variance(options["variance"], self.diffusion.learned_variance)
             if "spacing" in options and steps is not None:
@@ -364,7 +364,8 @@ class Pipeline:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i draws its noise (x_T, and what ddpm and ddim with eta > 0 add at each step) from a generator
-        seeded by `seed + i` (0 to MAX_SEED), so a prompt's image does not depend on the other prompts. `guidance` is the classifier-free guidance scale (1: off).
+        seeded by `seed + i` (0 to MAX_SEED), so a prompt's image does not depend on the other prompts.
+        `guidance` is the classifier-free guidance scale (1: off).
         `sampler` is one of diffusion.SAMPLERS; `variance` (ddpm: small, large or learned), `eta`
         (ddim) and `spacing` (ddpm, ddim, dpmpp_2m: linspace, leading or trailing) are its options.
         `cuda_graph` replays the U-Net's recorded kernels from the second step on (CUDA only; the same

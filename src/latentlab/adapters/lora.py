@@ -48,6 +48,12 @@ TEXT_ENCODER = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
 DEFAULT_ADAPTER = "default"
 
 
+def _check_float32(what: str, value: float) -> None:
+    """A multiplier of float32 weights: finite, and within float32's range."""
+    if not math.isfinite(value) or abs(value) > torch.finfo(torch.float32).max:
+        raise LatentlabError(f"{what} must be a finite number that float32 holds, got {value}")
+
+
 def check_adapter_name(name) -> None:
     """An adapter's name is any non-empty string without "." (a module path's separator)."""
     if not isinstance(name, str) or not name or "." in name:
@@ -118,8 +124,8 @@ class LoRALayer(nn.Module):
             raise LatentlabError(f"this layer already holds an adapter named {name!r}")
         if rank < 1:
             raise LatentlabError(f"LoRA rank must be a positive integer, got {rank}")
-        if alpha is not None and (not math.isfinite(alpha) or abs(alpha) > torch.finfo(torch.float32).max):
-            raise LatentlabError(f"LoRA alpha must be a finite number, got {alpha}")
+        if alpha is not None:
+            _check_float32("LoRA alpha", alpha)
         base = self.base
         factory = dict(device=base.weight.device, dtype=dtype or torch.float32)
         if isinstance(base, nn.Linear):
@@ -161,8 +167,7 @@ class LoRALayer(nn.Module):
 
     def set_scale(self, name: str, scale: float) -> None:
         """Change an adapter's multiplier; a merged adapter is re-merged with it."""
-        if not math.isfinite(scale) or abs(scale) > torch.finfo(torch.float32).max:
-            raise LatentlabError(f"a LoRA's scale must be a finite number that float32 holds, got {scale}")
+        _check_float32("a LoRA's scale", scale)
         merged = name in self._merged
         if merged:
             self.unmerge(name)
