@@ -7,7 +7,7 @@ the operation on the host that launched it: the outermost autograd node being ev
 pass, or the outermost op in the forward pass (a custom node's forward is an op named after it). The
 largest entries are where host time costs step time.
 
-    python benchmarks/gpu_idle.py --out docs/benchmarks/gpu-idle [--mode lora|full] [--checkpointing]
+    python benchmarks/gpu_idle.py --out records/gpu-idle/lora [--mode lora|full] [--checkpointing]
         [--block-modules]
 """
 
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import lora_training  # beside this script
-from latentlab.models import frozen_transformer
+from latentlab import fast
+from latentlab.fast import frozen_transformer
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -59,7 +60,7 @@ def main():
 def training_step(mode: str, checkpointing: bool):
     """(one training step of ours as the LoRA benchmark builds it, its time in ms unprofiled)."""
     model, network = lora_training.our_unet(mode, checkpointing, None, False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    optimizer = fast.track(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True))
     g = torch.Generator(device="cuda").manual_seed(0)
     B = lora_training.B
     x = torch.randn(B, 4, 64, 64, device="cuda", generator=g)

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from latentlab.models import group_norm as gn
+from latentlab.fast import group_norm as gn
 
 # (channels, height = width): count of group norms in one SD 1.x U-Net step (down, mid, up, out)
 SHAPES = {(320, 64): 13, (640, 64): 2, (960, 64): 1, (320, 32): 1, (640, 32): 11, (960, 32): 1, (1280, 32): 1,

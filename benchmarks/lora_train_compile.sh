@@ -5,7 +5,7 @@
 # and the loss every 50 steps; the first row's elapsed time includes loading and compiling.
 # MODES picks the runs (default: eager default reduce-overhead); a "-channels-last" suffix adds that flag.
 #
-#     bash benchmarks/lora_train_compile.sh OUT [DEVICE]      (results: docs/benchmarks/lora-train-compile/)
+#     bash benchmarks/lora_train_compile.sh OUT [DEVICE]      (results: records/lora-train-compile/)
 #     MODES="reduce-overhead reduce-overhead-channels-last" STEPS=400 bash benchmarks/lora_train_compile.sh OUT
 set -euo pipefail
 out=${1:?output folder}; device=${2:-cuda}

@@ -16,7 +16,7 @@ figure is the median round's. Peak memory is torch.cuda.max_memory_allocated ove
 warm-up, when CUDA graphs are recorded), less what the runs built before it hold: its weights and optimiser
 state included.
 
-    python benchmarks/lora_training.py --out docs/benchmarks/lora-training [--runs full,lora+ckpt]
+    python benchmarks/lora_training.py --out records/lora-training [--runs full,lora+ckpt]
         [--compiled lora,lora@reduce-overhead,lora@reduce-overhead/cl] [--plain-layers] [--block-modules]
         [--channels-last] [--foreach-adamw] [--torch-checkpoint]
 
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from latentlab.models import activation_memory, frozen_transformer
+from latentlab import fast
+from latentlab.fast import activation_memory, frozen_transformer
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
@@ -78,23 +78,22 @@ def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=1e-3)  # nonzero, so that B's gradient path is exercised as trained
+    fast.install(model)  # the speed wing, as the trainers run it
     network = torch.compile(model, mode=compiled) if compiled else model
     return model, partial(with_torch_checkpoint, network) if torch_checkpoint else network
 
 
 def with_torch_checkpoint(network, *args):
     """network(*args) with our U-Net's blocks checkpointed by torch.utils.checkpoint (non-reentrant, as
-    diffusers does) instead of models/checkpointing.py: what the latter saves."""
-    import latentlab.models.unet as unet
+    diffusers does) instead of fast/checkpointing.py: what the latter saves."""
+    from latentlab.fast.modules import FastUNet
+    from latentlab.models import UNet
 
-    def torch_checkpoint(function, *inputs, parameters, preserve_rng_state):
-        return checkpoint(function, *inputs, use_reentrant=False, preserve_rng_state=preserve_rng_state)
-
-    ours, unet.checkpoint = unet.checkpoint, torch_checkpoint
+    ours, FastUNet.checkpointed = FastUNet.checkpointed, UNet.checkpointed  # the plain U-Net's: torch's
     try:
         return network(*args)
     finally:
-        unet.checkpoint = ours
+        FastUNet.checkpointed = ours
 
 
 class Contender:
@@ -107,7 +106,7 @@ class Contender:
         self.model, network = build()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
-        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused or None)
+        optimizer = fast.track(torch.optim.AdamW(params, lr=1e-5, fused=fused or None))  # (as our trainers do)
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(B, 4, 64, 64, device="cuda", generator=g)
         c = torch.randn(B, 77, 768, device="cuda", generator=g)
@@ -147,8 +146,8 @@ class Contender:
 
 
 def set_layers(layers: str) -> None:
-    """"lean": our training layers (models/activation_memory.py) and transformer-block nodes
-    (models/frozen_transformer.py); "block modules": the lean layers, each block's modules; "plain": PyTorch's."""
+    """"lean": our training layers (fast/activation_memory.py) and transformer-block nodes
+    (fast/frozen_transformer.py); "block modules": the lean layers, each block's modules; "plain": PyTorch's."""
     activation_memory.ENABLED = layers != "plain"
     frozen_transformer.ENABLED = layers == "lean"
 
@@ -176,12 +175,12 @@ def main():
                         help="our runs under torch.compile; RUN@MODE picks torch.compile's mode (else default)")
     parser.add_argument("--channels-last", action="store_true", help="also ours with NHWC feature maps")
     parser.add_argument("--plain-layers", action="store_true",
-                        help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False)")
+                        help="also ours with PyTorch's layers (fast/activation_memory.py ENABLED = False)")
     parser.add_argument("--block-modules", action="store_true",
                         help="also ours with each transformer block's modules rather than one node per block "
-                             "(models/frozen_transformer.py ENABLED = False)")
+                             "(fast/frozen_transformer.py ENABLED = False)")
     parser.add_argument("--torch-checkpoint", action="store_true",
-                        help="also ours with torch.utils.checkpoint instead of models/checkpointing.py (runs with "
+                        help="also ours with torch.utils.checkpoint instead of fast/checkpointing.py (runs with "
                              "checkpointing)")
     parser.add_argument("--foreach-adamw", action="store_true",
                         help="also ours with the reference's optimiser (AdamW's default, foreach) instead of our "

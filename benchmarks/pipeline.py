@@ -6,7 +6,7 @@ unchanged into ours; bf16; DDIM with trailing timesteps and guidance 7.5 on both
 same initial noise, so both draw the same image up to bf16 rounding. Reports seconds per image
 (text encoding, every U-Net step, decoding) and the largest pixel difference between the two images.
 
-    python benchmarks/pipeline.py --out docs/benchmarks/pipeline [--steps 30] [--compile]
+    python benchmarks/pipeline.py --out records/pipeline [--steps 30] [--compile]
 
 Needs a CUDA GPU, diffusers and transformers (test-only dependencies of latentlab).
 """

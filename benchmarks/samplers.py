@@ -8,8 +8,8 @@ single-object test prompts and measure
             of other test scenes (the floor: the same distance for real renders of the prompts' scenes)
 and, per model, the variational bound in bits per dimension for each variance.
 
-    python benchmarks/samplers.py --model shipped=default --model hybrid=runs/hybrid/model --out docs/samplers
-    python benchmarks/samplers.py ... --objects 2 --nll-images 0 --out docs/samplers-two
+    python benchmarks/samplers.py --model shipped=default --model hybrid=runs/hybrid/model --out records/samplers
+    python benchmarks/samplers.py ... --objects 2 --nll-images 0 --out records/samplers-two-objects
 
 writes OUT/results.json (resumable: finished cells are kept), OUT/table.md and OUT/samplers.png.
 `--plot-only` redraws the table and plot from OUT/results.json.
@@ -162,7 +162,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", default=[], help="LABEL=PATH ('default': the shipped model)")
-    parser.add_argument("--out", default="docs/samplers")
+    parser.add_argument("--out", default="records/samplers")
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--objects", type=int, choices=(1, 2), default=1, help="objects per prompt")
     parser.add_argument("--batch-size", type=int, default=500)

@@ -8,7 +8,7 @@ same weights. A step: bf16 autocast over float32 weights, the MSE on 8x8x4 laten
 backward, AdamW. Also ours as shipped (with the pooled text added to the time embedding, which diffusers
 has no equivalent of). Reports samples per second, eager and under torch.compile.
 
-    python benchmarks/training_step.py --out docs/benchmarks/training-step [--batch 256] [--no-compile]
+    python benchmarks/training_step.py --out records/training-step [--batch 256] [--no-compile]
         [--plain-layers]
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from latentlab.models import activation_memory
+from latentlab import fast
+from latentlab.fast import activation_memory
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 
@@ -47,7 +48,9 @@ def networks():
 
 def step_fn(model, is_diffusers: bool, batch: int, compiled: bool):
     model = model.cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if not is_diffusers:
+        fast.install(model)  # the speed wing, as the trainers run it
+    optimizer = fast.track(torch.optim.AdamW(model.parameters(), lr=1e-4))
     network = torch.compile(model) if compiled else model
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(batch, 4, 8, 8, device="cuda", generator=g)
@@ -72,7 +75,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--plain-layers", action="store_true",
-                        help="also ours with PyTorch's layers (models/activation_memory.py ENABLED = False), eager")
+                        help="also ours with PyTorch's layers (fast/activation_memory.py ENABLED = False), eager")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -5,7 +5,7 @@ both (diffusers' state dict loaded into ours unchanged), batch 2 (one image with
 eager and under torch.compile. Also measured in the same process: the card's bf16 matrix-product rate
 (an 8192^3 matmul), against which the achieved TFLOP/s are set.
 
-    python benchmarks/unet_inference.py --out docs/benchmarks/unet-inference           # everything
+    python benchmarks/unet_inference.py --out records/unet-inference                   # everything
     python benchmarks/unet_inference.py --out DIR --only eager                         # eager rows only
     python benchmarks/unet_inference.py --out DIR --table-only                         # redraw the table
 
@@ -25,7 +25,8 @@ import torch
 
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
-from latentlab.models.cuda_graph import CUDAGraphed
+from latentlab import fast
+from latentlab.fast.cuda_graph import CUDAGraphed
 
 DTYPE = torch.bfloat16
 
@@ -49,6 +50,7 @@ def build():
     with torch.device("meta"):
         ours = UNet(UNetConfig.stable_diffusion_1())
     ours.load_state_dict(theirs.state_dict(), assign=True)
+    fast.install(ours)  # the speed wing, as the pipeline runs it
     return theirs, ours.eval()
 
 

@@ -8,7 +8,8 @@ from latentlab import Pipeline
 from latentlab.diffusion import DiffusionConfig
 from latentlab.models import UNet
 from latentlab.errors import CheckpointError, LatentlabError
-from latentlab.pipeline import default_model_path, image_grid
+from latentlab.images import image_grid
+from latentlab.pipeline import default_model_path
 
 PROMPTS = ["a large red circle on the left", "a small blue square at the top"]
 

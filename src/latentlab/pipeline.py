@@ -32,18 +32,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .adapters.lora import adapters_of, merge_lora, remove_lora, set_lora_scale, unmerge_lora
+from . import fast
+from .adapters.lora import (adapters_of, free_name, load_lora_parts, merge_lora, remove_lora, set_lora_scale,
+                            unmerge_lora)
+from .devices import resolve_device, resolve_dtype
 from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
                         timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
+from .images import to_pil
 from .io import atomic_write, load_component, read_config, read_json, read_save_id, save_component
-from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_from_latentlab_v1
-from .io.lora_files import apply_lora, read_lora, save_lora
+from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_translation
+from .io.lora_files import LoRAFile, lora_states, read_lora, save_lora
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
 from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
                      UNetConfig, VAEConfig)
-from .models.cuda_graph import CUDAGraphed
 from .models.bert import BertConfig, BertModel
 from .models.text_encoder import encode_prompts
 
@@ -57,54 +60,25 @@ DEFAULT_MODEL = "shapes-default"
 SHIPPED_MODELS = ("shapes-default", "fashion-mnist")  # in the package's weights/; Pipeline.load takes their names
 
 
-def vae_translation(state: dict, config: VAEConfig) -> dict:
-    """An autoencoder folder of either format: format 1's flat levels are renamed to the current layout."""
-    return vae_from_latentlab_v1(state, config.channels, config.blocks_per_level)
-
-
 def default_model_path(name: str = DEFAULT_MODEL) -> Path:
     """A model that ships inside the package (SHIPPED_MODELS), by default the shapes model."""
     return Path(str(resources.files("latentlab") / "weights" / name))
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def apply_lora(parts: dict[str, nn.Module], lora: LoRAFile, adapter: str | None = None, scale: float = 1.0,
+               check_base: bool = True) -> str:
+    """Add a LoRA file's adapters to the networks in `parts` ({"unet": unet, "text_encoder": te}) as adapter
+    `adapter` (default: the file's name, made unique) at multiplier `scale`, in each network's device and
+    dtype; returns the adapter's name. All or nothing: a module the model lacks, a shape that does not fit,
+    or (with `check_base`) another base model's fingerprint raises CheckpointError, and nothing is added;
+    after any other exception too, the networks are left as they were."""
+    adapter = free_name(parts.values(), adapter, lora.name)
+    states = lora_states(parts, lora, check_base)  # io: the file's keys in the networks' module names
     try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise LatentlabError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LatentlabError("device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
-    return device
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype not in DTYPES:
-        raise LatentlabError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
-    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
-
-
-def image_grid(images: list[Image.Image], columns: int | None = None, scale: int = 1) -> Image.Image:
-    """Images side by side in rows of `columns`, each enlarged `scale` times (nearest neighbour)."""
-    columns = columns or len(images)
-    w, h = images[0].size
-    rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * w * scale, rows * h * scale))
-    for i, image in enumerate(images):
-        grid.paste(image.resize((w * scale, h * scale), Image.NEAREST), ((i % columns) * w * scale, (i // columns) * h * scale))
-    return grid
+        load_lora_parts(parts, states, adapter, scale)  # adapters: the injection
+    except LatentlabError as e:
+        raise CheckpointError(f"{lora.path}: {e}") from None
+    return adapter
 
 
 class Pipeline:
@@ -115,6 +89,7 @@ class Pipeline:
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.diffusion, self.image_size = diffusion, image_size
         self.alphas_cumprod = diffusion.alphas_cumprod()
+        fast.install(text_encoder, unet, vae)  # the speed wing: same maths, faster (fast/install.py)
 
     # ------------------------------------------------------------------ files
 
@@ -257,7 +232,9 @@ class Pipeline:
         (default: the file's name) at multiplier `scale` (W = W0 + scale alpha / r B A), on the pipeline's
         device and in its dtype; returns the name. Several LoRAs can be loaded, each with its own scale.
         `check_base`: refuse a file whose base-model fingerprint is not this model's."""
-        return apply_lora(self.lora_parts(), read_lora(path), name, scale, check_base)
+        name = apply_lora(self.lora_parts(), read_lora(path), name, scale, check_base)
+        fast.install(*self.lora_parts().values())  # the new adapter layers too
+        return name
 
     def set_lora_scale(self, name: str, scale: float) -> None:
         """LoRA `name`'s multiplier (0: as if not loaded), merged or not."""
@@ -332,7 +309,7 @@ class Pipeline:
             return self.unet(x_t.to(dtype), t, context.to(dtype), mask).float()
 
         network = classifier_free_guidance(unet, context, mask, uncond, uncond_mask, guidance)
-        return make_denoiser(CUDAGraphed(network) if cuda_graph else network, self.diffusion.prediction)
+        return make_denoiser(fast.CUDAGraphed(network) if cuda_graph else network, self.diffusion.prediction)
 
     def check_sampler(self, sampler: str, steps: int | None = None, **options) -> dict:
         """The options for `sampler`, with ddpm's variance defaulting to the learned one where there is one;
@@ -354,6 +331,24 @@ class Pipeline:
             return options
         except ValueError as e:
             raise LatentlabError(str(e)) from None
+
+    def check_sample(self, count: int, *, steps: int, guidance: float, seed: int, sampler: str,
+                     size: int | None = None, batch_size: int | None = None, cuda_graph: bool = False,
+                     **options) -> tuple[int, int, dict]:
+        """`sample`'s arguments for `count` prompts, checked before any work: (seed, size, sampler options),
+        the size and the options with their defaults filled in; bad ones raise LatentlabError. `sample` calls
+        it, and so does the command line, before it writes anything."""
+        if not math.isfinite(guidance):
+            raise LatentlabError(f"guidance must be a finite number, got {guidance}")
+        seed = self.check_seed(seed, count)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise LatentlabError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        if cuda_graph and self.device.type != "cuda":
+            raise LatentlabError(f"cuda_graph needs the pipeline on a CUDA GPU; it is on {self.device}")
+        size = size or self.image_size
+        self.check_size(size)
+        return seed, size, self.check_sampler(sampler, steps, **options)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], *, steps: int = 50, guidance: float = 4.0, seed: int = 0,
@@ -379,17 +374,9 @@ class Pipeline:
         for text in prompts:
             self.check_prompt(text)
         self.check_prompt(negative_prompt, "negative prompt")
-        if not math.isfinite(guidance):
-            raise LatentlabError(f"guidance must be a finite number, got {guidance}")
-        seed = self.check_seed(seed, len(prompts))
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise LatentlabError(f"batch_size must be a positive whole number, got {batch_size!r}")
-        size = size or self.image_size
-        self.check_size(size)
-        options = self.check_sampler(sampler, steps, variance=variance, eta=eta, spacing=spacing)
-        if cuda_graph and self.device.type != "cuda":
-            raise LatentlabError(f"cuda_graph needs the pipeline on a CUDA GPU; it is on {self.device}")
+        seed, size, options = self.check_sample(len(prompts), steps=steps, guidance=guidance, seed=seed,
+                                                sampler=sampler, size=size, batch_size=batch_size,
+                                                cuda_graph=cuda_graph, variance=variance, eta=eta, spacing=spacing)
         uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         batch_size = batch_size or len(prompts)
         return torch.cat([self._sample_batch(prompts[start:start + batch_size], uncond, seed + start, size, steps,

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentlab.models import activation_memory
-from latentlab.models.activation_memory import Conv2d, LayerNorm, geglu, group_norm_act
+from latentlab import fast
+from latentlab.fast import activation_memory
+from latentlab.fast.activation_memory import Conv2d, LayerNorm, geglu, group_norm_act
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -229,6 +230,7 @@ def test_frozen_res_block_is_one_node_with_the_blocks_values_and_input_gradient(
     torch.manual_seed(0)
     block = ResBlock(*channels, embed_dim=12 if embedding else None, groups=4, eps=1e-5,
                      time_conditioning="additive").requires_grad_(False).to(dtype)
+    fast.install(block)
     x = torch.randn(2, channels[0], 6, 6, requires_grad=True)
     emb = torch.randn(2, 12)
     autocast = dtype == torch.bfloat16
@@ -240,7 +242,7 @@ def test_frozen_res_block_is_one_node_with_the_blocks_values_and_input_gradient(
     nodes, ours = graph_nodes(run()), grads(run, [x])
     saved = saved_bytes(run)
     monkeypatch.setattr(activation_memory, "frozen_res_block", lambda *args: None)
-    monkeypatch.setattr("latentlab.models.blocks.frozen_res_block", lambda *args: None)
+    monkeypatch.setattr("latentlab.fast.modules.frozen_res_block", lambda *args: None)
     layers, layers_saved = grads(run, [x]), saved_bytes(run)
     assert nodes == 1 + 1 and graph_nodes(run()) > 5  # ours, and x's AccumulateGrad
     close(ours, layers, 2e-2 if autocast else 1e-5)
@@ -252,6 +254,7 @@ def test_frozen_res_block_steps_aside_for_a_trained_weight():
     from latentlab.models.blocks import ResBlock
 
     block = ResBlock(8, 8, groups=4, time_conditioning="additive").requires_grad_(False)
+    fast.install(block)
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     assert activation_memory.frozen_res_block(block, x, None) is not None
     block.norm1.weight.requires_grad_(True)

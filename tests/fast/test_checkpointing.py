@@ -1,4 +1,4 @@
-"""models/checkpointing.py: the recomputed block gives the gradients of the block run once, in every
+"""fast/checkpointing.py: the recomputed block gives the gradients of the block run once, in every
 case a trainer meets (trained inputs or only trained parameters, LoRA on a frozen U-Net, autocast,
 dropout, torch.autograd.grad from outside) and saves nothing but its inputs."""
 
@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from latentlab.adapters import add_lora
-from latentlab.models import UNet, activation_memory
-from latentlab.models.checkpointing import checkpoint, first_pass
+from latentlab.fast import activation_memory
+from latentlab.models import UNet
+from latentlab.fast.checkpointing import checkpoint, first_pass
 from latentlab.training.presets import preset
 
 
@@ -117,7 +118,7 @@ def test_unet_gradients_with_and_without_checkpointing(lora):
 
 
 def test_bf16_first_pass_differs_by_rounding_only(monkeypatch):
-    """The first pass runs under no_grad, where the lean layers of models/activation_memory.py take their
+    """The first pass runs under no_grad, where the lean layers of fast/activation_memory.py take their
     inference paths (LoRA's training node does not: it is asked for by first_pass()): in bf16 its
     activations differ from the recomputation's by rounding, and so do the gradients (0.02% of their norm
     here; 0.3% before LoRA's node ran in the first pass too)."""

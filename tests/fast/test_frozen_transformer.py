@@ -1,4 +1,4 @@
-"""models/frozen_transformer.py: a frozen transformer block trained through its adapters runs as one node
+"""fast/frozen_transformer.py: a frozen transformer block trained through its adapters runs as one node
 with the modules' values and gradients, in every case a trainer meets, and steps aside where it does not
 apply."""
 
@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from latentlab import fast
 from latentlab.adapters import add_lora
-from latentlab.models import UNet, activation_memory, frozen_transformer
+from latentlab.fast import activation_memory, frozen_transformer
+from latentlab.models import UNet
 from latentlab.models.attention import SpatialTransformer, TransformerBlock
 from latentlab.training.presets import preset
 
@@ -37,12 +39,14 @@ def lora_block(targets, dtype=torch.float64, base_dtype=None):
         if "lora_B" in name:
             nn.init.normal_(p, std=0.1)
         p.data = p.data.to(dtype if "lora_" in name else base_dtype or dtype)
+    fast.install(block)
     return block
 
 
 def run(block, x, context, mask, fused, monkeypatch, autocast=False):
-    """(output, its grad_fn's name, gradients of x, context (where they train) and the trained parameters)."""
-    monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
+    """(output, its grad_fn's name, gradients of x, context (where they train) and the trained parameters), with
+    the speed wing (`fused`) or the plain modules."""
+    (fast.install if fused else fast.uninstall)(block)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = block(x, context, mask)
     inputs = [t for t in (x, context) if t.requires_grad] + [p for p in block.parameters() if p.requires_grad]
@@ -149,7 +153,7 @@ def test_spatial_transformer_is_one_node_with_the_modules_gradients(linear_proje
     context = torch.randn(2, 5, 16, generator=g, dtype=torch.float64).requires_grad_(context_grad)
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
+        (fast.install if fused else fast.uninstall)(st)
         out = st(x, context)
         trained = [t for t in (x, context) if t.requires_grad] + [p for p in st.parameters() if p.requires_grad]
         results.append((out, graph_nodes(out), torch.autograd.grad(out.square().sum(), trained)))
@@ -174,15 +178,21 @@ def graph_nodes(out: torch.Tensor) -> list[str]:
 
 
 def unet_grads(fused: bool, checkpointing: bool, monkeypatch) -> dict[str, torch.Tensor]:
-    monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
+    """The adapters' gradients with the speed wing (`fused`) or the plain modules."""
     torch.manual_seed(0)
     unet = UNet(dataclasses.replace(preset("tiny", "unet"), dropout=0.0)).double().train()
     unet.requires_grad_(False)
+    with torch.no_grad():  # the outputs start at zero (UNet._zero_init_outputs), which would stop every gradient
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
     add_lora(unet, rank=2, alpha=2, targets=ATTENTION, dtype=torch.float64)
     for name, p in unet.named_parameters():
         if "lora_B" in name:
             nn.init.normal_(p, std=0.05)
     unet.enable_gradient_checkpointing(checkpointing)
+    if fused:
+        fast.install(unet)
     g = torch.Generator().manual_seed(1)
     x, context = torch.randn(2, 4, 8, 8, generator=g).double(), torch.randn(2, 6, 64, generator=g).double()
     out = unet(x, torch.tensor([3, 900]), context)
@@ -197,7 +207,7 @@ def test_unet_lora_gradients_are_the_modules(checkpointing, monkeypatch):
     """The whole U-Net (its first block's input carries no gradient), with and without gradient
     checkpointing, whose recomputation runs the node."""
     fused, plain = unet_grads(True, checkpointing, monkeypatch), unet_grads(False, checkpointing, monkeypatch)
-    assert fused.keys() == plain.keys() and len(fused) > 0
+    assert fused.keys() == plain.keys() and len(fused) > 0 and all(g.abs().sum() > 0 for g in plain.values())
     for name in fused:
         torch.testing.assert_close(fused[name], plain[name], rtol=0, atol=1e-12, msg=name)
 
@@ -210,8 +220,8 @@ def test_on_cuda_bf16_matches_the_modules_to_rounding(monkeypatch):
     for fused in (True, False):
         block = lora_block(EVERYTHING, torch.float32, torch.bfloat16).cuda()
         x, context, mask = (t if t is None else t.cuda() for t in inputs(torch.bfloat16, masked=True))
+        (fast.install if fused else fast.uninstall)(block)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            monkeypatch.setattr(frozen_transformer, "ENABLED", fused)
             out = block(x, context, mask)
         assert (type(out.grad_fn).__name__ == NODE) == fused
         trained = [x] + [p for p in block.parameters() if p.requires_grad]

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentlab.models import group_norm as gn
-from latentlab.models.group_norm import group_norm_act, uses_triton
+from latentlab.fast import group_norm as gn
+from latentlab.fast.group_norm import group_norm_act, uses_triton
 
 TINY = [(2, 16, 8, 4, 4), (1, 48, 16, 5, 7), (3, 48, 16, 1, 9)]  # (B, C, G, H, W)
 SD = [(2, 320, 32, 64, 64), (2, 640, 32, 32, 32), (2, 960, 32, 8, 8), (2, 1280, 32, 16, 16),

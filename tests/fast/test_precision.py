@@ -1,11 +1,11 @@
-"""models/precision.py: compute copies of float32 weights, cast once per change."""
+"""fast/precision.py: compute copies of float32 weights, cast once per change."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from latentlab.models import precision
-from latentlab.models.precision import compute_copy, stacked_copy
+from latentlab.fast import precision
+from latentlab.fast.precision import compute_copy, stacked_copy
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,18 @@ class CountCasts(TorchDispatchMode):
 
 
 def weights(n: int = 3) -> list[torch.nn.Parameter]:
+    """n trained weights, registered with the speed wing through their optimiser (`step(ws)` steps it)."""
     torch.manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(4, 5)) for _ in range(n)]
+    ws = [torch.nn.Parameter(torch.randn(4, 5)) for _ in range(n)]
+    precision.track(torch.optim.SGD(ws, lr=0.5))
+    return ws
+
+
+def step(ws: list[torch.nn.Parameter], optimizer=torch.optim.SGD, **options) -> None:
+    """One step of a tracked optimiser over ws, with unit gradients."""
+    for w in ws:
+        w.grad = torch.ones_like(w)
+    precision.track(optimizer(ws, **{"lr": 0.5, **options})).step()
 
 
 def test_copy_holds_the_weight_in_the_dtype_and_is_reused():
@@ -50,9 +60,7 @@ def test_the_weights_own_dtype_is_the_weight_itself():
 def test_after_an_optimiser_step_every_stale_copy_is_recast_in_one_batched_cast():
     ws = weights()
     copies = [compute_copy(w, torch.bfloat16) for w in ws]
-    for w in ws:
-        w.grad = torch.ones_like(w)
-    torch.optim.AdamW(ws, lr=0.1, fused=True).step()  # the fused step advances no version counter
+    step(ws, torch.optim.AdamW, lr=0.1, fused=True)  # the fused step advances no version counter
     with CountCasts() as casts:
         fresh = [compute_copy(w, torch.bfloat16) for w in ws]
     assert casts.batched == 1 and casts.single == 0
@@ -76,9 +84,7 @@ def test_a_diagonal_stack_holds_its_blocks_and_follows_them():
     bs = weights()
     diag = stacked_copy(tuple(bs), torch.bfloat16, diagonal=True)
     torch.testing.assert_close(diag, torch.block_diag(*bs).bfloat16(), atol=0, rtol=0)
-    for b in bs:
-        b.grad = torch.ones_like(b)
-    torch.optim.SGD(bs, lr=0.5).step()
+    step(bs)
     assert stacked_copy(tuple(bs), torch.bfloat16, diagonal=True) is diag
     torch.testing.assert_close(diag, torch.block_diag(*bs).detach().bfloat16(), atol=0, rtol=0)
 
@@ -94,12 +100,22 @@ def test_each_batched_cast_can_take_the_one_kernel_route(monkeypatch):
     stacked_copy(tuple(ws), torch.bfloat16)
     stacked_copy(tuple(bs), torch.bfloat16, diagonal=True)
     compute_copy(frozen, torch.bfloat16)
-    for w in ws + bs:
-        w.grad = torch.ones_like(w)
-    torch.optim.SGD(ws + bs, lr=0.5).step()
+    step(ws + bs)
     calls.clear()
     stacked_copy(tuple(ws), torch.bfloat16)
     assert len(calls) == 1 and len(calls[0][0]) == 6  # the frozen weight did not change: not copied again
     for dst, src in calls:
         assert len({t.dtype for t in src}) == len({t.dtype for t in dst}) == 1
         assert all(d.stride() == s.stride() for d, s in zip(dst, src))
+
+
+def test_a_trained_weight_no_tracked_optimiser_steps_is_cast_where_it_is_read():
+    """Its changes could not be seen (a fused step advances no version counter): no copy is kept."""
+    w = torch.nn.Parameter(torch.randn(4, 5))
+    first = compute_copy(w, torch.bfloat16)
+    w.grad = torch.ones_like(w)
+    torch.optim.AdamW([w], lr=0.1, fused=True).step()
+    fresh = compute_copy(w, torch.bfloat16)
+    assert fresh is not first and not precision._copies
+    torch.testing.assert_close(fresh, w.detach().bfloat16(), atol=0, rtol=0)
+    torch.testing.assert_close(stacked_copy((w, w), torch.bfloat16), torch.cat([w, w]).detach().bfloat16())

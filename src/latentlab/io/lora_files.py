@@ -39,8 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ..adapters.lora import (DEFAULT_ADAPTER, LoRALayer, adapters_of, check_adapter_name, load_lora_state_dict,
-                             lora_alphas, lora_layers, lora_state_dict, unchanged_on_error)
+from ..adapters.lora import DEFAULT_ADAPTER, LoRALayer, adapters_of, lora_alphas, lora_layers, lora_state_dict
 from ..errors import CheckpointError, LatentlabError
 from .checkpoint import atomic_write, read_json
 
@@ -78,7 +77,7 @@ class LoRAFile:
     parts: dict[str, dict[str, torch.Tensor]]
     alphas: dict[str, dict[str, float]]
     metadata: dict[str, str] = field(default_factory=dict)
-    flat_names: bool = False  # kohya: module names with every "." written "_"; apply_lora looks them up
+    flat_names: bool = False  # kohya: module names with every "." written "_"; lora_states looks them up
 
     @property
     def name(self) -> str:
@@ -493,7 +492,7 @@ def read_lora(path: str | Path) -> LoRAFile:
     return LoRAFile(path=given, format=fmt, parts=parts, alphas=alphas, metadata=header, flat_names=fmt == "kohya")
 
 
-# ---------------------------------------------------------------------- applying
+# ---------------------------------------------------------------------- translating to a model's names
 
 
 def _targets(model: nn.Module) -> set[str]:
@@ -535,21 +534,6 @@ def _resolve(model: nn.Module, part: str, lora: LoRAFile) -> tuple[dict[str, tor
     return state, {n: lora.alphas[part][m] for m, n in rename.items()}
 
 
-def _adapter_name(parts: dict[str, nn.Module], adapter: str | None, default: str) -> str:
-    """`adapter`, refused if taken; None: `default`, made unique by a suffix (style, style_2, ...)."""
-    check_adapter_name(adapter if adapter is not None else default)
-    taken = {a for m in parts.values() for a in adapters_of(m)}
-    if adapter is None:
-        adapter = default
-        for i in range(2, len(taken) + 3):
-            if adapter not in taken:
-                break
-            adapter = f"{default}_{i}"
-    elif adapter in taken:
-        raise LatentlabError(f"a LoRA named {adapter!r} is already loaded; pass another name, or remove it first")
-    return adapter
-
-
 def _check_base(parts: dict[str, nn.Module], lora: LoRAFile) -> None:
     for p in lora.parts:
         stored = lora.metadata.get(f"base_fingerprint.{p}", "")
@@ -561,29 +545,16 @@ def _check_base(parts: dict[str, nn.Module], lora: LoRAFile) -> None:
                                   "this model's (pass check_base=False to load it anyway)")
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-def apply_lora(parts: dict[str, nn.Module], lora: LoRAFile, adapter: str | None = None, scale: float = 1.0,
-               check_base: bool = True) -> str:
-    """Add the file's LoRA to the networks in `parts` ({"unet": unet, "text_encoder": te}) as adapter
-    `adapter` (default: the file's name, made unique) at multiplier `scale`, its weights in each network's
-    device and dtype; returns the adapter's name. All or nothing: a module the model lacks, a shape that
-    does not fit, or (with `check_base`) another base model's fingerprint raises, and nothing is added; after
-    any other exception too, the networks are left as they were."""
+def lora_states(parts: dict[str, nn.Module], lora: LoRAFile, check_base: bool = True) \
+        -> dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]]:
+    """The file's LoRA as {part: (state dict, alphas)} under each network's module names, for the networks
+    in `parts` ({"unet": unet, "text_encoder": te}): what adapters/lora.py `load_lora_parts` adds. A part
+    the networks lack, a module a network lacks, or (with `check_base`) another base model's fingerprint
+    raises CheckpointError."""
     missing = sorted(set(lora.parts) - set(parts))
     if missing:
         raise CheckpointError(f"{lora.path} adapts {', '.join(missing)}, which this model does not have "
                               f"(is the file for another base model?)")
-    adapter = _adapter_name(parts, adapter, lora.name)
     if check_base:
         _check_base(parts, lora)
-    resolved = {p: _resolve(parts[p], p, lora) for p in lora.parts}
-    try:
-        with unchanged_on_error([parts[p] for p in resolved], adapter):
-            for p, (state, alphas) in resolved.items():
-                load_lora_state_dict(parts[p], state, adapter, alphas=alphas, scale=scale, dtype=_dtype(parts[p]))
-    except LatentlabError as e:
-        raise CheckpointError(f"{lora.path}: {e}") from None
-    return adapter
+    return {p: _resolve(parts[p], p, lora) for p in lora.parts}

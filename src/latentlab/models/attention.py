@@ -6,11 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activation_memory import LayerNorm, geglu
 from .blocks import group_norm
-from .frozen_transformer import frozen_transformer_block
-from .group_norm import group_norm_act
-from .precision import to_autocast_dtype
 
 
 class Attention(nn.Module):
@@ -32,35 +28,22 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = to_autocast_dtype(x)  # cast once for the three projections that read it
-        context = x if context is None else to_autocast_dtype(context)
-        B, N, C = x.shape
+        context = x if context is None else context
+        return self.attend(self.to_q(x), self.to_k(context), self.to_v(context), mask)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v per head, then the output projection: q (B, N, C), k and v (B, L, C)."""
+        B, N, C = q.shape
         h = self.heads
-        if context is x:
-            q, k, v = projections(x, self.to_q, self.to_k, self.to_v)
-        else:
-            q, (k, v) = self.to_q(x), projections(context, self.to_k, self.to_v)
         q, k, v = (z.view(B, -1, h, C // h).transpose(1, 2) for z in (q, k, v))  # (B, h, N|L, C/h)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(B, N, C)))
 
 
-def projections(x: torch.Tensor, *layers: nn.Module) -> tuple[torch.Tensor, ...]:
-    """Each layer applied to x. Layers that offer `stacked(layers, x)` (adapters in training,
-    adapters/lora.py) compute them as one product of their stacked weights, where they can."""
-    stacked = getattr(type(layers[0]), "stacked", None)
-    out = None if stacked is None else stacked(layers, x)
-    return tuple(layer(x) for layer in layers) if out is None else out
-
-
 class GEGLU(nn.Module):
-    """Gated GELU feed-forward input (Shazeer 2020): x W * gelu(x V).
-
-    W and V are stored as one projection (diffusers' `proj`, W's rows first). At inference they are
-    applied as two products, so that each half comes out contiguous and the gating runs on whole
-    tensors rather than strided halves; in training as one, whose weight gradient then needs no
-    gathering from two slices, and whenever `proj` is not a plain linear layer (wrapped by an adapter)."""
+    """Gated GELU feed-forward input (Shazeer 2020): x W * gelu(x V), with W and V stored as one
+    projection (diffusers' `proj`, W's rows first)."""
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
@@ -68,14 +51,8 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = to_autocast_dtype(x)
-        proj = self.proj
-        if hasattr(proj, "plain_layer"):  # a wrapping layer (an adapter) that adds nothing now is its base layer
-            proj = proj.plain_layer() or proj
-        if not isinstance(proj, nn.Linear) or torch.is_grad_enabled() and proj.weight.requires_grad:
-            return geglu(*proj(x).chunk(2, dim=-1))
-        weight, bias, n = proj.weight, proj.bias, self.inner
-        return geglu(F.linear(x, weight[:n], bias[:n]), F.linear(x, weight[n:], bias[n:]))
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
 
 
 class FeedForward(nn.Module):
@@ -92,16 +69,13 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, context_dim: int, head_dim: int = 32, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, head_dim=head_dim, dropout=dropout)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(dim, context_dim=context_dim, head_dim=head_dim, dropout=dropout)
-        self.norm3, self.ff = LayerNorm(dim), FeedForward(dim, dropout=dropout)
+        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        fused = frozen_transformer_block(self, x, context, mask)  # training adapters on a frozen block
-        if fused is not None:
-            return fused
         x = x + self.attn1(self.norm1(x))  # self-attention
         x = x + self.attn2(self.norm2(x), context, mask)  # cross-attention
         return x + self.ff(self.norm3(x))  # feed-forward
@@ -116,6 +90,7 @@ class SpatialTransformer(nn.Module):
                  linear_projection: bool = True, dropout: float = 0.0):
         super().__init__()
         self.norm = group_norm(channels, groups)
+        self.linear_projection = linear_projection
         projection = nn.Linear if linear_projection else (lambda a, b: nn.Conv2d(a, b, 1))
         self.proj_in = projection(channels, channels)
         self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, context_dim, head_dim, dropout)
@@ -124,16 +99,11 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = group_norm_act(x, self.norm, silu=False).flatten(2).transpose(1, 2)  # (B, HW, C)
-        h = project(self.proj_in, h)  # contiguous
+        h = self.project(self.proj_in, self.norm(x)).flatten(2).transpose(1, 2)  # (B, HW, C)
         for block in self.transformer_blocks:
             h = block(h, context, mask)
-        return x + project(self.proj_out, h).transpose(1, 2).view(B, C, H, W)
+        return x + self.project(self.proj_out, h.transpose(1, 2).reshape(B, C, H, W))
 
-
-def project(layer: nn.Linear | nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
-    """A linear layer, or a 1x1 convolution, applied to tokens (B, N, C): a 1x1 convolution over a map
-    is a linear layer over its pixels, and runs as one here, with no copy to or from the map's layout."""
-    if isinstance(layer, nn.Conv2d):
-        return F.linear(tokens, layer.weight.flatten(1), layer.bias)
-    return layer(tokens)  # a linear layer, or a wrapped layer (an adapter), which accepts tokens either way
+    def project(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`layer` applied to each pixel's channels of x (B, C, H, W): a linear layer, or a 1x1 convolution."""
+        return layer(x.movedim(1, -1)).movedim(-1, 1) if self.linear_projection else layer(x)

@@ -8,9 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activation_memory import Conv2d, frozen_res_block
-from .group_norm import group_norm_act
-
 
 def check_widths(channels: tuple) -> None:
     """Per-level widths of a config: a non-empty list of positive integers."""
@@ -50,29 +47,30 @@ class ResBlock(nn.Module):
             raise ValueError(f"unknown time_conditioning {time_conditioning!r}; accepted: {', '.join(TIME_CONDITIONING)}")
         self.scale_shift = time_conditioning == "scale_shift"
         self.norm1 = group_norm(in_channels, groups, eps)
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         projected = 2 * out_channels if self.scale_shift else out_channels
         self.time_emb_proj = nn.Linear(embed_dim, projected) if embed_dim else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        e = None if self.time_emb_proj is None else self.time_emb_proj(F.silu(emb))[:, :, None, None]
-        frozen = frozen_res_block(self, x, e) if e is None or not self.scale_shift else None  # training, frozen
-        if frozen is not None:
-            return frozen
-        h = self.conv1(group_norm_act(x, self.norm1))
+        e = self.embedding(emb)
+        h = self.conv1(F.silu(self.norm1(x)))
         if e is None:
-            h = group_norm_act(h, self.norm2)
+            h = F.silu(self.norm2(h))
         elif self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = F.silu(self.norm2(h) * (1 + scale) + shift)
         else:
-            h = group_norm_act(h + e, self.norm2)
+            h = F.silu(self.norm2(h + e))
         h = self.conv2(self.dropout(h))
         return self.conv_shortcut(x) + h
+
+    def embedding(self, emb: torch.Tensor | None) -> torch.Tensor | None:
+        """The embedding projected to this block's conditioning, (B, C or 2C, 1, 1); None without one."""
+        return None if self.time_emb_proj is None else self.time_emb_proj(F.silu(emb))[:, :, None, None]
 
 
 class TimestepEmbedding(nn.Module):
@@ -93,7 +91,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
         self.asymmetric = padding == "asymmetric"
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
@@ -104,7 +102,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

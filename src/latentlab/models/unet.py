@@ -17,13 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .activation_memory import Conv2d
 from .attention import SpatialTransformer
 from .blocks import (TIME_CONDITIONING, Downsample, ResBlock, TimestepEmbedding, Upsample, check_widths, group_norm,
                      timestep_embedding)
-from .checkpointing import checkpoint
-from .group_norm import group_norm_act
 
 
 @dataclass
@@ -153,7 +151,7 @@ class UNet(nn.Module):
         self.gradient_checkpointing = False  # recompute each block's activations in the backward pass
         width0 = c.channels[0]
         embed_dim = 4 * width0
-        self.conv_in = Conv2d(c.in_channels, width0, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.in_channels, width0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(width0, embed_dim)
         self.context_embed = nn.Linear(c.context_dim, embed_dim) if c.pooled_text else None
 
@@ -194,7 +192,7 @@ class UNet(nn.Module):
                                         gates=gates if c.attention_gates else None))
 
         self.conv_norm_out = group_norm(ch, c.groups, c.norm_eps)
-        self.conv_out = Conv2d(ch, c.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
         self._zero_init_outputs()
 
     def _zero_init_outputs(self):
@@ -213,9 +211,13 @@ class UNet(nn.Module):
 
     def _layer(self, level: Level, j: int, h, emb, context, mask):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(level.layer, j, h, emb, context, mask, parameters=level.layer_parameters(j),
-                              preserve_rng_state=self.training and self.config.dropout > 0)
+            return self.checkpointed(level, j, h, emb, context, mask)
         return level.layer(j, h, emb, context, mask)
+
+    def checkpointed(self, level: Level, j: int, *inputs) -> torch.Tensor:
+        """level.layer(j, *inputs), keeping only its inputs: its activations are recomputed in the backward pass."""
+        return checkpoint(level.layer, j, *inputs, use_reentrant=False,
+                          preserve_rng_state=self.training and self.config.dropout > 0)
 
     def embed(self, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype):
         """The embedding every residual block sees: timestep (+ pooled text) -> (B, 4 * width0)."""
@@ -247,7 +249,7 @@ class UNet(nn.Module):
                 h = self._layer(level, j, torch.cat([h, skip], dim=1), emb, context, mask)
             if level.upsamplers is not None:
                 h = level.upsamplers[0](h)
-        return self.conv_out(group_norm_act(h, self.conv_norm_out))
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
 def pool(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, ResBlock, Upsample, check_widths, group_norm
-from .group_norm import group_norm_act
 
 
 @dataclass
@@ -66,7 +65,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = group_norm_act(x, self.group_norm, silu=False).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = (proj(h)[:, None] for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)[:, 0]
         return x + self.to_out[0](h).transpose(1, 2).reshape(B, C, H, W)
@@ -111,7 +110,7 @@ class DecoderLevel(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image -> the latent Gaussian's moments (mean and log-variance stacked on channels)."""
+    """Image -> the latent Gaussian's moments (mean and log-variance concatenated on channels)."""
 
     def __init__(self, c: VAEConfig):
         super().__init__()
@@ -132,7 +131,7 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down_blocks:
             h = level(h)
-        return self.conv_out(group_norm_act(self.mid_block(h), self.conv_norm_out))
+        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(h))))
 
 
 class Decoder(nn.Module):
@@ -157,7 +156,7 @@ class Decoder(nn.Module):
         h = self.mid_block(self.conv_in(z))
         for level in self.up_blocks:
             h = level(h)
-        return self.conv_out(group_norm_act(h, self.conv_norm_out))
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
 @dataclass

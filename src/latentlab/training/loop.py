@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import fast
 from ..errors import LatentlabError
 from ..io import atomic_write
-from ..pipeline import Pipeline, resolve_device
+from ..devices import resolve_device
+from ..pipeline import Pipeline
 
 
 def check_numbers(config) -> None:
@@ -47,8 +49,8 @@ def autocast(device: torch.device):
 def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW; on CUDA its fused kernel, one launch per step for every parameter, where the default (foreach)
     launches several per parameter group and reads each parameter's step count on the host (LoRA trains
-    hundreds of small tensors)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+    hundreds of small tensors). Registered with the speed wing, whose compute copies its steps refresh."""
+    return fast.track(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda"))
 
 
 def learning_rate(step: int, base: float, warmup: int) -> float:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import fast
 from ..adapters.lora import (TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, add_lora, lora_layers, lora_parameters,
                              lora_state_dict)
 from ..data.sources import NAMED, open_dataset
@@ -161,6 +162,7 @@ class LoRATrainer:
         if c.channels_last:  # the frozen base only: the adapters, added next, and their optimiser state stay
             pipe.unet.to(memory_format=torch.channels_last)  # contiguous, as a resumed run loads them
         self.parts = self.add_adapters()
+        fast.install(*self.parts.values())  # the new adapter layers: LoRA's training nodes (fast/lora.py)
         self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
         self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
@@ -213,7 +215,7 @@ class LoRATrainer:
     def draw_prior(self, folder: Path, missing: list[int]) -> None:
         from tqdm import tqdm
 
-        from ..pipeline import to_pil
+        from ..images import to_pil
 
         c = self.config
         if not missing:

@@ -57,7 +57,7 @@ class TensorBoard:
 @torch.no_grad()
 def sample_grid(pipe, prompts: list[str], path: Path, *, steps: int = SAMPLE_STEPS, guidance: float = SAMPLE_GUIDANCE):
     """One image per prompt (seeds 0, 1, ...) from `pipe`, as a grid PNG at `path`; returns the grid."""
-    from ..pipeline import image_grid, to_pil
+    from ..images import image_grid, to_pil
 
     training = {m: m.training for m in (pipe.text_encoder, pipe.unet)}
     for module in training:

