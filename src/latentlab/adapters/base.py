@@ -2,9 +2,9 @@
 
     h = base(x) + sum_a delta_a(x)
 
-An `AdapterLayer` wraps one nn.Linear or nn.Conv2d of a network (`base`, frozen) and holds adapters by
-name, each with a multiplier s_a (0 removes it exactly, 1 is as trained). A variant says how an adapter
-is made (`create`, `destroy`), what it adds to the output (`delta`), which of its tensors train
+An `AdapterLayer` wraps one layer of a network (`base`, frozen: a linear layer or a convolution for the
+weight adapters, an attention for prefixes) and holds adapters by name, each with a multiplier s_a (0
+removes it exactly, 1 is as trained). A variant says how an adapter is made (`create`, `destroy`), what it adds to the output (`delta`), which of its tensors train
 (`trainable`) and how they are named in a state dict (`adapter_state_dict`); where its term is linear in
 x it can be folded into the base weight (`delta_weight`) and taken out again (`merge`, `unmerge`).
 Everything else (names, scales, merging, which adapters add to the output now) lives here once, so a new
@@ -70,7 +70,8 @@ class AdapterDict(nn.ModuleDict):
 
 
 class AdapterLayer(nn.Module):
-    """A frozen base layer (`base`: nn.Linear or nn.Conv2d) plus named adapters; see the module docstring.
+    """A frozen base layer (`base`: a linear layer or convolution for most kinds) plus named adapters; see the
+    module docstring.
 
     Subclasses implement `create`, `destroy`, `delta`, `trainable` and `adapter_state_dict`, and, when
     `mergeable`, `delta_weight`."""
@@ -78,12 +79,8 @@ class AdapterLayer(nn.Module):
     label = "such"  # the kind's name in messages ("LoRA")
     mergeable = True  # whether an adapter's term is a weight added to W0 (then merge and unmerge apply)
 
-    def __init__(self, base: nn.Linear | nn.Conv2d):
+    def __init__(self, base: nn.Module):
         super().__init__()
-        if not isinstance(base, (nn.Linear, nn.Conv2d)):
-            raise LatentlabError(f"adapters wrap linear layers and convolutions, not {type(base).__name__}")
-        if isinstance(base, nn.Conv2d) and base.groups != 1:
-            raise LatentlabError(f"adapters need an ungrouped convolution; this one has {base.groups} groups")
         self.base = base
         self._scale: dict[str, float] = {}  # the user's multiplier s_a, by adapter, in the order added
         self._merged: dict[str, float] = {}  # adapter -> the factor it was merged into W0 with

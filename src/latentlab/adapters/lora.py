@@ -54,6 +54,10 @@ class LoRALayer(AdapterLayer):
     label = "LoRA"
 
     def __init__(self, base: nn.Linear | nn.Conv2d):
+        if not isinstance(base, (nn.Linear, nn.Conv2d)):
+            raise LatentlabError(f"LoRA wraps linear layers and convolutions, not {type(base).__name__}")
+        if isinstance(base, nn.Conv2d) and base.groups != 1:
+            raise LatentlabError(f"LoRA needs an ungrouped convolution; this one has {base.groups} groups")
         super().__init__(base)
         self.lora_A, self.lora_B = AdapterDict(), AdapterDict()
         self.lora_dropout = AdapterDict()
