@@ -65,7 +65,8 @@ def put(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def wrap(model: nn.Module, name: str, kind: type) -> AdapterLayer:
-    """The layer `name` wrapped in an adapter layer of `kind` (itself when it is one already), its base frozen."""
+    """The layer `name` wrapped in an adapter layer of `kind` (itself when it is one already), its base frozen
+    (`freeze`)."""
     module = model.get_submodule(name)
     if isinstance(module, AdapterLayer):
         if not isinstance(module, kind):
@@ -73,8 +74,20 @@ def wrap(model: nn.Module, name: str, kind: type) -> AdapterLayer:
         return module
     layer = kind(module)
     put(model, name, layer)
-    layer.base.requires_grad_(False)
+    freeze(layer.base)
     return layer
+
+
+def freeze(module: nn.Module) -> None:
+    """Freeze a module's own weights, leaving those of the adapters inside it (LoRA within an attention that
+    takes a prefix) as they are."""
+    if isinstance(module, AdapterLayer):
+        freeze(module.base)
+        return
+    for p in module.parameters(recurse=False):
+        p.requires_grad_(False)
+    for child in module.children():
+        freeze(child)
 
 
 @contextmanager
