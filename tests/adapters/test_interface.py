@@ -94,3 +94,50 @@ def test_what_the_maths_does_not_allow_is_refused_in_one_line():
         set_scale(net, "z", 1.0, BiasAdapter)
     assert [type(layer) for _, layer in adapter_layers(net)] == [BiasAdapter]
     assert not any(isinstance(m, LoRALayer) for m in net.modules())
+
+
+def test_a_subclass_with_a_label_of_its_own_is_another_kind():
+    """DoRA reuses LoRA's code but is not LoRA: LoRA's functions (and LoRA files) do not take it for one."""
+    from latentlab import fast
+    from latentlab.adapters import add_dora, lora_layers, lora_state_dict
+
+    net = Net()
+    add_dora(net, targets=["layer"])
+    assert not list(lora_layers(net)) and [type(m).__name__ for _, m in adapter_layers(net)] == ["DoRALayer"]
+    with pytest.raises(LatentlabError, match="no LoRA adapter named 'default'"):
+        lora_state_dict(net)
+    with pytest.raises(LatentlabError, match="^layer already holds DoRALayer adapters; one kind per layer$"):
+        add_lora(net, "other", targets=["layer"])
+    fast.install(net)  # the fast LoRA layer keeps LoRA's label: still LoRA
+    other = Net()
+    add_lora(other, targets=["layer"])
+    fast.install(other)
+    assert [type(m).__name__ for _, m in lora_layers(other)] == ["FastLoRALayer"]
+
+
+def test_a_base_models_fingerprint_ignores_adapters_of_every_kind():
+    """LoRA files carry their base model's fingerprint (io/lora_files.py): prefixes, bottlenecks, DoRA and LoRA
+    inside a prefixed attention, merged or not, leave it as it was."""
+    import dataclasses
+
+    from latentlab.adapters import add_dora
+    from latentlab.adapters.bottleneck import add_bottleneck
+    from latentlab.adapters.prefix import add_prefix
+    from latentlab.io.lora_files import base_fingerprint
+    from latentlab.models import UNet
+    from latentlab.training.presets import preset
+
+    torch.manual_seed(0)
+    net = UNet(dataclasses.replace(preset("tiny", "unet"), dropout=0.0))
+    before = base_fingerprint(net)
+    add_lora(net, targets=["to_q"])
+    add_dora(net, "d", targets=["to_k"])
+    add_prefix(net, "p", length=2, hidden=4)
+    add_bottleneck(net, "b", width=2, placement=["feed_forward"])
+    with torch.no_grad():
+        for p in trainable(net):
+            p.normal_(std=0.1)
+    for _, layer in adapter_layers(net):
+        if layer.mergeable:
+            layer.merge(layer.adapters[0])
+    assert base_fingerprint(net) == before

@@ -132,3 +132,13 @@ def test_bad_options_are_one_line_errors_and_change_nothing(options, message):
     with pytest.raises(LatentlabError, match=f"^{message}$"):
         add_prefix(net, **options)
     assert not list(adapter_layers(net)) and all(p.requires_grad for p in net.parameters())
+
+
+def test_a_refused_prefix_leaves_lora_inside_the_attentions_as_it_was():
+    net = unet().requires_grad_(False)
+    add_lora(net, targets=["to_k"])
+    before = {n: type(m) for n, m in net.named_modules()}
+    with pytest.raises(LatentlabError, match="length must be a positive integer"):
+        add_prefix(net, length=-1)
+    assert {n: type(m) for n, m in net.named_modules()} == before
+    assert all(p.requires_grad == (".lora_" in n) for n, p in net.named_parameters())

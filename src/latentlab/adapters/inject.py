@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import LatentlabError
-from .base import AdapterLayer
+from .base import AdapterLayer, check_adapter_name
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -23,10 +23,17 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 def adapter_layers(model: nn.Module, kind: type = AdapterLayer) -> Iterator[tuple[str, AdapterLayer]]:
-    """(name, layer) of every adapted layer of `kind`, named as the layer it wraps."""
+    """(name, layer) of every adapted layer of `kind` (`is_kind`), named as the layer it wraps."""
     for name, module in model.named_modules():
-        if isinstance(module, kind):
+        if is_kind(module, kind):
             yield name, module
+
+
+def is_kind(module: nn.Module, kind: type) -> bool:
+    """Whether `module` is an adapter layer of `kind`. A subclass with a label of its own is another kind (DoRA
+    is not LoRA, though it reuses LoRA's code); one that keeps its class's label is the same kind (the speed
+    wing's fast LoRA layer). AdapterLayer: every kind."""
+    return isinstance(module, kind) and (kind is AdapterLayer or module.label == kind.label)
 
 
 def adapters_of(model: nn.Module, kind: type = AdapterLayer) -> list[str]:
@@ -69,7 +76,7 @@ def wrap(model: nn.Module, name: str, kind: type) -> AdapterLayer:
     (`freeze`)."""
     module = model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        if not isinstance(module, kind):
+        if not is_kind(module, kind):
             raise LatentlabError(f"{name} already holds {type(module).__name__} adapters; one kind per layer")
         return module
     layer = kind(module)
@@ -95,20 +102,37 @@ def unchanged_on_error(models: Iterable[nn.Module], adapter: str):
     """For a block that adds adapter `adapter` to `models`: if it raises (whatever the exception), the
     adapter is removed where the block added it, the layers it wrapped are unwrapped and requires_grad
     flags are restored, leaving the models as they were."""
-    before = [(m, dict(adapter_layers(m)), {p: p.requires_grad for p in m.parameters()}) for m in models]
-    held = {id(layer) for _, wrapped, _ in before for layer in wrapped.values() if adapter in layer.adapters}
+    models = list(models)
+    before = [(m, {id(layer) for _, layer in adapter_layers(m)}, {p: p.requires_grad for p in m.parameters()})
+              for m in models]
+    held = {id(layer) for m in models for _, layer in adapter_layers(m) if adapter in layer.adapters}
     try:
         yield
     except BaseException:
         for model, wrapped, grads in before:
-            for name, layer in list(adapter_layers(model)):
+            for name, layer in reversed(list(adapter_layers(model))):  # innermost first: each name stays valid
                 if adapter in layer.adapters and id(layer) not in held:
                     layer.remove(adapter)
-                if name not in wrapped:
+                if id(layer) not in wrapped:
                     put(model, name, layer.base)
             for p, grad in grads.items():
                 p.requires_grad_(grad)
         raise
+
+
+def add_adapter(model: nn.Module, kind: type, adapter: str, targets: Iterable[str], **options) -> list[str]:
+    """Add adapter `adapter` of `kind` (an AdapterLayer subclass; `options` are its `create` keywords) to every
+    linear layer and convolution of `model` named by `targets` (patterns), their weights frozen. Returns the
+    module names. All or nothing: if any layer refuses the adapter, the model is left as it was."""
+    check_adapter_name(adapter, kind.label)
+    targets = list(targets)
+    names = target_modules(model, targets)
+    if not names:
+        raise LatentlabError(f"no linear layer or convolution of this model matches the {kind.label} targets {targets}")
+    with unchanged_on_error([model], adapter):
+        for name in names:
+            wrap(model, name, kind).add(adapter, **options)
+    return names
 
 
 def layers_with(model: nn.Module, adapter: str | None, kind: type = AdapterLayer) -> list[tuple[str, AdapterLayer]]:

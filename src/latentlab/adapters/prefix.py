@@ -70,7 +70,7 @@ class PrefixLayer(AdapterLayer):
 
     @property
     def width(self) -> int:
-        return self.base.to_k.out_features
+        return out_features(self.base.to_k)
 
     def create(self, name: str, length: int = 8, hidden: int = 64, dtype: torch.dtype | None = None) -> None:
         for what, value in (("length", length), ("hidden width", hidden)):
@@ -119,7 +119,7 @@ class CLIPPrefixLayer(PrefixLayer):
 
     @property
     def width(self) -> int:
-        return self.base.k_proj.out_features
+        return out_features(self.base.k_proj)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         attn, (B, L, D) = self.base, x.shape
@@ -149,7 +149,12 @@ def add_prefix(model: nn.Module, adapter: str = "default", *, length: int = 8, h
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
-    return module.base if isinstance(module, AdapterLayer) else module
+    return _unwrapped(module.base) if isinstance(module, AdapterLayer) else module
+
+
+def out_features(layer: nn.Module) -> int:
+    """A linear projection's output width, through the adapter layers wrapping it (LoRA on k, say)."""
+    return _unwrapped(layer).out_features
 
 
 def freeze_prefixes(model: nn.Module) -> None:

@@ -39,6 +39,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ..adapters.base import AdapterLayer
+from ..adapters.inject import adapter_layers
 from ..adapters.lora import DEFAULT_ADAPTER, LoRALayer, adapters_of, lora_alphas, lora_layers, lora_state_dict
 from ..errors import CheckpointError, LatentlabError
 from .checkpoint import atomic_write, read_json
@@ -88,24 +90,32 @@ class LoRAFile:
 # ---------------------------------------------------------------------- base fingerprint
 
 
-def _base_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor, LoRALayer | None]]:
-    """(name, W0 or another parameter, the LoRA layer owning it as W0), named as without adapters:
-    `x.base.weight` is `x.weight`, the adapters' own weights are left out. Sorted by name."""
-    wrapped = dict(lora_layers(module))
+def _base_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor, AdapterLayer | None]]:
+    """(name, W0 or another parameter, the adapter layer owning it as W0), named as without adapters:
+    `x.base.weight` is `x.weight`, and the adapters' own tensors (of any kind) are left out. Sorted by name."""
+    wrapped = dict(adapter_layers(module))
+    own = {id(p) for layer in wrapped.values() for n, p in layer.named_parameters() if not n.startswith("base.")}
+    owner = {id(w): layer for layer in wrapped.values() if isinstance(w := getattr(layer.base, "weight", None),
+                                                                        torch.Tensor)}
+    prefixes = sorted(wrapped, key=len, reverse=True)
     found = []
     for name, p in module.named_parameters():
-        inner = re.fullmatch(r"(?:(.*)\.)?(base|lora_A|lora_B)\.(.+)", name)
-        layer = wrapped.get(inner.group(1) or "") if inner else None
-        if layer is None:
-            found.append((name, p, None))
-        elif inner.group(2) == "base":
-            found.append((".".join(filter(None, (inner.group(1), inner.group(3)))), p,
-                          layer if inner.group(3) == "weight" else None))
+        if id(p) not in own:
+            found.append((_unwrapped_name(name, prefixes), p, owner.get(id(p))))
     return sorted(found, key=lambda item: item[0])
 
 
+def _unwrapped_name(name: str, wrapped: list[str]) -> str:
+    """A parameter's name without the `.base` of the adapter layers around it (innermost first)."""
+    for layer in wrapped:
+        head = f"{layer}.base." if layer else "base."
+        if name.startswith(head):
+            return _unwrapped_name(f"{layer}.{name[len(head):]}" if layer else name[len(head):], wrapped)
+    return name
+
+
 @torch.no_grad()
-def _sample(name: str, p: torch.Tensor, layer: LoRALayer | None) -> float:
+def _sample(name: str, p: torch.Tensor, layer: AdapterLayer | None) -> float:
     """One element of W0, at an index fixed by the name; adapters merged into W are subtracted."""
     index = int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % p.numel()
     value = p.detach().flatten()[index].float()
@@ -117,7 +127,7 @@ def _sample(name: str, p: torch.Tensor, layer: LoRALayer | None) -> float:
 def base_fingerprint(module: nn.Module) -> str:
     """`v1:<h>:<x>`, a fingerprint of a network's base weights. h: sha256 of every parameter's name and
     shape; x: float32 values (hex) of FINGERPRINT_SAMPLES parameters spread evenly over the sorted
-    names, one element each at an index fixed by the name. LoRA wrapping is ignored (W0 counts under its
+    names, one element each at an index fixed by the name. Adapter wrapping is ignored (W0 counts under its
     own name) and merged adapters are subtracted, so adapters, their merging and a cast to float16 or
     bfloat16 change only x's last digits; compare with `same_base`."""
     params = _base_parameters(module)
