@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from . import fast
+from .adapters.textual_inversion import add_tokens
 from .adapters.lora import (adapters_of, free_name, load_lora_parts, merge_lora, remove_lora, set_lora_scale,
                             unmerge_lora)
 from .devices import resolve_device, resolve_dtype
@@ -44,6 +45,7 @@ from .images import to_pil
 from .io import atomic_write, load_component, read_config, read_json, read_save_id, save_component
 from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_translation
 from .io.lora_files import LoRAFile, lora_states, read_lora, save_lora
+from .io.textual_inversion import read_textual_inversion
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
 from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
                      UNetConfig, VAEConfig)
@@ -259,6 +261,17 @@ class Pipeline:
                   metadata: dict | None = None) -> None:
         """Write LoRA `name` as a file of `format` (latentlab, kohya, diffusers, or peft: a folder)."""
         save_lora(path, self.lora_parts(), name, format=format, metadata=metadata)
+
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
+        """Add the textual-inversion embedding in `path` (diffusers' or A1111's safetensors layout,
+        io/textual_inversion.py) as token `token` (default: the file's), for prompts to use; returns the token.
+        An embedding of n vectors adds TOKEN_1 .. TOKEN_{n-1} too, and TOKEN in a prompt stands for them all."""
+        token, vectors = read_textual_inversion(path, token)
+        try:
+            add_tokens(self.tokenizer, self.text_encoder, token, vectors)
+        except LatentlabError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        return token
 
     # ------------------------------------------------------------------ generation
 

@@ -4,9 +4,10 @@
 
 An `AdapterLayer` wraps one layer of a network (`base`, frozen: a linear layer or a convolution for the
 weight adapters, an attention for prefixes) and holds adapters by name, each with a multiplier s_a (0
-removes it exactly, 1 is as trained). A variant says how an adapter is made (`create`, `destroy`), what it adds to the output (`delta`), which of its tensors train
-(`trainable`) and how they are named in a state dict (`adapter_state_dict`); where its term is linear in
-x it can be folded into the base weight (`delta_weight`) and taken out again (`merge`, `unmerge`).
+removes it exactly, 1 is as trained). A variant says how an adapter is made (`create`, `destroy`), what
+it adds to the output (`delta`), which of its tensors train (`trainable`) and how they are named in a
+state dict (`adapter_state_dict`); where its term is linear in x it can be folded into the base weight
+(`delta_weight`) and taken out again (`merge`, `unmerge`).
 Everything else (names, scales, merging, which adapters add to the output now) lives here once, so a new
 variant is a small subclass. LoRA (adapters/lora.py) is the first.
 """

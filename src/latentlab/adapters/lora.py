@@ -170,7 +170,8 @@ def add_lora(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int | di
     adapter's weights are float32 unless `dtype` says otherwise; W0 is frozen. Returns the module names.
     All or nothing: if any layer refuses the adapter, the model is left as it was."""
     check_adapter_name(adapter, "LoRA")
-    names = list(rank) if isinstance(rank, dict) else target_modules(model, UNET_ATTENTION if targets is None else targets)
+    targets = list(UNET_ATTENTION if targets is None else targets)
+    names = list(rank) if isinstance(rank, dict) else target_modules(model, targets)
     _check_targets(model, names, rank, targets)
     with unchanged_on_error([model], adapter):
         for name in names:
@@ -189,7 +190,7 @@ def _check_targets(model: nn.Module, names: list[str], rank, targets) -> None:
                                  f"e.g. {', '.join(missing[:3])}")
     elif not names:
         raise LatentlabError(f"no linear layer or convolution of this model matches the LoRA targets "
-                             f"{list(UNET_ATTENTION if targets is None else targets)}")
+                             f"{targets}")
 
 
 def set_lora_scale(model: nn.Module, adapter: str, scale: float) -> None:
@@ -269,7 +270,8 @@ def _by_module(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tens
                              f"e.g. {', '.join(unknown[:3])}")
     incomplete = [m for m, ab in modules.items() if len(ab) != 2]
     if incomplete:
-        raise LatentlabError(f"{len(incomplete)} LoRA modules lack their A or B weight, e.g. {', '.join(incomplete[:3])}")
+        raise LatentlabError(f"{len(incomplete)} LoRA modules lack their A or B weight, "
+                             f"e.g. {', '.join(incomplete[:3])}")
     return modules
 
 

@@ -38,7 +38,8 @@ class Prefix(nn.Module):
         factory = dict(dtype=dtype, device=device)
         self.length, self.width = length, width
         self.embedding = nn.Parameter(torch.randn(length, hidden, **factory))
-        self.mlp = nn.Sequential(nn.Linear(hidden, hidden, **factory), nn.Tanh(), nn.Linear(hidden, 2 * width, **factory))
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden, **factory), nn.Tanh(),
+                                 nn.Linear(hidden, 2 * width, **factory))
         self.kv: nn.Parameter | None = None
 
     def forward(self) -> torch.Tensor:
@@ -138,7 +139,8 @@ def add_prefix(model: nn.Module, adapter: str = "default", *, length: int = 8, h
     check_adapter_name(adapter, "prefix")
     targets = list(targets)
     names = [n for n, m in model.named_modules()
-             if isinstance(m, (Attention, CLIPAttention, PrefixLayer)) and matches(n, targets) and not n.endswith(".base")]
+             if isinstance(m, (Attention, CLIPAttention, PrefixLayer)) and matches(n, targets)
+             and not n.endswith(".base")]
     if not names:
         raise LatentlabError(f"no attention of this model matches the prefix targets {targets}")
     with unchanged_on_error([model], adapter):

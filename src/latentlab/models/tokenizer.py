@@ -7,10 +7,12 @@ Saved and loaded as one `tokenizer.json`.
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as _Tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -58,10 +60,33 @@ class Tokenizer:
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, max_length) and a mask (B, max_length), True on real tokens."""
-        encodings = self._tok.encode_batch(list(prompts))
+        encodings = self._tok.encode_batch([self.expand(p) for p in prompts])
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool)
         return ids, mask
 
     def tokens(self, prompt: str) -> list[str]:
-        return self._tok.encode(prompt).tokens
+        return self._tok.encode(self.expand(prompt)).tokens
+
+    # ------------------------------------------------------------------ added tokens (textual inversion)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """New tokens, each with the next free id (returned); they match a prompt's text as written, before
+        any lower-casing (textual inversion gives each a row of the text encoder's token embedding)."""
+        self._tok.add_tokens([AddedToken(t, normalized=False) for t in tokens])
+        return [self._tok.token_to_id(t) for t in tokens]
+
+    def expand(self, prompt: str) -> str:
+        """`prompt` with each token T that was added together with T_1, T_2, ... (a concept of several vectors)
+        spelled out as "T T_1 T_2 ...": diffusers' convention, derived from the vocabulary alone, so it holds
+        for a saved and reloaded tokenizer too."""
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values() if not t.special}
+        for token in added:
+            if f"{token}_1" in added:
+                n = next(i for i in range(2, len(added) + 2) if f"{token}_{i}" not in added)
+                spelled = " ".join([token] + [f"{token}_{i}" for i in range(1, n)])
+                prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _: spelled, prompt)
+        return prompt
