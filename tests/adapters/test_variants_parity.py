@@ -318,3 +318,18 @@ def test_the_speed_wing_leaves_dora_as_it_is():
     torch.testing.assert_close(out, plain, atol=1e-6, rtol=1e-6)
     for g, want in zip(grads, plain_grads):
         torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-6)
+
+
+def test_lokr_with_a_tucker_kernel_runs_on_a_3x3_convolution():
+    """The Tucker kernel comes out of einsum strided; kron needs it contiguous."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1))
+    add_lokr(net, rank=2, targets=["0"], tucker=True)
+    with torch.no_grad():
+        for p in net[0].parameters():
+            if p.requires_grad:
+                p.normal_(std=0.1)
+    x = torch.randn(2, 8, 5, 5)
+    out = net(x)
+    net[0].merge("default")
+    torch.testing.assert_close(net(x), out, rtol=1e-4, atol=1e-5)

@@ -75,7 +75,7 @@ class LoKrLayer(LycorisLayer):
             w2 = f["lokr_w2_a"] @ f["lokr_w2_b"]  # (b, d k k)
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2)
+        return torch.kron(w1, w2.contiguous())  # (a Tucker kernel comes out of einsum strided)
 
 
 def add_lokr(model: nn.Module, adapter: str = DEFAULT_ADAPTER, *, rank: int = 4, alpha: float | None = None,

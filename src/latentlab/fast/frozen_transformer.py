@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.attention import GEGLU, Attention, FeedForward
 from . import activation_memory, lowrank
 from .lora import training_factors
 from .activation_memory import _arithmetic, _layer_norm_backward, _to
@@ -60,10 +61,14 @@ def frozen_transformer_block(block: nn.Module, x: torch.Tensor, context: torch.T
 
 def _applies(block: nn.Module, x: torch.Tensor) -> bool:
     """Cheap refusals first: a small map, autograd off, tokens not in the compute dtype, torch.compile,
-    saved-tensor hooks (the attention's own node would escape their packing), dropout, a trained norm."""
+    saved-tensor hooks (the attention's own node would escape their packing), an attention or feed-forward
+    that is not the plain one (an adapter wrapping a whole attention: a prefix), dropout, a trained norm."""
     if x.numel() < activation_memory.MIN_ELEMENTS or not (ENABLED and activation_memory.ENABLED) \
             or not torch.is_grad_enabled() or x.dtype != compute_dtype(x) or torch.compiler.is_compiling() \
             or _saved_tensors_hooks_set():
+        return False
+    if not (isinstance(block.attn1, Attention) and isinstance(block.attn2, Attention)
+            and isinstance(block.ff, FeedForward) and isinstance(block.ff.net[0], GEGLU)):
         return False
     dropouts = (block.attn1.to_out[1], block.attn2.to_out[1], block.ff.net[1])
     if any(d.training and d.p > 0 for d in dropouts):
