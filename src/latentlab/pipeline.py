@@ -34,8 +34,8 @@ from torch import nn
 
 from . import fast
 from .adapters.textual_inversion import add_tokens
-from .adapters.lora import (adapters_of, free_name, load_lora_parts, merge_lora, remove_lora, set_lora_scale,
-                            unmerge_lora)
+from .adapters import inject
+from .adapters.lora import adapters_of, free_name, load_lora_parts
 from .devices import resolve_device, resolve_dtype
 from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
                         timesteps_for)
@@ -44,7 +44,8 @@ from .errors import CheckpointError, LatentlabError
 from .images import to_pil
 from .io import atomic_write, load_component, read_config, read_json, read_save_id, save_component
 from .io.convert import blocks_from_latentlab_v1, blocks_from_latentlab_v2, vae_translation
-from .io.lora_files import LoRAFile, lora_states, read_lora, save_lora
+from .io.adapter_files import AdapterFile, adapter_states, read_adapter, save_adapter
+from .io.lora_files import LoRAFile, lora_states
 from .io.textual_inversion import read_textual_inversion
 from .io.stable_diffusion import is_diffusers_folder, load_diffusers_folder, load_single_file
 from .models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, TextEncoder, TextEncoderConfig, Tokenizer, UNet,
@@ -80,6 +81,24 @@ def apply_lora(parts: dict[str, nn.Module], lora: LoRAFile, adapter: str | None 
         load_lora_parts(parts, states, adapter, scale)  # adapters: the injection
     except LatentlabError as e:
         raise CheckpointError(f"{lora.path}: {e}") from None
+    return adapter
+
+
+def apply_adapter(parts: dict[str, nn.Module], file: LoRAFile | AdapterFile, adapter: str | None = None,
+                  scale: float = 1.0, check_base: bool = True) -> str:
+    """`apply_lora` for an adapter file of any kind (io/adapter_files.py `read_adapter`): a LoRA file is
+    apply_lora's; the others are added as adapter `adapter` (default: the file's name, made unique) at
+    multiplier `scale`, in each network's device and dtype; returns the adapter's name. All or nothing, as
+    apply_lora: a module the model lacks, a shape that does not fit, or (with `check_base`) another base model's
+    fingerprint raises CheckpointError naming the file, and nothing is added."""
+    if isinstance(file, LoRAFile):
+        return apply_lora(parts, file, adapter, scale, check_base)
+    adapter = free_name(parts.values(), adapter, file.name)
+    states = adapter_states(parts, file, check_base)  # io: the file's modules in the networks' names
+    try:
+        inject.load_adapter_parts(parts, states, adapter, scale)  # adapters: the injection
+    except LatentlabError as e:
+        raise CheckpointError(f"{file.path}: {e}") from None
     return adapter
 
 
@@ -210,57 +229,80 @@ class Pipeline:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    # ------------------------------------------------------------------ LoRA
+    # ------------------------------------------------------------------ LoRA and the other adapters
 
     def lora_parts(self) -> dict[str, nn.Module]:
-        """The networks a LoRA adapts, by the names LoRA files give them."""
+        """The networks a LoRA (or another adapter) adapts, by the names adapter files give them."""
         return {"unet": self.unet, "text_encoder": self.text_encoder}
 
     def _holding(self, name: str | None) -> list[nn.Module]:
-        """The networks holding LoRA `name` (None: any LoRA); an unknown name raises."""
+        """The networks holding adapter `name` (None: any adapter); an unknown name raises."""
         held = [m for m in self.lora_parts().values() if (name in adapters_of(m) if name else adapters_of(m))]
         if name is not None and not held:
             raise LatentlabError(f"no LoRA named {name!r} is loaded; loaded: {', '.join(self.loras) or 'none'}")
         return held
 
     @property
-    def loras(self) -> list[str]:
-        """The names of the loaded LoRAs."""
+    def adapters(self) -> list[str]:
+        """The names of the loaded adapters of every kind (LoRA, DoRA, LoHa, LoKr, bottleneck, prefix)."""
         return list(dict.fromkeys(a for m in self.lora_parts().values() for a in adapters_of(m)))
+
+    @property
+    def loras(self) -> list[str]:
+        """The names of the loaded LoRAs, and of the other kinds' adapters: `adapters`."""
+        return self.adapters
+
+    def load_adapter(self, path: str | Path, scale: float = 1.0, name: str | None = None, *,
+                     check_base: bool = True) -> str:
+        """Add the adapter file `path`, of any kind and format (io/adapter_files.py `read_adapter`: LoRA, DoRA,
+        LoHa, LoKr also as LyCORIS and peft write them, bottleneck adapters, prefixes), as adapter `name`
+        (default: the file's name) at multiplier `scale`, on the pipeline's device and in its dtype; returns
+        the name. `check_base`: refuse a file whose base-model fingerprint is not this model's."""
+        name = apply_adapter(self.lora_parts(), read_adapter(path), name, scale, check_base)
+        fast.install(*self.lora_parts().values())  # the new adapter layers too
+        return name
 
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None, *,
                   check_base: bool = True) -> str:
         """Add the LoRA file `path` (latentlab, kohya, diffusers or peft; io/lora_files.py) as LoRA `name`
         (default: the file's name) at multiplier `scale` (W = W0 + scale alpha / r B A), on the pipeline's
         device and in its dtype; returns the name. Several LoRAs can be loaded, each with its own scale.
-        `check_base`: refuse a file whose base-model fingerprint is not this model's."""
-        name = apply_lora(self.lora_parts(), read_lora(path), name, scale, check_base)
-        fast.install(*self.lora_parts().values())  # the new adapter layers too
-        return name
+        `check_base`: refuse a file whose base-model fingerprint is not this model's. A file of another
+        adapter kind loads too (`load_adapter`)."""
+        return self.load_adapter(path, scale, name, check_base=check_base)
 
     def set_lora_scale(self, name: str, scale: float) -> None:
-        """LoRA `name`'s multiplier (0: as if not loaded), merged or not."""
+        """Adapter `name`'s multiplier (0: as if not loaded), merged or not."""
         for module in self._holding(name):
-            set_lora_scale(module, name, scale)
+            inject.set_scale(module, name, scale)
 
     def merge_lora(self, name: str | None = None) -> None:
-        """Fold LoRA `name` (None: all) into the base weights: no extra work per step until unmerged."""
+        """Fold adapter `name` (None: all) into the base weights: no extra work per step until unmerged.
+        Bottleneck adapters and prefixes are no weights: merging one raises."""
         for module in self._holding(name):
-            merge_lora(module, name)
+            inject.merge(module, name)
 
     def unmerge_lora(self, name: str | None = None) -> None:
         for module in self._holding(name):
-            unmerge_lora(module, name)
+            inject.unmerge(module, name)
 
     def remove_lora(self, name: str | None = None, *, keep_merged: bool = False) -> None:
-        """Drop LoRA `name` (None: all); with `keep_merged`, merged ones stay in the base weights."""
+        """Drop adapter `name` (None: all); with `keep_merged`, merged ones stay in the base weights."""
         for module in self._holding(name):
-            remove_lora(module, name, keep_merged=keep_merged)
+            inject.remove(module, name, keep_merged=keep_merged)
+
+    def save_adapter(self, path: str | Path, name: str, *, format: str = "latentlab",
+                     metadata: dict | None = None) -> None:
+        """Write adapter `name`, of any kind, as a file of `format` (latentlab: every kind; kohya: LoRA, DoRA, LoHa,
+        LoKr as LyCORIS writes them; peft: a folder; diffusers: LoRA); a prefix is saved frozen, as its keys
+        and values now."""
+        save_adapter(path, self.lora_parts(), name, format=format, metadata=metadata)
 
     def save_lora(self, path: str | Path, name: str, *, format: str = "latentlab",
                   metadata: dict | None = None) -> None:
-        """Write LoRA `name` as a file of `format` (latentlab, kohya, diffusers, or peft: a folder)."""
-        save_lora(path, self.lora_parts(), name, format=format, metadata=metadata)
+        """Write LoRA `name` as a file of `format` (latentlab, kohya, diffusers, or peft: a folder); another
+        kind's adapter as `save_adapter` writes it."""
+        self.save_adapter(path, name, format=format, metadata=metadata)
 
     def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
         """Add the textual-inversion embedding in `path` (diffusers' or A1111's safetensors layout,

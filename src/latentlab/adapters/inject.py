@@ -188,3 +188,44 @@ def adapter_state_dict(model: nn.Module, adapter: str, kind: type = AdapterLayer
     """{"<module>.<key>": tensor} of one adapter, with each layer's keys (LoRA: lora_A.weight, lora_B.weight)."""
     return {f"{name}.{key}": t for name, layer in layers_with(model, adapter, kind)
             for key, t in layer.adapter_state_dict(adapter).items()}
+
+
+def load_adapter_parts(parts: dict[str, nn.Module], states: dict[str, dict[str, tuple[type, dict, dict]]],
+                       adapter: str, scale: float = 1.0) -> None:
+    """Add adapter `adapter` at multiplier `scale` to several networks ({"unet": unet, "text_encoder": te}) from
+    {part: {module: (kind, options, tensors)}} (io/adapter_files.py `adapter_states`): each module wrapped in
+    `kind` (an AdapterLayer subclass), the adapter made by `create(**options)` in the network's dtype, then
+    given `tensors`, keyed as its `adapter_state_dict`. A tensor may differ from the layer's own by axes of
+    size 1 (a 1x1 convolution's weights stored as a linear layer's, a magnitude as (out,) or (out, 1)); a
+    prefix stored frozen (`prefix.kv`) is frozen before it takes them. All or nothing: weights that do not fit
+    raise LatentlabError naming the modules, and every network is left as it was, whatever the exception."""
+
+    def take(own: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> bool:
+        """Copy `stored` into the adapter's own tensors (views of its parameters) if every key and shape fits."""
+        if own.keys() != stored.keys():
+            return False
+        fitted = {}
+        for key, t in stored.items():
+            if t.shape != own[key].shape and [n for n in t.shape if n != 1] != [n for n in own[key].shape if n != 1]:
+                return False
+            fitted[key] = t.reshape(own[key].shape)
+        for key, t in fitted.items():
+            own[key].copy_(t)
+        return True
+
+    with unchanged_on_error([parts[p] for p in states], adapter), torch.no_grad():
+        for p, modules in states.items():
+            dtype = next((q.dtype for q in parts[p].parameters() if q.is_floating_point()), torch.float32)
+            bad: dict[str, str] = {}
+            for name, (kind, options, tensors) in modules.items():
+                layer = wrap(parts[p], name, kind)
+                layer.add(adapter, **options, dtype=dtype)
+                if "prefix.kv" in tensors:
+                    layer.prefix[adapter].freeze()
+                if not take(layer.adapter_state_dict(adapter), tensors):
+                    bad[name] = kind.label
+                layer.set_scale(adapter, scale)
+            if bad:
+                label = next(iter(bad.values())) if len(set(bad.values())) == 1 else "adapter"
+                raise LatentlabError(f"{len(bad)} {label} weights do not fit their layers' shapes (another base model, "
+                                     f"or a wrong rank?), e.g. {', '.join(sorted(bad)[:3])}")

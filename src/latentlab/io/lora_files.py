@@ -86,6 +86,11 @@ class LoRAFile:
         """The default adapter name: the file's (or folder's) name, as an identifier."""
         return re.sub(r"\W", "_", self.path.name if self.path.is_dir() else self.path.stem) or DEFAULT_ADAPTER
 
+    @property
+    def kinds(self) -> set[str]:
+        """The adapter kinds the file holds, by their layers' labels (io/adapter_files.py reads the others)."""
+        return {"LoRA"}
+
 
 # ---------------------------------------------------------------------- base fingerprint
 
@@ -429,7 +434,13 @@ def _alphas_from_peft(where: str, config: dict, ranks: dict[str, int]) -> dict[s
     if dora or config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{where}: only plain LoRA is read (this is {_short(config.get('peft_type'))}"
                               f"{', DoRA' if dora else ''})")
-    lora_alpha = _positive(where, "lora_alpha", config.get("lora_alpha", 8))
+    return peft_alphas(where, config, ranks)
+
+
+def peft_alphas(where: str, config: dict, ranks: dict[str, int], key: str = "lora_alpha") -> dict[str, float]:
+    """alpha per module for a PEFT config of any adapter kind (`key`: LoraConfig's lora_alpha, LoHaConfig's and
+    LoKrConfig's alpha), its alpha_pattern, and rsLoRA's alpha = lora_alpha sqrt(r)."""
+    lora_alpha = _positive(where, key, config.get(key, 8))
     patterns, rslora = _alpha_pattern(where, config), _flag(where, config, "use_rslora")
     alphas = {}
     for m, r in ranks.items():
@@ -472,9 +483,9 @@ def _check_scales(path: Path, entries: dict, alphas: dict) -> None:
                                   f"e.g. {_names(bad)}")
 
 
-def read_lora(path: str | Path) -> LoRAFile:
-    """A LoRA file of any of FORMATS (or a folder: a peft adapter, or diffusers' save_lora_weights), its
-    format detected from its keys. Refuses pickles, unknown key layouts and incomplete modules, in one line."""
+def locate(path: str | Path) -> tuple[Path, Path, Path]:
+    """(the path given, its folder, the safetensors file to read) for an adapter file or folder (a peft adapter,
+    or diffusers' save_lora_weights); pickles and missing files are refused in one line."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path} is a pickle ({path.suffix}), which can run code when read; latentlab reads "
@@ -487,6 +498,13 @@ def read_lora(path: str | Path) -> LoRAFile:
                                   f"{DIFFUSERS_WEIGHTS}")
     if not path.is_file():
         raise CheckpointError(f"LoRA file {path} does not exist")
+    return given, folder, path
+
+
+def read_lora(path: str | Path) -> LoRAFile:
+    """A LoRA file of any of FORMATS (or a folder: a peft adapter, or diffusers' save_lora_weights), its
+    format detected from its keys. Refuses pickles, unknown key layouts and incomplete modules, in one line."""
+    given, folder, path = locate(path)
     state, header = _read_safetensors(path)
     if not state:
         raise CheckpointError(f"{path} holds no tensors")
