@@ -40,6 +40,9 @@ def add_parser(commands) -> None:
     g.add_argument("--lora", type=lora_file, action="append", metavar="FILE[:SCALE]",
                    help="add a LoRA (latentlab, kohya, diffusers or peft file) at multiplier SCALE (default 1: "
                         "W = W0 + SCALE * alpha/rank * B A); repeat for several")
+    g.add_argument("--adapter", type=lora_file, action="append", metavar="FILE[:SCALE]",
+                   help="add an adapter of any kind `lora train --method` writes (lora, dora, loha, lokr, bottleneck, "
+                        "prefix) at multiplier SCALE (default 1); repeat for several, of any kinds")
     g.add_argument("--embedding", action="append", metavar="FILE",
                    help="add a textual-inversion embedding (diffusers or A1111 .safetensors) as its token, for the "
                         "prompts to use; repeat for several")
@@ -54,6 +57,8 @@ def run(args) -> None:
     count, out = len(args.prompts) * args.images_per_prompt, Path(args.out)
     check_out(out, folder=True)
     pipe = load_model(args, dtype=args.dtype, channels_last=args.channels_last)
+    for path, adapter_scale in args.adapter or ():
+        pipe.load_adapter(path, scale=adapter_scale)
     for path in args.embedding or ():
         pipe.load_textual_inversion(path)
     seed, size, _ = pipe.check_sample(count, steps=args.steps, guidance=args.guidance, seed=args.seed,

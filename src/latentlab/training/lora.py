@@ -1,10 +1,12 @@
-"""Training a LoRA (Hu et al. 2021) on a frozen latent diffusion model.
+"""Training a LoRA (Hu et al. 2021), or another adapter, on a frozen latent diffusion model.
 
-Every weight of the base model (U-Net, text encoder, autoencoder) stays as it is; only the adapters'
-A and B (adapters/lora.py) are trained, so the result is a small file of low-rank updates
-W = W0 + (alpha / r) B A. On CUDA the frozen base is cast to bfloat16 and runs under bf16 autocast:
-it gets no gradient, so it needs no float32 master copy; the adapters stay float32 and are the only
-parameters AdamW holds. On the CPU everything is float32.
+Every weight of the base model (U-Net, text encoder, autoencoder) stays as it is; only the adapters are
+trained, so the result is a small file. `method` picks the adapter kind (adapters/, `METHODS`): LoRA's
+low-rank updates W = W0 + (alpha / r) B A (the default), DoRA's, LoHa's or LoKr's weight updates, Houlsby
+bottleneck layers after the transformers' sub-layers, or prefixes of the attentions' keys and values. On
+CUDA the frozen base is cast to bfloat16 and runs under bf16 autocast: it gets no gradient, so it needs no
+float32 master copy; the adapters stay float32 and are the only parameters AdamW holds. On the CPU
+everything is float32.
 
 Each step: a batch of captioned images (the data set's epoch order), encoded by the autoencoder under
 no_grad, each caption dropped to the empty prompt with probability p_uncond (so guidance keeps
@@ -14,9 +16,10 @@ With prior preservation (DreamBooth, Ruiz et al. 2023, eq. 2) the base model fir
 each step then adds as many of them to the batch, and the loss is
 L_instance + prior_weight * L_prior.
 
-The run folder `out` holds lora.safetensors (the result, written at the end and when stopped),
-checkpoint.safetensors (adapters, optimiser, random generators, step, config: `resume=True` continues
-exactly), log.csv and prior/.
+The run folder `out` holds METHOD.safetensors (the result, written at the end and when stopped:
+lora.safetensors for LoRA), checkpoint.safetensors (adapters, optimiser, random generators, step, config:
+`resume=True` continues exactly), log.csv and prior/. A prefix is trained through its reparameterising MLP
+and frozen to plain keys and values in the result; the checkpoint keeps the MLP, so a resumed run trains on.
 """
 
 from __future__ import annotations
@@ -33,8 +36,14 @@ import torch
 from torch import nn
 
 from .. import fast
-from ..adapters.lora import (TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, add_lora, lora_layers, lora_parameters,
-                             lora_state_dict)
+from ..adapters.bottleneck import ACTIVATIONS, PLACEMENTS, add_bottleneck
+from ..adapters.dora import add_dora
+from ..adapters.inject import adapter_layers, adapter_state_dict, trainable
+from ..adapters.loha import add_loha
+from ..adapters.lokr import add_lokr
+from ..adapters.lora import DEFAULT_ADAPTER, TEXT_ENCODER, UNET_ATTENTION, UNET_CONVOLUTIONS, LoRALayer, add_lora
+from ..adapters.prefix import TARGETS as PREFIX_TARGETS
+from ..adapters.prefix import add_prefix
 from ..data.sources import NAMED, open_dataset
 from ..errors import CheckpointError, LatentlabError
 from ..io import atomic_write
@@ -53,14 +62,26 @@ PRIOR_FOLDER = "prior"
 @dataclass
 class LoRATrainConfig:
     data: str  # a folder of captioned images (.txt beside each image, or metadata.jsonl), or what `train --data` takes
-    out: str  # the run folder: lora.safetensors (the result), checkpoint.safetensors, log.csv, prior/
+    out: str  # the run folder: METHOD.safetensors (the result), checkpoint.safetensors, log.csv, prior/
     model: str = "shapes-default"  # the base model: anything Pipeline.load takes (folder, SD file, shipped name)
-    rank: int = 4  # r: A is r x in, B is out x r
-    alpha: float | None = None  # the update B A is scaled by alpha / r; None: alpha = r (scale 1)
-    dropout: float = 0.0  # dropout on the adapters' input
+    method: str = "lora"  # the adapter kind: lora, dora, loha, lokr, bottleneck, prefix (METHODS)
+    # lora, dora, loha, lokr: weight updates of the layers `targets` names
+    rank: int = 4  # r: LoRA's A is r x in, B is out x r; LoHa's and LoKr's factors' rank
+    alpha: float | None = None  # the update is scaled by alpha / r; None: alpha = r (scale 1)
+    dropout: float = 0.0  # dropout on the adapters' input (lora, dora)
     targets: tuple[str, ...] = UNET_ATTENTION  # module-name patterns of the U-Net layers to adapt
     unet_convolutions: bool = False  # also adapt the U-Net's convolutions (UNET_CONVOLUTIONS)
-    text_encoder_lora: bool = False  # also adapt the text encoder's attention and feed-forward (TEXT_ENCODER)
+    tucker: bool = False  # loha, lokr: a kxk convolution's update from a Tucker core (adapters/loha.py)
+    lokr_factor: int = -1  # lokr: split each dimension as (factor, rest) where it divides; -1: nearest the root
+    lokr_decompose_both: bool = False  # lokr: the small factor w1 as a rank-r product too
+    # bottleneck (Houlsby et al. 2019): y + U f(D y) after the transformers' sub-layers
+    width: int = 16  # m, D's and U's inner width
+    placement: tuple[str, ...] = tuple(PLACEMENTS)  # after which sub-layers (PLACEMENTS)
+    activation: str = "gelu"  # f (ACTIVATIONS)
+    # prefix (Li & Liang 2021): learned keys and values in every attention
+    prefix_length: int = 8  # P keys and values per attention
+    prefix_hidden: int = 64  # e, the width of the MLP that reparameterises them while training
+    text_encoder_lora: bool = False  # also adapt the text encoder (its attention and feed-forward layers)
     steps: int = 1000
     minutes: float | None = None  # stop early when this much wall time has passed
     batch_size: int = 8  # images of the data per step (plus as many prior images with prior preservation)
@@ -88,6 +109,19 @@ class LoRATrainConfig:
         check_numbers(self)
 
 
+# method -> (add_<kind>, {config field: its keyword}); the weight kinds (those with a rank) also take `targets`
+WEIGHT_OPTIONS = {"rank": "rank", "alpha": "alpha"}
+METHODS = {
+    "lora": (add_lora, {**WEIGHT_OPTIONS, "dropout": "dropout"}),
+    "dora": (add_dora, {**WEIGHT_OPTIONS, "dropout": "dropout"}),
+    "loha": (add_loha, {**WEIGHT_OPTIONS, "tucker": "tucker"}),
+    "lokr": (add_lokr, {**WEIGHT_OPTIONS, "tucker": "tucker", "lokr_factor": "factor",
+                        "lokr_decompose_both": "decompose_both"}),
+    "bottleneck": (add_bottleneck, {"width": "width", "placement": "placement", "activation": "activation"}),
+    "prefix": (add_prefix, {"prefix_length": "length", "prefix_hidden": "hidden"}),
+}
+TARGET_OPTIONS = ("targets", "unet_convolutions")  # the weight kinds', beside their keywords
+
 # what may differ between a run and the run it resumes; also where its folder is (the checkpoint is in it).
 # model and data compare by their contents (`identity`).
 RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "compile", "compile_mode",
@@ -97,8 +131,46 @@ RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every",
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def is_weight_method(method: str) -> bool:
+    """Whether `method` adapts the layers `targets` names (lora, dora, loha, lokr), not sub-layers or attentions."""
+    return "rank" in METHODS[method][1]
+
+
+def check_method(c: LoRATrainConfig) -> None:
+    """A known method, and no option of another method set: it would be ignored."""
+    if c.method not in METHODS:
+        raise LatentlabError(f"unknown method {c.method!r}; accepted: {', '.join(METHODS)}")
+    mine = {*METHODS[c.method][1], *(TARGET_OPTIONS if is_weight_method(c.method) else ())}
+    for field in dataclasses.fields(c):
+        owners = [m for m, (_, options) in METHODS.items()
+                  if field.name in options or field.name in TARGET_OPTIONS and is_weight_method(m)]
+        value = getattr(c, field.name)
+        if owners and field.name not in mine and (tuple(value) if isinstance(value, list) else value) != field.default:
+            raise LatentlabError(f"{field.name} is an option of method {', '.join(owners)}, not {c.method}")
+    checks = [(c.width >= 1, f"width must be a positive integer, got {c.width}"),
+              (c.prefix_length >= 1 and c.prefix_hidden >= 1, "prefix_length and prefix_hidden must be positive"),
+              (c.lokr_factor == -1 or c.lokr_factor >= 1, f"lokr_factor must be -1 or positive, got {c.lokr_factor}"),
+              (bool(c.placement) and set(c.placement) <= set(PLACEMENTS),
+               f"unknown placement {list(c.placement)}; accepted: {', '.join(PLACEMENTS)}"),
+              (c.activation in ACTIVATIONS,
+               f"unknown activation {c.activation!r}; accepted: {', '.join(ACTIVATIONS)}"),
+              (not c.text_encoder_lora or set(c.placement) != {"cross_attention"},
+               "the text encoder has no cross-attention: add a placement it has (self_attention, feed_forward)")]
+    for ok, message in checks:
+        if not ok:
+            raise LatentlabError(message)
+
+
+def added_settings() -> dict:
+    """Every setting at its default, as a checkpoint stores it: what a checkpoint written before a setting was
+    added (a LoRA run's, before `method`) ran with."""
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(LoRATrainConfig)
+                                  if f.default is not dataclasses.MISSING}))
+
+
 def check_config(c: LoRATrainConfig) -> LoRATrainConfig:
     """Bad settings raise LatentlabError before any model is loaded."""
+    check_method(c)
     checks = [(c.rank >= 1, f"rank must be a positive integer, got {c.rank}"),
               (c.alpha is None or c.alpha > 0, f"alpha must be greater than 0, got {c.alpha}"),
               (0 <= c.dropout < 1, f"dropout must be in [0, 1), got {c.dropout}"),
@@ -141,7 +213,7 @@ def frozen_dtype(device: torch.device) -> torch.dtype:
 
 
 class LoRATrainer:
-    """One LoRA training run. `run()` trains to the end (or until stopped) and writes OUT/lora.safetensors."""
+    """One adapter training run. `run()` trains to the end (or until stopped) and writes OUT/METHOD.safetensors."""
 
     def __init__(self, config: LoRATrainConfig):
         self.config = c = check_config(config)
@@ -163,7 +235,7 @@ class LoRATrainer:
             pipe.unet.to(memory_format=torch.channels_last)  # contiguous, as a resumed run loads them
         self.parts = self.add_adapters()
         fast.install(*self.parts.values())  # the new adapter layers: LoRA's training nodes (fast/lora.py)
-        self.params = [p for part in self.parts.values() for p in lora_parameters(part)]
+        self.params = [p for part in self.parts.values() for p in trainable(part, DEFAULT_ADAPTER)]
         self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
         self.unet = torch.compile(pipe.unet, mode=c.compile_mode) if c.compile else pipe.unet
@@ -173,19 +245,32 @@ class LoRATrainer:
         self.step = 0
 
     def add_adapters(self) -> dict[str, nn.Module]:
-        """Adapter "default" (float32) on the U-Net's targets, and on the text encoder's if asked; returns the
-        adapted networks by the names the LoRA file gives them."""
+        """Adapter "default" (float32) of the method's kind in the U-Net, and in the text encoder if asked;
+        returns the adapted networks by the names the adapter file gives them."""
         c = self.config
-        targets = tuple(c.targets) + (UNET_CONVOLUTIONS if c.unet_convolutions else ())
+        add, options = METHODS[c.method]
+        keywords = {keyword: getattr(c, field) for field, keyword in options.items()}
         parts = {"unet": self.pipe.unet}
         if c.text_encoder_lora:
             parts["text_encoder"] = self.pipe.text_encoder
         for name, part in parts.items():
-            add_lora(part, rank=c.rank, alpha=c.alpha, dropout=c.dropout, dtype=torch.float32,
-                     targets=targets if name == "unet" else TEXT_ENCODER)
-            for _, layer in lora_layers(part):  # the base stays in eval mode; the adapters' dropout trains
-                layer.lora_dropout.train()
+            targets = {"targets": self.target_patterns()[name]} if is_weight_method(c.method) else {}
+            add(part, DEFAULT_ADAPTER, dtype=torch.float32, **keywords, **targets)
+            for _, layer in adapter_layers(part, LoRALayer):  # the base stays in eval mode; the adapters' dropout
+                layer.lora_dropout.train()  # trains (LoRA's and DoRA's)
         return parts
+
+    def target_patterns(self) -> dict[str, list[str]]:
+        """The module-name patterns the adapters went to, by network (the weight kinds' targets, the
+        bottleneck's placements, the prefix's attentions)."""
+        c = self.config
+        if c.method == "bottleneck":
+            patterns = [p for key in c.placement for p in PLACEMENTS[key]]
+            return {"unet": patterns, "text_encoder": patterns}
+        if c.method == "prefix":
+            return {"unet": list(PREFIX_TARGETS), "text_encoder": list(PREFIX_TARGETS)}
+        return {"unet": list(c.targets) + (list(UNET_CONVOLUTIONS) if c.unet_convolutions else []),
+                "text_encoder": list(TEXT_ENCODER)}
 
     @property
     def trainable_parameters(self) -> int:
@@ -242,8 +327,8 @@ class LoRATrainer:
     def save_checkpoint(self) -> None:
         self.finite.check(self.step)
         tensors = {}
-        for name, part in self.parts.items():
-            tensors.update(prefixed(name, lora_state_dict(part)))
+        for name, part in self.parts.items():  # each kind's tensors (a prefix's with its MLP: not frozen yet)
+            tensors.update(prefixed(name, adapter_state_dict(part, DEFAULT_ADAPTER)))
         optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
         random_tensors, random_meta = rng_state({"noise": self.noise})
         meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity,
@@ -254,10 +339,11 @@ class LoRATrainer:
         path = self.checkpoint_path
         tensors, meta = load_state(path)
         step = saved_step(meta, path)
+        meta["config"] = {**added_settings(), **meta_field(meta, "config", dict, path)}
         check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
         with torch.no_grad():
             for name, part in self.parts.items():
-                mine, saved = lora_state_dict(part), unprefixed(name, tensors)
+                mine, saved = adapter_state_dict(part, DEFAULT_ADAPTER), unprefixed(name, tensors)
                 if mine.keys() != saved.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
                     raise CheckpointError(f"{path}: its {name} adapters do not fit this run's")
                 for key, value in mine.items():
@@ -333,19 +419,26 @@ class LoRATrainer:
 
     # ------------------------------------------------------------------ the run
 
-    def save_lora(self) -> Path:
-        """OUT/lora.safetensors, with what it was trained on in its metadata."""
+    @property
+    def result_path(self) -> Path:
+        """OUT/METHOD.safetensors: lora.safetensors for LoRA."""
+        return self.out / f"{self.config.method}.safetensors"
+
+    def save_result(self) -> Path:
+        """The trained adapter, with what it was trained on in its metadata: LoRA in its own format
+        (io/lora_files.py), the other kinds as Pipeline.save_adapter writes them (a prefix frozen to its keys and
+        values, the networks' own prefix and the checkpoint keeping the MLP)."""
         from ..io.lora_files import save_lora
 
         c = self.config
-        # rank, alpha and the adapted modules are in the file's own header (io/lora_files.py)
-        patterns = {"unet": list(c.targets) + (list(UNET_CONVOLUTIONS) if c.unet_convolutions else [])}
-        if c.text_encoder_lora:
-            patterns["text_encoder"] = list(TEXT_ENCODER)
+        patterns = self.target_patterns()
         metadata = {"base_model": str(c.model), "steps": str(self.step), "data": str(c.data),
-                    "target_patterns": json.dumps(patterns)}
-        path = self.out / LORA_FILENAME
-        save_lora(path, self.parts, "default", format="latentlab", metadata=metadata)
+                    "target_patterns": json.dumps({name: patterns[name] for name in self.parts})}
+        path = self.result_path
+        if c.method == "lora":  # rank, alpha and the adapted modules are in the file's own header
+            save_lora(path, self.parts, DEFAULT_ADAPTER, format="latentlab", metadata=metadata)
+            return path
+        self.pipe.save_adapter(path, DEFAULT_ADAPTER, metadata=metadata)
         return path
 
     def run(self) -> dict:
@@ -364,15 +457,16 @@ class LoRATrainer:
             finally:  # also when stopped by an error: the bar ends its line before the error is printed
                 progress.close()
         self.save_checkpoint()
-        path = self.save_lora()
+        path = self.save_result()
         return {"steps": self.step, "loss": None if loss is None else loss.item(), "lora": str(path),
                 "trainable_parameters": self.trainable_parameters, "file_bytes": path.stat().st_size,
                 "interrupted": stop.requested, "signal": stop.signal_name}
 
 
 def train_lora(config: LoRATrainConfig) -> dict:
-    """Train (or, with `config.resume`, continue) a LoRA; returns {"steps", "loss" (the last step's), "lora" (the
-    file's path), "trainable_parameters", "file_bytes", "interrupted", "signal"}."""
+    """Train (or, with `config.resume`, continue) a LoRA, or the adapter `config.method` names; returns {"steps",
+    "loss" (the last step's), "lora" (the result file's path), "trainable_parameters", "file_bytes", "interrupted",
+    "signal"}."""
     return LoRATrainer(config).run()
 
 
