@@ -155,6 +155,28 @@ def run_steps(trainer, progress: Progress, stop: StopSignals, checkpoint_every: 
             return
 
 
+def train(trainer) -> tuple[float | None, StopSignals]:
+    """A trainer's run, for those whose step returns one loss (LoRA's and textual inversion's): resumed from its
+    checkpoint when its config says so, its steps with a progress bar, a log and the finiteness check until
+    done or stopped, then a checkpoint. Returns (the last step's loss, the stop signals)."""
+    c = trainer.config
+    if c.resume:
+        trainer.load_checkpoint()
+    progress = Progress(trainer.out, c.steps, c.minutes, c.batch_size, first_step=trainer.step)
+    loss = None
+    with StopSignals() as stop:
+        try:
+            for step in run_steps(trainer, progress, stop, c.checkpoint_every):
+                loss = trainer.train_step(step)
+                progress.log(step, loss)
+                trainer.step += 1
+                trainer.finite.record(trainer.step, loss)
+        finally:  # also when stopped by an error: the bar ends its line before the error is printed
+            progress.close()
+    trainer.save_checkpoint()
+    return (None if loss is None else loss.item()), stop
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop the rows of a CSV log (its first column the step) after `last_step`, the step a run resumes from:
     a killed run logged them after its last checkpoint, and the resumed run logs those steps again. Rows that

@@ -36,7 +36,7 @@ from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
 from .lora import frozen_dtype, open_data
-from .loop import FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps, setup
+from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
 from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_optimizer, load_state,
                     meta_field, optimizer_state, rng_state, save_state, saved_step, set_rng_state)
 
@@ -233,24 +233,10 @@ class TextualInversionTrainer:
         return path
 
     def run(self) -> dict:
-        c = self.config
-        if c.resume:
-            self.load_checkpoint()
-        progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step)
-        loss = None
-        with StopSignals() as stop:
-            try:
-                for step in run_steps(self, progress, stop, c.checkpoint_every):
-                    loss = self.train_step(step)
-                    progress.log(step, loss)
-                    self.step += 1
-                    self.finite.record(self.step, loss)
-            finally:  # also when stopped by an error: the bar ends its line before the error is printed
-                progress.close()
-        self.save_checkpoint()
+        loss, stop = train(self)
         path = self.save_embedding()
-        return {"steps": self.step, "loss": None if loss is None else loss.item(), "embedding": str(path),
-                "token": c.token, "trainable_parameters": self.trainable_parameters,
+        return {"steps": self.step, "loss": loss, "embedding": str(path),
+                "token": self.config.token, "trainable_parameters": self.trainable_parameters,
                 "file_bytes": path.stat().st_size, "interrupted": stop.requested, "signal": stop.signal_name}
 
 
