@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ..adapters.base import AdapterLayer
@@ -56,7 +55,7 @@ from .lora_files import MARKER as LORA_MARKER
 from .lora_files import (DIFFUSERS_METADATA, KOHYA_PREFIXES, MAX_SCALE, PARTS, PEFT_CONFIG, PEFT_WEIGHTS, LoRAFile,
                          _check_base, _commonest, _header_json, _kohya_alpha, _match, _names, _pattern_value,
                          _peft_config, _positive, _read_safetensors, _short, _shown, _unwrapped_name, base_fingerprint,
-                         locate, peft_alphas, read_lora, save_lora)
+                         locate, peft_alphas, read_lora, save_lora, with_metadata, write_safetensors)
 
 MARKER = "latentlab_adapter"  # header key of the latentlab format for kinds other than LoRA: its version
 KINDS: dict[str, type[AdapterLayer]] = {"LoRA": LoRALayer, "DoRA": DoRALayer, "LoHa": LoHaLayer, "LoKr": LoKrLayer,
@@ -174,17 +173,11 @@ def _header(parts: dict[str, nn.Module], modules: dict, metadata: dict | None) -
               "options": json.dumps({f"{p}.{m}": a.options() for p, ms in modules.items() for m, a in ms.items()}),
               "targets": json.dumps({p: sorted(ms) for p, ms in modules.items()}),
               **{f"base_fingerprint.{p}": base_fingerprint(parts[p]) for p in modules}}
-    for key, value in (metadata or {}).items():
-        if key in header or key == DIFFUSERS_METADATA or key.startswith("base_fingerprint."):
-            raise LatentlabError(f"metadata key {key!r} is reserved by the adapter file format; use another name")
-        header[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    return header
+    return with_metadata(header, metadata, "adapter")
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
-    if path.suffix.lower() != ".safetensors":
-        raise LatentlabError(f"adapter files are written as .safetensors; got {path}")
-    atomic_write(path, save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
+    write_safetensors(path, tensors, header, "adapter")
 
 
 def _write_latentlab(path: Path, modules: dict, header: dict) -> None:

@@ -199,22 +199,29 @@ def _header(modules: dict[str, nn.Module], ranks, alphas, metadata: dict | None)
     header = {"format": "pt", MARKER: "1", "rank": _one_or_each(_flat(ranks)), "alpha": _one_or_each(_flat(alphas)),
               "targets": json.dumps({p: sorted(r) for p, r in ranks.items()}),
               **{f"base_fingerprint.{p}": base_fingerprint(m) for p, m in modules.items()}}
+    return with_metadata(header, metadata, "LoRA")
+
+
+def with_metadata(header: dict[str, str], metadata: dict | None, what: str) -> dict[str, str]:
+    """`header` with the user's metadata added (non-strings as JSON); a key the format uses raises."""
     for key, value in (metadata or {}).items():
         if key in header or key == DIFFUSERS_METADATA or key.startswith("base_fingerprint."):
-            raise LatentlabError(f"metadata key {key!r} is reserved by the LoRA file format; use another name")
+            raise LatentlabError(f"metadata key {key!r} is reserved by the {what} file format; use another name")
         header[str(key)] = value if isinstance(value, str) else json.dumps(value)
     return header
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], what: str = "LoRA"):
+    """The tensors and header as a .safetensors file, atomically."""
     if path.suffix.lower() != ".safetensors":
-        raise LatentlabError(f"LoRA files are written as .safetensors; got {path}")
+        raise LatentlabError(f"{what} files are written as .safetensors; got {path}")
     atomic_write(path, save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
+
 
 
 def _write_latentlab(path, states, ranks, alphas, header):
     tensors = {f"{p}.{k}": v for p, s in states.items() for k, v in s.items()}
-    _write(path, tensors, {**header, DIFFUSERS_METADATA: _diffusers_metadata(ranks, alphas)})
+    write_safetensors(path, tensors, {**header, DIFFUSERS_METADATA: _diffusers_metadata(ranks, alphas)})
 
 
 def _write_kohya(path, states, ranks, alphas, header):
@@ -227,9 +234,9 @@ def _write_kohya(path, states, ranks, alphas, header):
             tensors[f"{name}.lora_down.weight"] = s[f"{m}.lora_A.weight"]
             tensors[f"{name}.lora_up.weight"] = s[f"{m}.lora_B.weight"]
             tensors[f"{name}.alpha"] = torch.tensor(alphas[p][m], dtype=torch.float32)
-    _write(path, tensors, {**header, "ss_network_module": "networks.lora",
-                           "ss_network_dim": str(_commonest(_flat(ranks).values())),
-                           "ss_network_alpha": str(_commonest(_flat(alphas).values()))})
+    write_safetensors(path, tensors, {**header, "ss_network_module": "networks.lora",
+                                      "ss_network_dim": str(_commonest(_flat(ranks).values())),
+                                      "ss_network_alpha": str(_commonest(_flat(alphas).values()))})
 
 
 def _write_diffusers(path, states, ranks, alphas, header):
@@ -242,7 +249,7 @@ def _write_diffusers(path, states, ranks, alphas, header):
             B = s[f"{m}.lora_B.weight"]
             tensors[f"{p}.{m}.{infix}.down.weight"] = s[f"{m}.lora_A.weight"]
             tensors[f"{p}.{m}.{infix}.up.weight"] = (B.float() * (alphas[p][m] / r)).to(B.dtype)
-    _write(path, tensors, {**header, "alpha": header["rank"]})
+    write_safetensors(path, tensors, {**header, "alpha": header["rank"]})
 
 
 def _write_peft(path, states, ranks, alphas, header):
@@ -250,7 +257,7 @@ def _write_peft(path, states, ranks, alphas, header):
         raise LatentlabError(f"the peft format holds one network, the U-Net; this adapter is in "
                              f"{', '.join(sorted(states))}: save it as latentlab or kohya")
     path = Path(path)
-    _write(path / PEFT_WEIGHTS, {f"base_model.model.{k}": v for k, v in states["unet"].items()}, header)
+    write_safetensors(path / PEFT_WEIGHTS, {f"base_model.model.{k}": v for k, v in states["unet"].items()}, header)
     config = {"peft_type": "LORA", **_peft_config(ranks["unet"], alphas["unet"]), "use_rslora": False,
               "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
               "inference_mode": True, "modules_to_save": None, "task_type": None, "base_model_name_or_path": None}

@@ -212,6 +212,22 @@ def frozen_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def frozen_base(c, device: torch.device) -> tuple[Pipeline, int, object, dict]:
+    """(the base model c.model on `device`, frozen, in its training dtype; the image size; the data; their
+    identity, compared by content when a run resumes) for a trainer of a frozen model (LoRA's, textual
+    inversion's)."""
+    pipe = Pipeline.load(c.model, device="cpu")  # float32 on the host; cast once on the way to the device
+    image_size = c.image_size or pipe.image_size
+    pipe.check_size(image_size)
+    data = open_data(c, image_size, pipe.vae)
+    identity = {"model": digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion)),
+                "data": data_identity(c.data, data)}
+    pipe = pipe.to(device, dtype=frozen_dtype(device))
+    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+        module.requires_grad_(False)
+    return pipe, image_size, data, identity
+
+
 class LoRATrainer:
     """One adapter training run. `run()` trains to the end (or until stopped) and writes OUT/METHOD.safetensors."""
 
@@ -220,15 +236,8 @@ class LoRATrainer:
         remove_stale_temporaries(c.out)  # before anything is written
         self.device = device = setup(c.seed, c.device)
         self.out = Path(c.out)
-        pipe = Pipeline.load(c.model, device="cpu")  # float32 on the host; cast once on the way to the device
-        self.image_size = c.image_size or pipe.image_size
-        pipe.check_size(self.image_size)
-        self.data = open_data(c, self.image_size, pipe.vae)
-        self.identity = {"model": digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion)),
-                         "data": data_identity(c.data, self.data)}
-        self.pipe = pipe.to(device, dtype=frozen_dtype(device))
-        for module in (pipe.text_encoder, pipe.unet, pipe.vae):
-            module.requires_grad_(False)
+        self.pipe, self.image_size, self.data, self.identity = frozen_base(c, device)
+        pipe = self.pipe
         self.prior = self.prior_data() if c.prior_prompts else None  # drawn by the base model, before the adapters
         self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         if c.channels_last:  # the frozen base only: the adapters, added next, and their optimiser state stay

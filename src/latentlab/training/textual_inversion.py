@@ -18,7 +18,6 @@ optimiser, random generators, step, config: `resume=True` continues exactly) and
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,10 @@ from ..io.checkpoint import remove_stale_temporaries
 from ..io.textual_inversion import save_textual_inversion
 from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
-from ..pipeline import Pipeline
-from .lora import frozen_dtype, open_data
+from .lora import frozen_base
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_optimizer, load_state,
-                    meta_field, optimizer_state, rng_state, save_state, saved_step, set_rng_state)
+from .state import (FILENAME, check_resumable, config_json, load_optimizer, load_state, meta_field, optimizer_state,
+                    rng_state, save_state, saved_step, set_rng_state)
 
 EMBEDDING_FILENAME = "learned_embeds.safetensors"  # diffusers' name: load_textual_inversion(OUT) finds it
 
@@ -113,17 +111,10 @@ class TextualInversionTrainer:
         remove_stale_temporaries(c.out)  # before anything is written
         self.device = device = setup(c.seed, c.device)
         self.out = Path(c.out)
-        pipe = Pipeline.load(c.model, device="cpu")  # float32 on the host; cast once on the way to the device
-        self.image_size = c.image_size or pipe.image_size
-        pipe.check_size(self.image_size)
-        self.data = open_data(c, self.image_size, pipe.vae)
+        self.pipe, self.image_size, self.data, self.identity = frozen_base(c, device)
+        pipe = self.pipe
         self.word = caption_word(c)
         self.check_captions()
-        self.identity = {"model": digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion)),
-                         "data": data_identity(c.data, self.data)}
-        self.pipe = pipe.to(device, dtype=frozen_dtype(device))
-        for module in (pipe.text_encoder, pipe.unet, pipe.vae):
-            module.requires_grad_(False)
         vectors = initial_vectors(pipe.tokenizer, pipe.text_encoder, c.initializer, c.vectors)
         self.ids = add_tokens(pipe.tokenizer, pipe.text_encoder, c.token, vectors)
         self.vectors = train_rows(pipe.text_encoder, self.ids)  # (n, D) float32: the only trained parameter
