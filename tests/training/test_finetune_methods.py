@@ -2,7 +2,6 @@
 change, the loss is finite, the result loads into a fresh pipeline and changes its samples, a run stopped or
 killed and resumed ends bit-identical to an uninterrupted one, and bad methods and options are one-line errors."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -13,32 +12,15 @@ from safetensors.torch import load_file
 
 from latentlab.adapters import inject
 from latentlab.cli import main
-from latentlab.diffusion import DiffusionConfig
 from latentlab.errors import LatentlabError
-from latentlab.models import AutoencoderKL, TextEncoder, UNet
 from latentlab.pipeline import Pipeline
 from latentlab.training.lora import METHODS, LoRATrainConfig, LoRATrainer, check_config, train_lora
-from latentlab.training.presets import preset
 from latentlab.training.state import FILENAME, load_state, save_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LABELS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr", "bottleneck": "bottleneck",
           "prefix": "prefix"}  # each method's adapter layers
 PROMPT = "a large red square"
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer, tmp_path_factory):
-    """A tiny model folder: the real modules at the `tiny` preset, randomly initialised."""
-    torch.manual_seed(0)
-    text = TextEncoder(dataclasses.replace(preset("tiny", "text"), vocab_size=tokenizer.vocab_size))
-    unet = UNet(preset("tiny", "unet"))
-    for p in unet.parameters():  # undo the zero initialisation, so that the text reaches the output
-        torch.nn.init.normal_(p, std=0.05)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    Pipeline(tokenizer=tokenizer, text_encoder=text, unet=unet, vae=AutoencoderKL(preset("tiny", "vae")),
-             diffusion=DiffusionConfig(schedule="linear", timesteps=100), image_size=32).save(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 ends bit-identical to an uninterrupted one, prior preservation draws and caches its images once, and the
 command writes a file the pipeline loads."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -14,31 +13,14 @@ import torch
 from PIL import Image
 
 from latentlab.cli import main
-from latentlab.diffusion import DiffusionConfig
-from latentlab.models import AutoencoderKL, TextEncoder, UNet
 from latentlab.pipeline import Pipeline
 from latentlab.training.lora import LORA_FILENAME, LoRATrainConfig, LoRATrainer, train_lora
-from latentlab.training.presets import preset
 from latentlab.training.state import FILENAME, load_state
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer, tmp_path_factory):
-    """A tiny model folder: the real modules at the `tiny` preset, randomly initialised."""
-    torch.manual_seed(0)
-    text = TextEncoder(dataclasses.replace(preset("tiny", "text"), vocab_size=tokenizer.vocab_size))
-    unet = UNet(preset("tiny", "unet"))
-    for p in unet.parameters():  # undo the zero initialisation, so that the text reaches the output
-        torch.nn.init.normal_(p, std=0.05)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    Pipeline(tokenizer=tokenizer, text_encoder=text, unet=unet, vae=AutoencoderKL(preset("tiny", "vae")),
-             diffusion=DiffusionConfig(schedule="linear", timesteps=100), image_size=32).save(folder)
-    return folder
 
 
 def image_folder(root, n: int):

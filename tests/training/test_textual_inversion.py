@@ -2,7 +2,6 @@
 loads into a fresh pipeline with the encoding training ended with, a run killed after a checkpoint and
 resumed ends bit-identical to an uninterrupted one, and the commands train and generate with it."""
 
-import dataclasses
 import json
 
 import pytest
@@ -11,12 +10,9 @@ from safetensors import safe_open
 
 from latentlab.cli import main
 from latentlab.data.concept import write_concept_folder
-from latentlab.diffusion import DiffusionConfig
 from latentlab.errors import CheckpointError, LatentlabError
-from latentlab.models import AutoencoderKL, TextEncoder, UNet
 from latentlab.models.text_encoder import encode_prompts
 from latentlab.pipeline import Pipeline
-from latentlab.training.presets import preset
 from latentlab.training.state import FILENAME, load_state
 from latentlab.training.textual_inversion import (EMBEDDING_FILENAME, TextualInversionConfig,
                                                   TextualInversionTrainer, train_textual_inversion)
@@ -24,20 +20,6 @@ from latentlab.adapters.textual_inversion import token_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a red <diamond> on the left", "a small blue circle"]
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer, tmp_path_factory):
-    """A tiny model folder: the real modules at the `tiny` preset, randomly initialised."""
-    torch.manual_seed(0)
-    text = TextEncoder(dataclasses.replace(preset("tiny", "text"), vocab_size=tokenizer.vocab_size))
-    unet = UNet(preset("tiny", "unet"))
-    for p in unet.parameters():  # undo the zero initialisation, so that the text reaches the output
-        torch.nn.init.normal_(p, std=0.05)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    Pipeline(tokenizer=tokenizer, text_encoder=text, unet=unet, vae=AutoencoderKL(preset("tiny", "vae")),
-             diffusion=DiffusionConfig(schedule="linear", timesteps=100), image_size=32).save(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
