@@ -26,6 +26,8 @@ class FastLoRALayer(LoRALayer):
     """LoRALayer with its training node and cached compute copies; no state of its own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active() and not self.on_tokens(x):  # every adapter merged or at scale 0: the base layer
+            return self.base(x)
         x = to_autocast_dtype(x)  # one cast, read (and saved) by W0 and by every A
         out = _training_node([self], x)  # training this layer's one adapter
         if out is not None:
