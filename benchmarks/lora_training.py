@@ -1,4 +1,6 @@
-"""LoRA and full fine-tuning of the Stable Diffusion 1.5 U-Net, ours against diffusers + peft, on one GPU.
+"""Fine-tuning the Stable Diffusion 1.5 U-Net, ours against diffusers + peft, on one GPU: LoRA and full
+fine-tuning, and every other adapter kind (DoRA, LoHa, LoKr beside peft's; bottleneck adapters and prefixes,
+which peft has not for this U-Net, alone).
 
 The reference loop is `../shared/bench/diffusers_anchor.py`'s: diffusers' UNet2DConditionModel at SD 1.5's
 size with random weights, float32 weights under bf16 autocast, AdamW, the MSE of the output against the
@@ -7,6 +9,10 @@ to_q, to_k, to_v, to_out.0). Ours runs the same step on our U-Net holding the sa
 - full fine-tuning: float32 weights under bf16 autocast, as the reference;
 - LoRA (adapters/lora.py, same rank, alpha and targets): the frozen base in bfloat16 (it has no
   gradient, so it needs no float32 master copy), the adapters' A and B in float32, bf16 autocast.
+The other kinds (--runs METHOD[+ckpt]): lora-r1 and lora-r16 (LoRA at rank 1 and 16); dora (peft's
+LoraConfig(use_dora=True)), loha and lokr (peft's LoHaConfig and LoKrConfig), rank 4, alpha 4, the same
+targets; bottleneck (width 16 after every sub-layer of the transformer blocks) and prefix (length 8 through a
+width-64 MLP, every attention), whose rows have no reference.
 Each with and without gradient checkpointing, eager; then ours compiled (torch.compile, default mode, or
 reduce-overhead: CUDA graphs). The reference steps AdamW's default (foreach) implementation, as diffusers'
 training scripts do; ours the fused one, as our trainers do on CUDA (training/loop.py `adamw`).
@@ -39,6 +45,36 @@ from latentlab.fast import activation_memory, frozen_transformer
 from timing import seconds_per_call  # benchmarks/timing.py, beside this script
 
 B, RANK, TARGETS = 8, 4, ["to_q", "to_k", "to_v", "to_out.0"]
+RANKS = {"lora-r1": 1, "lora-r16": 16}  # the LoRA runs at another rank than RANK
+WEIGHT_KINDS = ("lora", "lora-r1", "lora-r16", "dora", "loha", "lokr")  # peft has these for the U-Net
+METHODS = ("full", *WEIGHT_KINDS, "bottleneck", "prefix")
+
+
+def peft_config(mode: str):
+    """peft's configuration of adapter kind `mode`, as ours: rank, alpha = rank, the same targets."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    r = RANKS.get(mode, RANK)
+    if mode in ("loha", "lokr"):
+        return (LoHaConfig if mode == "loha" else LoKrConfig)(r=r, alpha=r, target_modules=TARGETS)
+    return LoraConfig(r=r, lora_alpha=r, init_lora_weights="gaussian", target_modules=TARGETS,
+                      use_dora=mode == "dora")
+
+
+def add_ours(model, mode: str) -> None:
+    """Our adapter of kind `mode` on `model` (frozen, bfloat16), its weights float32."""
+    from latentlab.adapters import add_dora, add_loha, add_lokr, add_lora
+    from latentlab.adapters.bottleneck import add_bottleneck
+    from latentlab.adapters.prefix import add_prefix
+
+    r = RANKS.get(mode, RANK)
+    weight_kinds = {"dora": add_dora, "loha": add_loha, "lokr": add_lokr}
+    if mode in WEIGHT_KINDS:
+        weight_kinds.get(mode, add_lora)(model, rank=r, alpha=r, targets=TARGETS, dtype=torch.float32)
+    elif mode == "bottleneck":
+        add_bottleneck(model, width=16, dtype=torch.float32)
+    else:
+        add_prefix(model, length=8, hidden=64, dtype=torch.float32)
 
 
 def diffusers_unet(mode: str, checkpointing: bool):
@@ -49,18 +85,15 @@ def diffusers_unet(mode: str, checkpointing: bool):
         model = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).train()
     if checkpointing:
         model.enable_gradient_checkpointing()
-    if mode == "lora":
-        from peft import LoraConfig
-
+    if mode != "full":
         model.requires_grad_(False)
-        model.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian", target_modules=TARGETS))
+        model.add_adapter(peft_config(mode))
     return model, lambda x, t, c: model(x, t, c).sample
 
 
 def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last: bool, torch_checkpoint: bool = False):
     from diffusers import UNet2DConditionModel
 
-    from latentlab.adapters import add_lora
     from latentlab.models import UNet, UNetConfig
 
     torch.manual_seed(0)
@@ -72,9 +105,9 @@ def our_unet(mode: str, checkpointing: bool, compiled: str | None, channels_last
     model.train().enable_gradient_checkpointing(checkpointing)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if mode == "lora":
+    if mode != "full":
         model.requires_grad_(False).to(torch.bfloat16)  # frozen: no gradient, no float32 master copy
-        add_lora(model, rank=RANK, alpha=RANK, targets=TARGETS, dtype=torch.float32)
+        add_ours(model, mode)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=1e-3)  # nonzero, so that B's gradient path is exercised as trained
@@ -195,10 +228,10 @@ def main():
     def group(run: str) -> list[tuple]:
         mode, checkpointing, tag = parse_run(run)
         members = groups.setdefault(checkpointing, [])
-        if run not in references:
+        if run not in references and mode in ("full", *WEIGHT_KINDS):
             references.add(run)
-            members.append((f"diffusers{' + peft' if mode == 'lora' else ''}, {tag}",
-                            partial(diffusers_unet, mode, checkpointing), False, "lean"))
+            members.append((f"{reference_name(mode)}, {tag}", partial(diffusers_unet, mode, checkpointing), False,
+                            "lean"))
         return members
 
     for run in [r for r in args.runs.split(",") if r]:
@@ -235,7 +268,13 @@ def main():
 def parse_run(run: str) -> tuple[str, bool, str]:
     """A run's name as (mode, checkpointing, the rows' tag): "lora+ckpt" is ("lora", True, "lora + checkpointing")."""
     mode, checkpointing = run.split("+")[0], run.endswith("+ckpt")
+    if mode not in METHODS or run not in (mode, f"{mode}+ckpt"):
+        raise SystemExit(f"unknown run {run!r}: give METHOD or METHOD+ckpt, METHOD one of {', '.join(METHODS)}")
     return mode, checkpointing, f"{mode}{' + checkpointing' if checkpointing else ''}"
+
+
+def reference_name(mode: str) -> str:
+    return "diffusers" if mode == "full" else "diffusers + peft"
 
 
 def paired_ratio(row: dict, ref: dict) -> float:
@@ -252,8 +291,7 @@ def write_table(result: dict, path: Path) -> None:
         for variant in (", channels-last", ", plain layers", ", block modules", ", foreach AdamW",
                         ", torch.utils.checkpoint"):
             tag = tag.replace(variant, "")
-        name = "diffusers + peft" if tag.startswith("lora") else "diffusers"
-        return next(r for r in rows if r["run"] == f"{name}, {tag}")
+        return next((r for r in rows if r["run"] == f"{reference_name(tag.split(' ')[0])}, {tag}"), None)
 
     lines = [f"{result['device']}, torch {result['torch']}, batch {result['batch']}, bf16 autocast, AdamW (the "
              f"reference's foreach, ours fused unless named); median of {result['rounds']} interleaved rounds of "
@@ -264,9 +302,10 @@ def write_table(result: dict, path: Path) -> None:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         ref = reference(r["run"])
+        against = (f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x | {r['peak_GiB'] / ref['peak_GiB']:.2f}x | "
+                   f"{paired_ratio(r, ref):.2f}x") if ref else "(peft has none) | | "
         lines.append(f"| {r['run']} | {r['trainable_M']:.2f}M | {r['samples_per_s']:.1f} | {r['peak_GiB']:.1f} | "
-                     f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x | {r['peak_GiB'] / ref['peak_GiB']:.2f}x | "
-                     f"{paired_ratio(r, ref):.2f}x |")
+                     f"{against} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -134,6 +134,28 @@ def test_transformer_block_nodes_train_every_method_the_same(model, images, tmp_
     assert np.allclose(*runs, rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_on_cuda_and_its_file_gives_the_same_unet_on_the_cpu(model, images, tmp_path, method):
+    """On CUDA the frozen base is bfloat16 under autocast and the speed wing's nodes run: each method trains, and
+    the U-Net it trained gives what its file gives the float32 model on the CPU, within bfloat16's precision."""
+    trainer = LoRATrainer(config(model, images, tmp_path / "run", method=method, steps=3, device="cuda"))
+    result = trainer.run()
+    assert np.isfinite(result["loss"])
+    cpu = Pipeline.load(model, device="cpu")
+    cpu.load_adapter(result["lora"])
+    g = torch.Generator().manual_seed(0)
+    c = cpu.unet.config
+    x, t = torch.randn(2, c.in_channels, 16, 16, generator=g), torch.tensor([10, 60])
+    context = torch.randn(2, 8, c.context_dim, generator=g)
+    with torch.no_grad():
+        want = cpu.unet.eval()(x, t, context)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = trainer.pipe.unet.eval()(x.cuda(), t.cuda(), context.cuda()).float().cpu()
+    assert (got - want).norm() <= 2e-2 * want.norm()
+
+
 # ------------------------------------------------------------------ the command line
 
 
