@@ -14,11 +14,16 @@ image with classifier-free guidance. Every variant stays loaded and they are tim
 (a shared CPU's speed drifts); each figure is the median round's.
 
     python benchmarks/adapter_latency.py --out records/adapter-latency [--device cuda] [--rounds 30]
+    python benchmarks/adapter_latency.py --out DIR --device cuda --model sd15    # SD 1.5's U-Net, bf16
+
+--model sd15 times Stable Diffusion 1.5's U-Net instead (random weights, bfloat16, adapters in bfloat16 too,
+64x64x4 latents, 77 random context tokens of width 768), as a GPU user runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -33,6 +38,7 @@ from latentlab.adapters.bottleneck import add_bottleneck
 from latentlab.adapters.inject import merge, remove, trainable
 from latentlab.adapters.lora import UNET_ATTENTION, UNET_CONVOLUTIONS
 from latentlab.adapters.prefix import add_prefix, freeze_prefixes
+from latentlab.models import UNet, UNetConfig
 from latentlab.models.text_encoder import encode_prompts
 
 TARGETS = [*UNET_ATTENTION, *UNET_CONVOLUTIONS]
@@ -52,12 +58,23 @@ METHODS = {
 STATES = ("unmerged", "merged", "folded")  # folded: merged, then the adapter layers removed (plain layers)
 
 
-def variant(device: str, method: str | None, state: str) -> torch.nn.Module:
-    """The shapes model's U-Net with `method`'s adapter (random weights) in `state` (STATES); None: the base."""
-    unet = Pipeline.load("shapes-default", device=device).unet.eval()
+def base_unet(model: str, device: str) -> torch.nn.Module:
+    """The U-Net every variant copies: the shapes model's, or SD 1.5's (random weights, bfloat16)."""
+    if model == "shapes":
+        return Pipeline.load("shapes-default", device=device).unet.eval()
+    torch.manual_seed(0)
+    with torch.device(device):
+        return UNet(UNetConfig.stable_diffusion_1()).eval().to(torch.bfloat16)
+
+
+def variant(base: torch.nn.Module, method: str | None, state: str) -> torch.nn.Module:
+    """A copy of `base` with `method`'s adapter (random weights, base's dtype) in `state` (STATES); None: the
+    base."""
+    unet = copy.deepcopy(base)
+    dtype = next(base.parameters()).dtype
     if method is not None:
         add, options, _ = METHODS[method]
-        add(unet, "bench", **options)
+        add(unet, "bench", **options, dtype=dtype)
         with torch.no_grad():  # away from the identity, as a trained adapter is
             for p in trainable(unet, "bench"):
                 p.add_(0.02 * torch.randn_like(p))
@@ -67,13 +84,18 @@ def variant(device: str, method: str | None, state: str) -> torch.nn.Module:
             merge(unet, "bench")
         if state == "folded":
             remove(unet, "bench", keep_merged=True)
-            fast.install(unet)
+    fast.install(unet)
     return unet
 
 
-def inputs(pipe: Pipeline, batch: int) -> tuple:
-    """One denoising step's inputs at `batch`: latents, timesteps, a prompt's context and mask."""
+def inputs(pipe: Pipeline | None, batch: int, device: str) -> tuple:
+    """One denoising step's inputs at `batch`: latents, timesteps, a prompt's context and mask; pipe None:
+    SD 1.5's shapes, random, bfloat16."""
     g = torch.Generator().manual_seed(batch)
+    if pipe is None:
+        x, context = torch.randn(batch, 4, 64, 64, generator=g), torch.randn(batch, 77, 768, generator=g)
+        t = torch.full((batch,), 500)
+        return x.to(device, torch.bfloat16), t.to(device), context.to(device, torch.bfloat16), None
     c, f = pipe.vae.config.latent_channels, pipe.image_size // pipe.vae.config.downsampling
     x = torch.randn(batch, c, f, f, generator=g).to(pipe.device)
     t = torch.full((batch,), 500, device=pipe.device)
@@ -128,16 +150,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timed rounds (default 30)")
     parser.add_argument("--calls", type=int, default=3, help="U-Net steps per variant per round (default 3)")
     parser.add_argument("--warm", type=int, default=3, help="untimed steps per variant first (default 3)")
+    parser.add_argument("--model", choices=["shapes", "sd15"], default="shapes",
+                        help="the shapes model's U-Net (default) or SD 1.5's, random, bfloat16")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.load("shapes-default", device=args.device)
-    variants = {"base": variant(args.device, None, "unmerged")}
+    pipe = Pipeline.load("shapes-default", device=args.device) if args.model == "shapes" else None
+    base = base_unet(args.model, args.device)
+    variants = {"base": variant(base, None, "unmerged")}
     for method, (_, _, mergeable) in METHODS.items():
         for state in STATES if mergeable else STATES[:1]:
-            variants[f"{method}/{state}"] = variant(args.device, method, state)
-    ms = {str(b): time_rounds(variants, args, inputs(pipe, b)) for b in args.batches}
-    results = {"device": args.device, "cpu": platform.processor() or platform.machine(),
+            variants[f"{method}/{state}"] = variant(base, method, state)
+    ms = {str(b): time_rounds(variants, args, inputs(pipe, b, args.device)) for b in args.batches}
+    results = {"model": args.model, "device": args.device, "cpu": platform.processor() or platform.machine(),
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
                "torch": torch.__version__, "threads": torch.get_num_threads(), "batches": args.batches,
                "rounds": args.rounds, "calls": args.calls,
