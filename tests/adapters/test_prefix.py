@@ -90,6 +90,8 @@ def test_lora_inside_a_prefixed_attention_keeps_training():
 
 @pytest.mark.parametrize("kind", ["ours", "clip"])
 def test_text_encoders_take_prefixes_and_keep_their_masks(kind):
+    """A prefix adds keys and values, not tokens: one longer than the encoder's whole context (7 positions)
+    leaves every prompt token its position, so no prefix is too long for the context."""
     torch.manual_seed(0)
     if kind == "ours":
         encoder = TextEncoder(TextEncoderConfig(vocab_size=20, width=32, layers=2, head_dim=16))
@@ -101,7 +103,7 @@ def test_text_encoders_take_prefixes_and_keep_their_masks(kind):
         ids = torch.cat([torch.randint(0, 19, (2, 6)), torch.full((2, 1), 19)], dim=1)
         encode = lambda: encoder(ids)[0]  # noqa: E731
     base = encode()
-    add_prefix(encoder, length=3, hidden=8)
+    add_prefix(encoder, length=10, hidden=8)
     assert {type(layer) for _, layer in adapter_layers(encoder)} == {PrefixLayer if kind == "ours" else CLIPPrefixLayer}
     out = encode()
     assert out.shape == base.shape and not torch.allclose(out, base)
