@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every fine-tuning method of docs/finetuning.md on one concept, with the same 100 images, steps and batch:
-# LoRA at ranks 1, 4 and 16, DoRA, LoHa, LoKr, adapter layers (bottleneck), prefix tuning, textual inversion and
-# full fine-tuning. Per method: trainable parameters, file size, training seconds, peak memory (the training
-# process's maximum resident set, /usr/bin/time), the judge's concept accuracy and the ordinary prompts' drop.
+# LoRA at ranks 1, 4 and 16 (and rank 4 on the U-Net's attention alone), DoRA, LoHa, LoKr, adapter layers
+# (bottleneck), prefix tuning, textual inversion and full fine-tuning. Per method: trainable parameters, file
+# size, training seconds, peak memory (the training process's maximum resident set, /usr/bin/time, where the
+# machine has it), the judge's concept accuracy and the ordinary prompts' drop.
 # Usage: scripts/finetune_compare.sh OUT [DEVICE]
 # Environment: STEPS (2000), BATCH (8), PROMPTS (200 per measurement), EVAL_STEPS (50 sampler steps), CONCEPT
 # (diamond, or cyan), COUNT (100 images), METHODS (the names below to run; default all), LR_<NAME> (one method's
@@ -30,6 +31,7 @@ TABLE="
 lora-r1    3e-4 lora --method lora --rank 1 $every
 lora-r4    3e-4 lora --method lora --rank 4 $every
 lora-r16   3e-4 lora --method lora --rank 16 $every
+lora-r4-attention 3e-4 lora --method lora --rank 4
 dora       3e-4 lora --method dora --rank 16 $every
 loha       3e-4 lora --method loha --rank 8 $every
 lokr       1e-3 lora --method lokr --rank 16 $every
@@ -63,7 +65,8 @@ PY
 
 train() {  # train NAME LR KIND [OPTIONS...]: one run, timed, its peak memory in OUT/NAME-time.txt; then measured
     local name=$1 lr=$2 kind=$3 run="$out/runs/$1" start; shift 3
-    local timed=(/usr/bin/time -v -o "$out/$name-time.txt" $py -m latentlab)
+    local timed=($py -m latentlab)
+    [ ! -x /usr/bin/time ] || timed=(/usr/bin/time -v -o "$out/$name-time.txt" "${timed[@]}")
     rm -rf "$run"; start=$(date +%s)
     case $kind in
         lora) "${timed[@]}" lora train --model shapes-default "$@" --data "$out/data" --out "$run" --steps "$steps" \
@@ -129,9 +132,10 @@ base = accuracies("base")
 rows = {}
 for name, run in runs.items():
     parameters, file_bytes = size(name, run)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", (out / f"{name}-time.txt").read_text())
+    timed = out / f"{name}-time.txt"
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timed.read_text() if timed.exists() else "")
     row = {**run, "trainable_parameters": parameters, "file_bytes": file_bytes,
-           "peak_rss_mb": int(rss.group(1)) / 1024, **accuracies(name)}
+           "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None, **accuracies(name)}
     row["base_accuracy_drop_points"] = 100 * (base["base_accuracy"] - row["base_accuracy"])
     rows[name] = row
 summary = {"concept": concept, "images": int(count), "steps": int(steps), "batch_size": int(batch),
@@ -142,9 +146,10 @@ lines = [f"# Every method teaching `{concept}` from {count} images ({steps} step
          "| method | options | lr | trainable parameters | file | train seconds | peak memory | concept accuracy "
          "| ordinary after | drop (points) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for name, r in rows.items():
+    memory = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:,.0f} MB"
     lines.append(f"| {name} | {r['options'].replace('--text-encoder-lora --unet-convolutions', 'every target')} "
                  f"| {r['lr']:g} | {r['trainable_parameters']:,} | {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']} "
-                 f"| {r['peak_rss_mb']:,.0f} MB | {r['concept_accuracy']:.1%} | {r['base_accuracy']:.1%} "
+                 f"| {memory} | {r['concept_accuracy']:.1%} | {r['base_accuracy']:.1%} "
                  f"| {r['base_accuracy_drop_points']:.1f} |")
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
