@@ -11,7 +11,7 @@
 # every method at each of these rates instead of its own; runs named NAME@LR), PYTHON (python3).
 # A run whose eval-NAME.json exists is skipped, so a stopped comparison continues where it stopped.
 # Writes OUT/data, OUT/runs/NAME (each run), OUT/NAME-train.json, OUT/NAME-time.txt, OUT/eval-NAME.{json,txt},
-# OUT/runs.jsonl, OUT/summary.json and OUT/summary.md.
+# OUT/runs.jsonl, OUT/summary.json, OUT/summary.md and OUT/summary.png (the plot, where matplotlib is installed).
 set -euo pipefail
 out=${1:?output folder}; device=${2:-auto}
 steps=${STEPS:-2000}; batch=${BATCH:-8}; prompts=${PROMPTS:-200}; eval_steps=${EVAL_STEPS:-50}
@@ -121,6 +121,8 @@ def size(name, run):  # trainable parameters and file bytes: the train command's
     if run["kind"] != "full":
         trained = json.loads((out / f"{name}-train.json").read_text().splitlines()[-1])
         return trained["trainable_parameters"], trained["file_bytes"]
+    if not (out / "runs" / name).exists():  # the weights not kept: the sizes the last summary counted
+        return tuple(earlier[name][k] for k in ("trainable_parameters", "file_bytes"))
     from latentlab import Pipeline
     pipe = Pipeline.load(out / "runs" / name, device="cpu")
     files = [out / "runs" / name / part / "model.safetensors" for part in ("text_encoder", "unet")]
@@ -128,6 +130,7 @@ def size(name, run):  # trainable parameters and file bytes: the train command's
         sum(f.stat().st_size for f in files)
 
 
+earlier = json.loads((out / "summary.json").read_text())["runs"] if (out / "summary.json").exists() else {}
 base = accuracies("base")
 rows = {}
 for name, run in runs.items():
@@ -135,7 +138,8 @@ for name, run in runs.items():
     timed = out / f"{name}-time.txt"
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timed.read_text() if timed.exists() else "")
     row = {**run, "trainable_parameters": parameters, "file_bytes": file_bytes,
-           "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None, **accuracies(name)}
+           "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None,
+           "samples_per_second": int(steps) * int(batch) / max(run["seconds"], 1), **accuracies(name)}
     row["base_accuracy_drop_points"] = 100 * (base["base_accuracy"] - row["base_accuracy"])
     rows[name] = row
 summary = {"concept": concept, "images": int(count), "steps": int(steps), "batch_size": int(batch),
@@ -143,14 +147,44 @@ summary = {"concept": concept, "images": int(count), "steps": int(steps), "batch
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 lines = [f"# Every method teaching `{concept}` from {count} images ({steps} steps, batch {batch})", "",
          f"Before: concept accuracy {base['concept_accuracy']:.1%}, ordinary prompts {base['base_accuracy']:.1%}.", "",
-         "| method | options | lr | trainable parameters | file | train seconds | peak memory | concept accuracy "
-         "| ordinary after | drop (points) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "| method | options | lr | trainable parameters | file | train seconds | samples/s | peak memory "
+         "| concept accuracy | ordinary after | drop (points) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for name, r in rows.items():
     memory = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:,.0f} MB"
     lines.append(f"| {name} | {r['options'].replace('--text-encoder-lora --unet-convolutions', 'every target')} "
                  f"| {r['lr']:g} | {r['trainable_parameters']:,} | {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']} "
-                 f"| {memory} | {r['concept_accuracy']:.1%} | {r['base_accuracy']:.1%} "
+                 f"| {r['samples_per_second']:.1f} | {memory} | {r['concept_accuracy']:.1%} | {r['base_accuracy']:.1%} "
                  f"| {r['base_accuracy_drop_points']:.1f} |")
+lines += ["", "samples/s: steps x batch over the training command's whole seconds (start-up and saving included)."]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
+try:
+    import matplotlib
+except ImportError:
+    sys.exit(print("no matplotlib: summary.png not drawn (pip install latentlab[plot])"))
+matplotlib.use("Agg")
+import math
+
+import matplotlib.pyplot as plt
+
+points = {}  # one label per point: runs that landed on (nearly) the same one share it
+for name, r in rows.items():
+    key = (round(math.log10(max(r["trainable_parameters"], 1)), 1), round(100 * r["concept_accuracy"], 1))
+    drop = r["base_accuracy_drop_points"]
+    points.setdefault(key, []).append((f"{name} (-{drop:g})" if drop > 3 else name, drop <= 3))
+fig, ax = plt.subplots(figsize=(9, 5.5))
+for (x, y), runs in points.items():
+    x = 10**x
+    ax.scatter(x, y, color="C0" if all(kept for _, kept in runs) else "C3", s=20)
+    ax.annotate(", ".join(label for label, _ in runs), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+ax.axhline(90, color="grey", linestyle=":")
+ax.set_xscale("log")
+ax.set_xlabel("trainable parameters")
+ax.set_ylabel(f"concept accuracy ({concept}), %")
+ax.set_title("blue: ordinary prompts kept within 3 points; red: a larger drop, in brackets", fontsize=9)
+ax.grid(alpha=0.3)
+fig.suptitle(f"Teaching `{concept}` from {count} images: {steps} steps at batch {batch}")
+fig.tight_layout()
+fig.savefig(out / "summary.png", dpi=100)
+print(f"wrote {out / 'summary.png'}")
 PY
