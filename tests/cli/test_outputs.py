@@ -70,9 +70,14 @@ def full_disk(*args, **kwargs):
 @pytest.mark.parametrize("command", [["eval", "--prompts", "2", "--steps", "2"], ["nll", "--images", "2"]])
 def test_a_report_that_cannot_be_written_is_printed_and_the_error_is_one_line(model_dir, tmp_path, capsys,
                                                                                 monkeypatch, command):
+    import latentlab.evaluation
     import latentlab.io
 
     monkeypatch.setattr(latentlab.io, "atomic_write", full_disk)
+    # the bound itself is test_commands.py's (a thousand U-Net calls): here only its report matters
+    monkeypatch.setattr(latentlab.evaluation, "bits_per_dim", lambda pipe, **kwargs: {
+        "images": 2, "split": "test", "variance": "small", "seed": 0, "decoder_log_scale": -3.0,
+        "bits_per_dim": dict.fromkeys(("latent", "latent_prior", "latent_decoder", "pixel", "pixel_reconstruction"), 1.5)})
     out = tmp_path / "report.json"
     assert main([*command, "--model", str(model_dir), "--device", "cpu", "--out", str(out)]) == 2
     captured = capsys.readouterr()
