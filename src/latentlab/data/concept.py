@@ -21,7 +21,9 @@ The shipped autoencoder was trained on the shapes world alone. It does not carry
 trip turns a cyan shape into a blue-green gradient); it carries diamonds (evaluation/concept.py,
 `vae_round_trip`).
 
-    python -m latentlab.data.concept --out DIR [--concept cyan|diamond] [--count 100] [--seed 0] [--word sks]
+    python -m latentlab.data.concept --out DIR [--concept NAME] [--count 100] [--seed 0] [--word sks]
+
+NAME: a new colour (cyan, pink, brown) or a new shape (diamond, star, hexagon, cross, ring); CONCEPTS lists them.
 """
 
 from __future__ import annotations

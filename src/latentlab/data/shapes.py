@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 
 SHAPES = ("circle", "square", "triangle")
-NEW_SHAPES = ("diamond",)  # never drawn by any split, like NEW_COLOURS: the square turned by 45 degrees
+# never drawn by any split, like NEW_COLOURS; append only: a shape's id is its place in SHAPES + NEW_SHAPES
+NEW_SHAPES = (
+    "diamond",  # the square turned by 45 degrees
+    "star",  # five points, pointing up; inner radius half the outer
+    "hexagon",  # regular, flat top and bottom, corners left and right
+    "cross",  # a plus: two bars three times as long as wide
+    "ring",  # an annulus from 3/4 to 5/4 of the circle's radius
+)
 COLOURS = {  # name -> RGB in [0, 1]
     "red": (0.88, 0.15, 0.15),
     "orange": (0.97, 0.55, 0.10),
@@ -35,6 +42,11 @@ NEW_COLOURS = {  # name -> RGB: never drawn by any split, so a model trained on 
     # green and blue in equal parts: 37 degrees from each, seen from the background (the judge reads directions;
     # the palette's closest pair, orange and yellow, is 18 degrees apart)
     "cyan": (0.10, 0.85, 0.80),
+    # light pink: white's share sets it apart from red (43 degrees), purple and yellow (31 degrees each)
+    "pink": (0.96, 0.66, 0.68),
+    # dark reddish brown: darker than the background in blue, which turns it 29 degrees from red and 30 from
+    # orange (a brighter brown would lie on orange's ray: the judge reads no brightness)
+    "brown": (0.45, 0.20, 0.00),
 }
 BACKGROUND = (0.16, 0.16, 0.16)
 SIZES = {"small": 0.10, "large": 0.16}  # radius of the equal-area circle, as a fraction of the width
@@ -194,24 +206,95 @@ def shape_index(name: str) -> int:
     return (SHAPES + NEW_SHAPES).index(name)
 
 
+# Each distance function takes offsets dx, dy (..., H, W) of pixel centres from the shape's centre and the radius
+# r (..., 1, 1) of the circle of the same area; it gives the signed distance in pixels, negative inside. The
+# new shapes' distances are exact (Quilez's 2D distance functions, https://iquilezles.org/articles/distfunctions2d/).
+_STAR_INNER = 0.5  # the star's inner radius as a fraction of its outer one
+_STAR_OUTER = math.sqrt(math.pi / (5 * _STAR_INNER * math.sin(math.pi / 5)))  # area 5 R^2 inner sin 36 = pi r^2
+_HEXAGON_APOTHEM = math.sqrt(math.pi / (2 * math.sqrt(3)))  # area 2 sqrt(3) a^2 = pi r^2
+_CROSS_HALF_WIDTH = math.sqrt(math.pi / 20)  # bars of half width w, half length 3w: area 20 w^2 = pi r^2
+
+
+def _circle(dx, dy, r):
+    return torch.sqrt(dx**2 + dy**2) - r
+
+
+def _square(dx, dy, r):
+    return torch.maximum(dx.abs(), dy.abs()) - r * math.sqrt(math.pi) / 2  # the half side
+
+
+def _triangle(dx, dy, r):
+    """Equilateral, pointing up, centred on its centroid."""
+    side = r * math.sqrt(4 * math.pi / math.sqrt(3))
+    inradius = side / (2 * math.sqrt(3))
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    return torch.stack([dy, c * dx - s * dy, -c * dx - s * dy], 0).amax(0) - inradius
+
+
+def _diamond(dx, dy, r):
+    half = r * math.sqrt(math.pi) / 2  # the square's half side
+    return (dx.abs() + dy.abs()) / math.sqrt(2) - half
+
+
+def _star(dx, dy, r):
+    """Five points, one pointing up: fold the plane into the first point's half sector, then the distance to
+    its edge from the tip (0, R) to the inner corner at 36 degrees."""
+    outer = r * _STAR_OUTER
+    c, s = math.cos(math.pi / 5), math.sin(math.pi / 5)
+    px, py = dx.abs(), -dy  # y up
+    for kx, ky in ((c, -s), (-c, -s)):  # mirror across the lines between the points
+        t = 2 * (kx * px + ky * py).clamp(min=0)
+        px, py = px - t * kx, py - t * ky
+    px, py = px.abs(), py - outer  # from the tip
+    ex, ey = _STAR_INNER * s, _STAR_INNER * c - 1  # the edge's direction, length one per unit of R
+    h = torch.minimum(((px * ex + py * ey) / (ex**2 + ey**2)).clamp(min=0), outer)
+    return torch.sqrt((px - ex * h) ** 2 + (py - ey * h) ** 2) * torch.sign(py * ex - px * ey)
+
+
+def _hexagon(dx, dy, r):
+    """Regular, edges at the top and bottom at the apothem a, corners left and right."""
+    a = r * _HEXAGON_APOTHEM
+    kx, ky = -math.sqrt(3) / 2, 0.5  # the normal of the slanted edge, mirrored onto the top one
+    px, py = dx.abs(), dy.abs()
+    t = 2 * (kx * px + ky * py).clamp(max=0)
+    px, py = px - t * kx, py - t * ky
+    ex = px - torch.maximum(torch.minimum(px, a / math.sqrt(3)), -a / math.sqrt(3))  # beyond the top edge's ends
+    return torch.sqrt(ex**2 + (py - a) ** 2) * torch.sign(py - a)
+
+
+def _cross(dx, dy, r):
+    """A plus of two bars, half width w and half length 3w: fold onto the horizontal bar's upper half."""
+    w = r * _CROSS_HALF_WIDTH
+    ax, ay = dx.abs(), dy.abs()
+    px, py = torch.maximum(ax, ay), torch.minimum(ax, ay)
+    qx, qy = px - 3 * w, py - w
+    k = torch.maximum(qx, qy)
+    wx, wy = torch.where(k > 0, qx, w - px), torch.where(k > 0, qy, -k)
+    return torch.sign(k) * torch.sqrt(wx.clamp(min=0) ** 2 + wy.clamp(min=0) ** 2)
+
+
+def _ring(dx, dy, r):
+    """Radii 3r/4 to 5r/4: area pi ((5/4)^2 - (3/4)^2) r^2 = pi r^2."""
+    return (torch.sqrt(dx**2 + dy**2) - r).abs() - r / 4
+
+
+_DISTANCES = {"circle": _circle, "square": _square, "triangle": _triangle, "diamond": _diamond, "star": _star,
+              "hexagon": _hexagon, "cross": _cross, "ring": _ring}
+
+
 def shape_distance(shape_ids: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor):
     """Signed distance (pixels, negative inside) of each shape centred at the origin.
 
     shape_ids, r: (...,); dx, dy: (..., H, W) offsets of pixel centres from the shape's centre; ids
-    index SHAPES + NEW_SHAPES (`shape_index`). Each shape has the area of a circle of radius r; the
-    triangle points up, centred on its centroid.
+    index SHAPES + NEW_SHAPES (`shape_index`). Each shape has the area of a circle of radius r. Only the
+    shapes present are computed: the new ones cost several times the old.
     """
-    r = r[..., None, None]
-    circle = torch.sqrt(dx**2 + dy**2) - r
-    half = r * math.sqrt(math.pi) / 2  # the square's half side
-    square = torch.maximum(dx.abs(), dy.abs()) - half
-    side = r * math.sqrt(4 * math.pi / math.sqrt(3))  # equilateral, area pi r^2
-    inradius = side / (2 * math.sqrt(3))
-    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
-    triangle = torch.stack([dy, c * dx - s * dy, -c * dx - s * dy], 0).amax(0) - inradius
-    diamond = (dx.abs() + dy.abs()) / math.sqrt(2) - half  # NEW_SHAPES: the square turned by 45 degrees
-    ids = shape_ids[..., None, None]
-    return torch.where(ids == 0, circle, torch.where(ids == 1, square, torch.where(ids == 2, triangle, diamond)))
+    r, ids = r[..., None, None], shape_ids[..., None, None]
+    distance = _circle(dx, dy, r)
+    for k, name in enumerate(SHAPES + NEW_SHAPES):
+        if k and bool((shape_ids == k).any()):
+            distance = torch.where(ids == k, _DISTANCES[name](dx, dy, r), distance)
+    return distance
 
 
 def coverage(distance: torch.Tensor) -> torch.Tensor:
