@@ -1,63 +1,69 @@
 """C-LoRA's self-regularisation (training/continual.py) on the tiny U-Net."""
 
+import json
+import os
+import signal
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from latentlab.adapters import add_lora
+from latentlab.data.concept import write_concept_folder
 from latentlab.adapters.inject import adapter_layers, merge
+from latentlab.cli import main
 from latentlab.errors import LatentlabError
 from latentlab.models import UNet
-from latentlab.training.continual import TARGETS, forgetting_penalty, past_updates, target_weights
+from latentlab.pipeline import Pipeline
+from latentlab.training.continual import (TARGETS, ContinualConfig, ContinualTaskTrainer, forgetting_penalty,
+                                          summed_updates, train_sequence)
+from latentlab.training.state import FILENAME, load_state
+from latentlab.training.textual_inversion import EMBEDDING_FILENAME
 from latentlab.training.presets import preset
 
 
-def unet_after_one_task():
-    """The tiny U-Net, its W_0 on K and V, and task 1's update (random) merged into it."""
+def unet_after_tasks(n=2):
+    """The tiny U-Net with n earlier tasks' updates (random) on K and V, merged, and their summed update P."""
     torch.manual_seed(0)
     unet = UNet(preset("tiny", "unet")).requires_grad_(False)
-    initial = target_weights(unet)
-    add_lora(unet, "task1", rank=2, alpha=4, targets=TARGETS)
-    with torch.no_grad():
-        for _, layer in adapter_layers(unet):
-            layer.lora_B["task1"].weight.normal_(std=0.1)
-    merge(unet, "task1")
-    return unet, initial
+    before = {name: m.weight.clone() for name, m in unet.named_modules() if name.endswith(TARGETS)}
+    for k in range(1, n + 1):
+        add_lora(unet, f"task{k}", rank=2, alpha=4, targets=TARGETS)
+        with torch.no_grad():
+            for _, layer in adapter_layers(unet):
+                layer.lora_B[f"task{k}"].weight.normal_(std=0.1)
+        merge(unet, f"task{k}")
+    return unet, before, summed_updates(unet, [f"task{k}" for k in range(1, n + 1)])
 
 
-def test_the_targets_are_the_cross_attentions_k_and_v_read_through_their_wrappers():
-    unet, initial = unet_after_one_task()
-    assert initial and all(name.endswith(("attn2.to_k", "attn2.to_v")) for name in initial)
-    assert target_weights(unet).keys() == initial.keys()  # wrapped: read through .base
-
-
-def test_past_updates_are_the_merged_tasks_updates():
-    unet, initial = unet_after_one_task()
-    past = past_updates(unet, initial)
+def test_the_past_is_the_earlier_tasks_summed_updates_on_the_cross_attentions_k_and_v():
+    unet, before, past = unet_after_tasks()
+    assert past.keys() == before.keys() and all(name.endswith(("attn2.to_k", "attn2.to_v")) for name in past)
     layers = dict(adapter_layers(unet))
     for name, p in past.items():
-        torch.testing.assert_close(p, layers[name].delta_weight("task1"), rtol=1e-5, atol=1e-6)
-        assert p.abs().sum() > 0
+        torch.testing.assert_close(layers[name].base.weight - before[name], p, rtol=1e-5, atol=1e-6)  # merged
+        assert p.abs().sum() > 0 and not p.requires_grad
 
 
 def test_the_penalty_is_the_squared_element_wise_product_of_the_past_and_the_new_update():
-    unet, initial = unet_after_one_task()
-    past = past_updates(unet, initial)
-    add_lora(unet, "task2", rank=3, alpha=3, targets=TARGETS)
+    unet, _, past = unet_after_tasks()
+    add_lora(unet, "task3", rank=3, alpha=3, targets=TARGETS)
     with torch.no_grad():
         for _, layer in adapter_layers(unet):
-            layer.lora_B["task2"].weight.normal_(std=0.1)
+            layer.lora_B["task3"].weight.normal_(std=0.1)
     expected = 0.0
     for name, layer in adapter_layers(unet):
-        A, B = layer.lora_A["task2"].weight.double(), layer.lora_B["task2"].weight.double()
+        A, B = layer.lora_A["task3"].weight.double(), layer.lora_B["task3"].weight.double()
         expected += ((past[name].double() * (B @ A)) ** 2).sum().item()  # alpha / r = 1
-    assert forgetting_penalty(unet, past, "task2").item() == pytest.approx(expected, rel=1e-5)
+    assert forgetting_penalty(unet, past, "task3").item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_first_task_is_not_penalised():
+def test_the_first_task_has_no_past_and_a_zero_past_costs_nothing():
     unet = UNet(preset("tiny", "unet")).requires_grad_(False)
-    initial = target_weights(unet)
     add_lora(unet, "task1", rank=2, targets=TARGETS)
-    penalty = forgetting_penalty(unet, past_updates(unet, initial), "task1")
+    assert summed_updates(unet, []) == {}
+    zeros = {name: torch.zeros_like(layer.base.weight) for name, layer in adapter_layers(unet)}
+    penalty = forgetting_penalty(unet, zeros, "task1")
     penalty.backward()
     assert penalty.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for _, layer in adapter_layers(unet)
@@ -66,8 +72,7 @@ def test_the_first_task_is_not_penalised():
 
 def test_the_new_update_is_free_where_the_past_left_the_weight_alone():
     """dL/dDelta W = 2 P^2 (.) Delta W: rows of K and V the earlier tasks never changed get no gradient in B."""
-    unet, initial = unet_after_one_task()
-    past = past_updates(unet, initial)
+    unet, _, past = unet_after_tasks(1)
     for p in past.values():
         p[: p.shape[0] // 2] = 0  # the first half of each layer's outputs untouched by task 1
     add_lora(unet, "task2", rank=2, targets=TARGETS)
@@ -80,11 +85,123 @@ def test_the_new_update_is_free_where_the_past_left_the_weight_alone():
         assert not grad[:half].any() and grad[half:].abs().sum() > 0
 
 
-def test_another_models_weights_and_a_missing_adapter_are_refused():
-    unet, initial = unet_after_one_task()
-    other = UNet(preset("tiny", "unet"))
-    other.down_blocks = other.down_blocks[:1]  # fewer cross-attentions
-    with pytest.raises(LatentlabError, match="another model"):
-        past_updates(other, initial)
+def test_a_missing_adapter_is_refused():
+    unet, _, past = unet_after_tasks(1)
     with pytest.raises(LatentlabError, match="no layer of the model holds adapter 'task9'"):
-        forgetting_penalty(unet, past_updates(unet, initial), "task9")
+        forgetting_penalty(unet, past, "task9")
+
+
+# ---------------------------------------------------------------- a sequence of tasks on the tiny model
+
+SEQUENCE_TOKENS = ("<cyan>", "<diamond>")
+
+
+@pytest.fixture(scope="module")
+def concept_folders(tmp_path_factory):
+    """Two tasks: eight captioned cyan objects, then eight diamonds (concept.json names each word)."""
+    root = tmp_path_factory.mktemp("tasks")
+    return [write_concept_folder(root / c, c, count=8) for c in ("cyan", "diamond")]
+
+
+def sequence(model, folders, out, **changes):
+    settings = dict(tasks=tuple(map(str, folders)), out=str(out), model=str(model), rank=2, steps=4, batch_size=2,
+                    lr=1e-2, device="cpu", checkpoint_every=2, forget_weight=1e6)
+    return ContinualConfig(**{**settings, **changes})
+
+
+def checkpoint_tensors(run):
+    return load_state(run / FILENAME)[0]
+
+
+@pytest.fixture(scope="module")
+def whole(model, concept_folders, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    return out, train_sequence(sequence(model, concept_folders, out))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_each_task_writes_its_update_of_k_and_v_and_its_token(model, whole):
+    out, result = whole
+    assert not result["interrupted"] and [r["token"] for r in result["tasks"]] == list(SEQUENCE_TOKENS)
+    pipe = Pipeline.load(model, device="cpu")
+    for k, token in enumerate(SEQUENCE_TOKENS, start=1):
+        assert pipe.load_textual_inversion(out / f"task-{k}" / EMBEDDING_FILENAME) == token
+        pipe.load_lora(out / f"task-{k}" / "lora.safetensors", name=f"task{k}")  # the base model's file
+    layers = dict(adapter_layers(pipe.unet))
+    assert layers and all(name.endswith(("attn2.to_k", "attn2.to_v")) for name in layers)
+    assert all(set(layer.adapters) == {"task1", "task2"} for layer in layers.values())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_second_task_is_penalised_by_the_first_and_lambda_keeps_them_apart(model, concept_folders, whole,
+                                                                                  tmp_path):
+    """lambda = 0 (the ablation) against 1e6: task 2's update overlaps task 1's far less with the penalty."""
+    out, _ = whole
+    free = tmp_path / "free"
+    train_sequence(sequence(model, concept_folders, free, forget_weight=0.0))
+
+    def overlap(run):
+        pipe = Pipeline.load(model, device="cpu")
+        for k in (1, 2):
+            pipe.load_lora(run / f"task-{k}" / "lora.safetensors", name=f"task{k}")
+        past = summed_updates(pipe.unet, ["task1"])
+        return forgetting_penalty(pipe.unet, past, "task2").item()
+
+    assert overlap(out) < 0.5 * overlap(free)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_stopped_sequence_resumes_exactly(model, concept_folders, whole, tmp_path, monkeypatch):
+    """SIGTERM at task 2's third step, then resume: every file as the uninterrupted sequence's, bit for bit."""
+    out, _ = whole
+    step = ContinualTaskTrainer.train_step
+
+    def step_then_signal(self, i):
+        if self.token == "<diamond>" and i == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, i)
+
+    monkeypatch.setattr(ContinualTaskTrainer, "train_step", step_then_signal)
+    stopped = train_sequence(sequence(model, concept_folders, tmp_path / "run"))
+    assert stopped["interrupted"] and len(stopped["tasks"]) == 1
+    monkeypatch.setattr(ContinualTaskTrainer, "train_step", step)
+    resumed = train_sequence(sequence(model, concept_folders, tmp_path / "run", resume=True))
+    assert not resumed["interrupted"] and len(resumed["tasks"]) == 2
+    for k in (1, 2):
+        a, b = checkpoint_tensors(out / f"task-{k}"), checkpoint_tensors(tmp_path / "run" / f"task-{k}")
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+        for name in ("lora.safetensors", EMBEDDING_FILENAME):
+            x, y = load_file(out / f"task-{k}" / name), load_file(tmp_path / "run" / f"task-{k}" / name)
+            assert x.keys() == y.keys() and all(torch.equal(x[key], y[key]) for key in x)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bad_sequences_are_refused_in_one_line(model, concept_folders, whole, tmp_path):
+    out, _ = whole
+    with pytest.raises(LatentlabError, match="'cyan' names more than one task"):
+        train_sequence(sequence(model, [concept_folders[0]] * 2, tmp_path / "a"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LatentlabError, match="no concept.json"):
+        train_sequence(sequence(model, [tmp_path / "empty"], tmp_path / "b"))
+    with pytest.raises(LatentlabError, match="another sequence's"):
+        train_sequence(sequence(model, concept_folders[:1], out, resume=True))
+    with pytest.raises(LatentlabError, match="already holds a sequence"):
+        train_sequence(sequence(model, concept_folders, out))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_command_trains_a_sequence_and_refuses_a_repeated_word(model, concept_folders, tmp_path, capsys):
+    tasks = [arg for folder in concept_folders for arg in ("--task", str(folder))]
+    options = ["--model", str(model), "--steps", "2", "--batch-size", "2", "--rank", "2", "--device", "cpu"]
+    assert main(["continual", "train", *tasks, "--out", str(tmp_path / "seq"), *options]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["token"] for r in result["tasks"]] == list(SEQUENCE_TOKENS) and not result["interrupted"]
+    files = [arg for r in result["tasks"] for arg in ("--adapter", r["lora"], "--embedding", r["embedding"])]
+    assert main(["generate", "a large <cyan> <diamond>", *files, "--model", str(model), "--steps", "2",
+                 "--device", "cpu", "--out", str(tmp_path / "images")]) == 0
+    assert len(list((tmp_path / "images").glob("*.png"))) >= 1
+    capsys.readouterr()
+    assert main(["continual", "train", *tasks, "--word", "cyan", "--word", "cyan", "--out", str(tmp_path / "b"),
+                 *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'cyan' names more than one task" in err

@@ -9,48 +9,228 @@ per task; the earlier ones are merged and frozen, so that after task t
 and task t's update is penalised where the earlier tasks already changed the weight:
 
     L = L_diffusion + lambda L_forget,    L_forget = sum over the layers of || P_t (.) B_t A_t ||_F^2,
-    P_t = sum_{tau < t} B_tau A_tau = W_{t-1} - W_0
+    P_t = sum_{tau < t} B_tau A_tau
 
 ((.) the element-wise product). Task t writes into the entries of K and V that the earlier tasks left alone,
 which is what keeps their concepts (each named by a token of its own) drawing as they did. With lambda = 0 it
-is sequential LoRA on K and V, the paper's ablation. The past updates P_t are read off the weights
-(`past_updates`: the merged weights less W_0), so no earlier task's file is needed to train the next.
+is sequential LoRA on K and V, the paper's ablation. The earlier tasks stay in the network as merged
+adapters (`summed_updates` reads P_t off them, in float32), so each task's file is its own update, and a
+model with every task's file loaded, each at multiplier 1, is the model the sequence trained.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..adapters.inject import adapter_layers
 from ..adapters.lora import LoRALayer
+from ..adapters.textual_inversion import add_tokens, token_embedding, train_rows
+from ..data.concept import MANIFEST
 from ..errors import LatentlabError
+from ..io import atomic_write, read_json
+from ..io.textual_inversion import save_textual_inversion
+from .lora import LoRATrainConfig, LoRATrainer
+from .loop import check_numbers
+from .state import FILENAME, digest
+from .textual_inversion import EMBEDDING_FILENAME, with_token
 
 TARGETS = ("attn2.to_k", "attn2.to_v")  # the U-Net's cross-attention K and V projections (the paper's)
+SEQUENCE = "sequence.json"  # OUT/sequence.json: the settings a resumed sequence must share
+DONE = "done.json"  # OUT/task-K/done.json: the task's result, written once it has finished
 
 
-def target_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """W of every layer C-LoRA adapts (`TARGETS`), by module name, as float32 copies: W_0 before the first task.
-    A layer wrapped by an adapter is read through its base, where merged adapters live."""
-    linears = ((name.removesuffix(".base"), module) for name, module in unet.named_modules()
-               if isinstance(module, nn.Linear))
-    return {name: module.weight.detach().float().clone() for name, module in linears if name.endswith(TARGETS)}
+@dataclass
+class ContinualConfig:
+    tasks: tuple[str, ...]  # one folder of captioned images per task, in order (python -m latentlab.data.concept)
+    out: str  # OUT/task-1, OUT/task-2, ...: each task's run (lora.safetensors, learned_embeds.safetensors)
+    model: str = "shapes-default"  # the base model, anything Pipeline.load takes
+    words: tuple[str, ...] = ()  # each task's concept word in its captions; (): each folder's concept.json
+    forget_weight: float = 1e6  # lambda: L = L_diffusion + lambda L_forget; 0: sequential LoRA on K and V
+    rank: int = 4  # r of each task's update of K and V
+    steps: int = 800  # per task
+    batch_size: int = 8
+    lr: float = 1e-3  # AdamW's, for the update and the token alike
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 500  # each task's resumable checkpoint, every N steps (SIGTERM and Ctrl-C too)
+    resume: bool = False  # continue the sequence in `out`: finished tasks are kept, the current one resumes
+
+    def __post_init__(self):
+        check_numbers(self)
 
 
-def past_updates(unet: nn.Module, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """P_t = W_{t-1} - W_0 per adapted layer: what the earlier tasks, merged into `unet`, changed."""
-    now = target_weights(unet)
-    if now.keys() != initial.keys():
-        raise LatentlabError(f"the model's K and V layers ({len(now)}) are not those of the initial weights "
-                             f"({len(initial)}): another model")
-    return {name: now[name] - w_0.to(now[name].device) for name, w_0 in initial.items()}
+def summed_updates(unet: nn.Module, adapters: list[str]) -> dict[str, torch.Tensor]:
+    """P_t = sum of the earlier tasks' updates B A (at their multipliers) per layer that holds any of `adapters`,
+    by module name, float32 and detached: read off the adapters themselves, merged or not, so that no rounding
+    of merged low-precision weights enters it."""
+    past = {}
+    for name, layer in adapter_layers(unet, LoRALayer):
+        held = [adapter for adapter in adapters if adapter in layer.adapters]
+        if held:
+            with torch.no_grad():
+                past[name] = sum(layer.delta_weight(adapter, layer.merge_factor(adapter)) for adapter in held)
+    return past
 
 
 def forgetting_penalty(unet: nn.Module, past: dict[str, torch.Tensor], adapter: str = "default") -> torch.Tensor:
     """L_forget = sum over the layers of || P_t (.) Delta W_t ||_F^2, Delta W_t = adapter's s (alpha / r) B A
-    (differentiable in A and B); `past`: `past_updates`. Layers without the adapter add nothing."""
+    (differentiable in A and B); `past`: `summed_updates`. Layers without the adapter add nothing."""
     terms = [(past[name].to(layer.base.weight.device) * layer.delta_weight(adapter)).square().sum()
              for name, layer in adapter_layers(unet, LoRALayer) if name in past and adapter in layer.adapters]
     if not terms:
         raise LatentlabError(f"no layer of the model holds adapter {adapter!r} on {' or '.join(TARGETS)}")
     return torch.stack(terms).sum()
+
+
+def token_of(word: str) -> str:
+    """The learned token that stands for a task's concept in prompts: <word>."""
+    return f"<{word}>"
+
+
+class ContinualTaskTrainer(LoRATrainer):
+    """Task t of a sequence: the earlier tasks' updates loaded and merged, then a new LoRA on K and V and a new
+    token (from a random embedding, as the paper starts) trained together, with lambda L_forget added to the
+    loss. Writes OUT/lora.safetensors (the update) and OUT/learned_embeds.safetensors (the token)."""
+
+    def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, forget_weight: float):
+        self.earlier, self.word, self.token, self.forget_weight = earlier, word, token_of(word), forget_weight
+        super().__init__(config)
+        captions = getattr(self.data, "captions", None)
+        if captions is not None and not any(with_token(text, word, self.token) != text for text in captions):
+            raise LatentlabError(f"no caption of {config.data} holds the word {word!r}; give the captions' word "
+                                 "for the concept")
+
+    def add_adapters(self) -> dict[str, nn.Module]:
+        pipe, names = self.pipe, []
+        for k, folder in enumerate(self.earlier, start=1):
+            names.append(pipe.load_lora(folder / "lora.safetensors", name=f"task{k}"))
+            pipe.load_textual_inversion(folder / EMBEDDING_FILENAME)
+        if names:
+            pipe.merge_lora()
+        self.past = summed_updates(pipe.unet, names)
+        self.identity["model"] = digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion))
+        table = token_embedding(pipe.text_encoder).weight
+        g = torch.Generator().manual_seed(self.config.seed + len(self.earlier))
+        vectors = torch.randn(1, table.shape[1], generator=g) * table.float().std().item()
+        ids = add_tokens(pipe.tokenizer, pipe.text_encoder, self.token, vectors)
+        self.vectors = train_rows(pipe.text_encoder, ids)  # (1, D) float32
+        return super().add_adapters()
+
+    def trainable_tensors(self) -> list[nn.Parameter]:
+        return super().trainable_tensors() + [self.vectors]
+
+    @property
+    def text_trains(self) -> bool:
+        return True  # the token's row
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().trained_tensors(), "vectors": self.vectors}
+
+    @torch.no_grad()
+    def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        super().restore_tensors(tensors, path)
+        if "vectors" not in tensors or tensors["vectors"].shape != self.vectors.shape:
+            raise LatentlabError(f"{path}: its token vectors do not fit this run's")
+        self.vectors.copy_(tensors["vectors"])
+
+    def batch(self, step: int):
+        z_0, captions, t, eps = super().batch(step)
+        return z_0, [with_token(text, self.word, self.token) for text in captions], t, eps
+
+    def loss(self, z_0, captions, t, eps) -> torch.Tensor:
+        loss = super().loss(z_0, captions, t, eps)
+        if not self.past or not self.forget_weight:
+            return loss
+        return loss + self.forget_weight * forgetting_penalty(self.pipe.unet, self.past)
+
+    def save_result(self) -> Path:
+        path = super().save_result()
+        metadata = {"base_model": str(self.config.model), "steps": str(self.step), "data": str(self.config.data)}
+        save_textual_inversion(self.out / EMBEDDING_FILENAME, self.token, self.vectors, metadata)
+        return path
+
+    def run(self) -> dict:
+        result = super().run()
+        return {**result, "embedding": str(self.out / EMBEDDING_FILENAME), "token": self.token}
+
+
+def task_words(c: ContinualConfig) -> list[str]:
+    """Each task's concept word: `words`, else each folder's concept.json; refused when one repeats."""
+    if c.words and len(c.words) != len(c.tasks):
+        raise LatentlabError(f"{len(c.words)} words for {len(c.tasks)} tasks; give one word per task, or none")
+    words = list(c.words) or [_manifest_word(Path(folder)) for folder in c.tasks]
+    repeated = sorted({w for w in words if words.count(w) > 1})
+    if repeated:
+        raise LatentlabError(f"the concept word {repeated[0]!r} names more than one task; each task needs a word "
+                             "of its own")
+    return words
+
+
+def _manifest_word(folder: Path) -> str:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise LatentlabError(f"{folder} has no {MANIFEST}; give each task's concept word (words)")
+    word = read_json(manifest).get("word")
+    if not isinstance(word, str) or not word:
+        raise LatentlabError(f"{manifest}: its 'word' is {word!r}; expected the concept's word in the captions")
+    return word
+
+
+def check_sequence(c: ContinualConfig, words: list[str]) -> None:
+    """A new sequence starts in a folder that holds none; a resumed one continues the sequence of its settings."""
+    path, settings = Path(c.out) / SEQUENCE, _settings(c, words)
+    if not path.is_file():
+        if c.resume:
+            raise LatentlabError(f"{c.out} holds no sequence to resume ({SEQUENCE} is missing)")
+        return atomic_write(path, json.dumps(settings, indent=2) + "\n")
+    if not c.resume:
+        raise LatentlabError(f"{c.out} already holds a sequence; continue it with resume, or give another folder")
+    saved = read_json(path)
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise LatentlabError(f"{path} is another sequence's (its {', '.join(changed) or 'settings'} differ); resume "
+                             "with its settings, or give another folder")
+
+
+def _settings(c: ContinualConfig, words: list[str]) -> dict:
+    kept = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("out", "resume", "device", "checkpoint_every")}
+    return {**kept, "tasks": [str(Path(t).resolve()) for t in c.tasks], "words": words}
+
+
+def task_config(c: ContinualConfig, k: int) -> LoRATrainConfig:
+    """Task k's (1-based) run: LoRA of rank r on K and V, in OUT/task-k, resumed where its checkpoint is."""
+    out = Path(c.out) / f"task-{k}"
+    return LoRATrainConfig(data=c.tasks[k - 1], out=str(out), model=c.model, method="lora", rank=c.rank,
+                           targets=TARGETS, steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                           device=c.device, checkpoint_every=c.checkpoint_every, resume=(out / FILENAME).is_file())
+
+
+def train_sequence(c: ContinualConfig) -> dict:
+    """Train the tasks in order (finished ones kept, an interrupted one resumed exactly); returns {"tasks": each
+    finished task's result, "interrupted", "signal"}. Stops after a task that was stopped."""
+    if not c.tasks:
+        raise LatentlabError("no tasks: give at least one folder of captioned images")
+    words = task_words(c)
+    Path(c.out).mkdir(parents=True, exist_ok=True)
+    check_sequence(c, words)
+    results = []
+    for k, word in enumerate(words, start=1):
+        done = Path(c.out) / f"task-{k}" / DONE
+        if done.is_file():
+            results.append(read_json(done))
+            continue
+        earlier = [Path(c.out) / f"task-{i}" for i in range(1, k)]
+        result = ContinualTaskTrainer(task_config(c, k), earlier=earlier, word=word,
+                                      forget_weight=c.forget_weight).run()
+        if result["interrupted"]:
+            return {"tasks": results, "interrupted": True, "signal": result["signal"]}
+        atomic_write(done, json.dumps(result, indent=2) + "\n")
+        results.append(result)
+    return {"tasks": results, "interrupted": False, "signal": None}
+

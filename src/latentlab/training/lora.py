@@ -244,7 +244,7 @@ class LoRATrainer:
             pipe.unet.to(memory_format=torch.channels_last)  # contiguous, as a resumed run loads them
         self.parts = self.add_adapters()
         fast.install(*self.parts.values())  # the new adapter layers: LoRA's training nodes (fast/lora.py)
-        self.params = [p for part in self.parts.values() for p in trainable(part, DEFAULT_ADAPTER)]
+        self.params = self.trainable_tensors()
         self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
         self.unet = torch.compile(pipe.unet, mode=c.compile_mode) if c.compile else pipe.unet
@@ -280,6 +280,15 @@ class LoRATrainer:
             return {"unet": list(PREFIX_TARGETS), "text_encoder": list(PREFIX_TARGETS)}
         return {"unet": list(c.targets) + (list(UNET_CONVOLUTIONS) if c.unet_convolutions else []),
                 "text_encoder": list(TEXT_ENCODER)}
+
+    def trainable_tensors(self) -> list[torch.nn.Parameter]:
+        """What the optimiser steps: the new adapters' tensors."""
+        return [p for part in self.parts.values() for p in trainable(part, DEFAULT_ADAPTER)]
+
+    @property
+    def text_trains(self) -> bool:
+        """Whether a gradient flows through the text encoder (it holds something trained)."""
+        return "text_encoder" in self.parts
 
     @property
     def trainable_parameters(self) -> int:
@@ -335,9 +344,7 @@ class LoRATrainer:
 
     def save_checkpoint(self) -> None:
         self.finite.check(self.step)
-        tensors = {}
-        for name, part in self.parts.items():  # each kind's tensors (a prefix's with its MLP: not frozen yet)
-            tensors.update(prefixed(name, adapter_state_dict(part, DEFAULT_ADAPTER)))
+        tensors = self.trained_tensors()
         optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
         random_tensors, random_meta = rng_state({"noise": self.noise})
         meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity,
@@ -350,16 +357,27 @@ class LoRATrainer:
         step = saved_step(meta, path)
         meta["config"] = {**added_settings(), **meta_field(meta, "config", dict, path)}
         check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
-        with torch.no_grad():
-            for name, part in self.parts.items():
-                mine, saved = adapter_state_dict(part, DEFAULT_ADAPTER), unprefixed(name, tensors)
-                if mine.keys() != saved.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
-                    raise CheckpointError(f"{path}: its {name} adapters do not fit this run's")
-                for key, value in mine.items():
-                    value.copy_(saved[key])
+        self.restore_tensors(tensors, path)
         load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
         set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise}, path)
         self.step = step
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's trained tensors: each network's new adapters (a prefix's with its MLP: not frozen yet)."""
+        tensors = {}
+        for name, part in self.parts.items():
+            tensors.update(prefixed(name, adapter_state_dict(part, DEFAULT_ADAPTER)))
+        return tensors
+
+    @torch.no_grad()
+    def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        """`trained_tensors` back from a checkpoint's `tensors`."""
+        for name, part in self.parts.items():
+            mine, saved = adapter_state_dict(part, DEFAULT_ADAPTER), unprefixed(name, tensors)
+            if mine.keys() != saved.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
+                raise CheckpointError(f"{path}: its {name} adapters do not fit this run's")
+            for key, value in mine.items():
+                value.copy_(saved[key])
 
     # ------------------------------------------------------------------ one step
 
@@ -404,7 +422,7 @@ class LoRATrainer:
 
         pipe, dtype = self.pipe, self.pipe.dtype
         with autocast(self.device):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and "text_encoder" in self.parts):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trains):
                 context, mask = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions)
             terms = diffusion_loss(lambda x_t, t_: self.unet(x_t.to(dtype, memory_format=self.memory_format), t_,
                                                              context.to(dtype), mask),

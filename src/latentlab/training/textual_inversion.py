@@ -103,6 +103,11 @@ def caption_word(c: TextualInversionConfig) -> str | None:
     return word
 
 
+def with_token(text: str, word: str, token: str) -> str:
+    """`text` with the whole word `word` replaced by `token` wherever it stands."""
+    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", lambda _: token, text)
+
+
 class TextualInversionTrainer:
     """One run. `run()` trains to the end (or until stopped) and writes OUT/learned_embeds.safetensors."""
 
@@ -127,9 +132,7 @@ class TextualInversionTrainer:
 
     def caption(self, text: str) -> str:
         """A caption with the concept's word replaced by the token."""
-        if self.word is None:
-            return text
-        return re.sub(rf"(?<!\w){re.escape(self.word)}(?!\w)", lambda _: self.config.token, text)
+        return text if self.word is None else with_token(text, self.word, self.config.token)
 
     def check_captions(self) -> None:
         """Refuse data none of whose captions would hold the token: its vectors would get no gradient."""
