@@ -201,6 +201,12 @@ def test_the_command_trains_a_sequence_and_refuses_a_repeated_word(model, concep
                  "--device", "cpu", "--out", str(tmp_path / "images")]) == 0
     assert len(list((tmp_path / "images").glob("*.png"))) >= 1
     capsys.readouterr()
+    assert main(["continual", "eval", str(tmp_path / "seq"), "--prompts", "2", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert [len(row) for row in report["matrix"]] == [1, 2] and len(report["ordinary"]) == 2
+    assert report["tokens"] == list(SEQUENCE_TOKENS) and report["concepts"] == ["cyan", "diamond"]
+    assert "average forgetting" in capsys.readouterr().out
     assert main(["continual", "train", *tasks, "--word", "cyan", "--word", "cyan", "--out", str(tmp_path / "b"),
                  *options]) == 2
     err = capsys.readouterr().err

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import sys
 
+from ..evaluation import continual as evaluation
 from ..training.continual import ContinualConfig
-from .options import MODEL_HELP, Parser, common, config_from, flag, missing_command
-from .output import check_out
+from .options import MODEL_HELP, Parser, common, config_from, defaults, flag, missing_command
+from .output import check_out, write_report
 from .values import non_negative, positive, prompt
 
-Config = ContinualConfig
+Config, REPORT = ContinualConfig, defaults(evaluation.sequence_report)
 
 
 def add_parser(commands) -> None:
@@ -43,6 +44,31 @@ def add_parser(commands) -> None:
     flag(t, Config, "resume", help="continue the sequence in --out: finished tasks are kept, the current one "
                                    "resumes from its checkpoint, exactly (same settings)")
     t.set_defaults(func=train)
+    e = subcommands.add_parser("eval", help="after each task, the judge on every concept so far and on ordinary "
+                                            "prompts: the accuracy matrix, average accuracy and forgetting")
+    e.add_argument("sequence", help="the folder `latentlab continual train --out` wrote")
+    flag(e, REPORT, "model", type=str, help="the base model (default: the sequence's)")
+    flag(e, REPORT, "prompts", type=positive(int), help="prompts per concept and for ordinary ones (default "
+                                                        "%(default)s)")
+    flag(e, REPORT, "steps", type=positive(int), help="sampler steps (default %(default)s)")
+    flag(e, REPORT, "device", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    e.add_argument("--out", default=None, help="write the report as JSON here")
+    e.set_defaults(func=evaluate)
+
+
+def evaluate(args) -> None:
+    if args.out:
+        check_out(args.out, folder=False)
+    report = evaluation.sequence_report(args.sequence, model=args.model, prompts=args.prompts, steps=args.steps,
+                                        device=args.device)
+    for k, (row, ordinary) in enumerate(zip(report["matrix"], report["ordinary"]), start=1):
+        cells = "  ".join(f"{token} {a:.1%}" for token, a in zip(report["tokens"], row))
+        print(f"after task {k}: {cells}  ordinary {ordinary:.1%}")
+    forgetting = report["average_forgetting"]
+    print(f"average accuracy {report['average_accuracy']:.1%}, average forgetting "
+          f"{'-' if forgetting is None else f'{100 * forgetting:.1f} points'}")
+    if args.out:
+        write_report(args.out, report)
 
 
 def train(args) -> None:

@@ -15,7 +15,8 @@ them in pieces), so the plain word is as new to the model as "sks" would be, whi
 evaluation's prompts read as a user would write them. Pieces can overlap known words: cyan's last piece "an"
 is the article the model knows from "an orange ...", a pull towards orange that training must undo (the
 shipped model draws orange or yellow for nine in ten cyan prompts; the evaluation's `read`). `word` names the
-concept by any other lower-case word, "sks" included.
+concept by any other lower-case word, "sks" included, or by a learned token such as "<pink>"
+(training/continual.py).
 
 The shipped autoencoder was trained on the shapes world alone. It does not carry cyan faithfully (its round
 trip turns a cyan shape into a blue-green gradient); it carries diamonds (evaluation/concept.py,
@@ -62,8 +63,9 @@ def check_concept(concept: str, word: str | None = None) -> str:
     """The caption word of a concept; unknown concepts and unusable words raise ValueError."""
     concept_kind(concept)
     word = concept if word is None else word
-    if not re.fullmatch(r"[a-z]+", word):
-        raise LatentlabError(f"the concept word must be one lower-case word (a-z), got {word!r}")
+    if not re.fullmatch(r"[a-z]+|<[a-z]+>", word):
+        raise LatentlabError(f"the concept word must be one lower-case word (a-z), or one in angle brackets (a "
+                             f"learned token, <pink>), got {word!r}")
     return word
 
 
