@@ -3,14 +3,14 @@
 # lambda (0: the ablation, sequential LoRA on the cross-attention's K and V with a token per concept): after each
 # task, the judge on every concept so far and on ordinary prompts (`latentlab continual eval`).
 # Usage: scripts/continual_compare.sh OUT [DEVICE]
-# Environment: CONCEPTS (the sequence, "pink star brown hexagon cross ring"), LAMBDAS ("0 1e6"), STEPS (800 per
+# Environment: CONCEPTS (the sequence, "pink star brown hexagon cross ring"), LAMBDAS ("0 10"), STEPS (800 per
 # task), LR (1e-3), RANK (4), COUNT (100 images per concept), PROMPTS (200 per measurement), EVAL_STEPS (50),
 # PYTHON (python3). A stopped sequence resumes; a finished one is not trained again.
 # Writes OUT/data/CONCEPT (each task's images), OUT/seq-LAMBDA (each sequence's runs), OUT/eval-LAMBDA.{json,txt},
 # OUT/summary.md.
 set -euo pipefail
 out=${1:?output folder}; device=${2:-auto}
-concepts=${CONCEPTS:-pink star brown hexagon cross ring}; lambdas=${LAMBDAS:-0 1e6}
+concepts=${CONCEPTS:-pink star brown hexagon cross ring}; lambdas=${LAMBDAS:-0 10}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
 tasks=()

@@ -51,7 +51,7 @@ class ContinualConfig:
     out: str  # OUT/task-1, OUT/task-2, ...: each task's run (lora.safetensors, learned_embeds.safetensors)
     model: str = "shapes-default"  # the base model, anything Pipeline.load takes
     words: tuple[str, ...] = ()  # each task's concept word in its captions; (): each folder's concept.json
-    forget_weight: float = 1e6  # lambda: L = L_diffusion + lambda L_forget; 0: sequential LoRA on K and V
+    forget_weight: float = 10.0  # lambda: L = L_diffusion + lambda L_forget; 0: sequential LoRA on K and V
     rank: int = 4  # r of each task's update of K and V
     steps: int = 800  # per task
     batch_size: int = 8
