@@ -183,6 +183,11 @@ def test_bad_sequences_are_refused_in_one_line(model, concept_folders, whole, tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(LatentlabError, match="no concept.json"):
         train_sequence(sequence(model, [tmp_path / "empty"], tmp_path / "b"))
+    with pytest.raises(LatentlabError, match="no images in"):
+        train_sequence(sequence(model, [tmp_path / "empty"], tmp_path / "c", words=("pink",)))
+    with pytest.raises(LatentlabError, match="no caption of .* holds the word 'pink'"):
+        train_sequence(sequence(model, concept_folders[:1], tmp_path / "d", words=("pink",)))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # nothing written
     with pytest.raises(LatentlabError, match="another sequence's"):
         train_sequence(sequence(model, concept_folders[:1], out, resume=True))
     with pytest.raises(LatentlabError, match="already holds a sequence"):

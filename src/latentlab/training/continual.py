@@ -101,10 +101,6 @@ class ContinualTaskTrainer(LoRATrainer):
     def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, forget_weight: float):
         self.earlier, self.word, self.token, self.forget_weight = earlier, word, token_of(word), forget_weight
         super().__init__(config)
-        captions = getattr(self.data, "captions", None)
-        if captions is not None and not any(with_token(text, word, self.token) != text for text in captions):
-            raise LatentlabError(f"no caption of {config.data} holds the word {word!r}; give the captions' word "
-                                 "for the concept")
 
     def add_adapters(self) -> dict[str, nn.Module]:
         pipe, names = self.pipe, []
@@ -182,6 +178,18 @@ def _manifest_word(folder: Path) -> str:
     return word
 
 
+def check_tasks(c: ContinualConfig, words: list[str]) -> None:
+    """Every task folder holds captioned images whose captions name its concept: checked before anything is
+    written, so that a bad folder leaves no sequence behind."""
+    from ..data.folder import ImageFolder
+
+    for folder, word in zip(c.tasks, words):
+        captions = ImageFolder(folder, log=lambda _: None).captions
+        if not any(with_token(text, word, token_of(word)) != text for text in captions):
+            raise LatentlabError(f"no caption of {folder} holds the word {word!r}; give the captions' word for "
+                                 "the concept")
+
+
 def check_sequence(c: ContinualConfig, words: list[str]) -> None:
     """A new sequence starts in a folder that holds none; a resumed one continues the sequence of its settings."""
     path, settings = Path(c.out) / SEQUENCE, _settings(c, words)
@@ -217,6 +225,7 @@ def train_sequence(c: ContinualConfig) -> dict:
     if not c.tasks:
         raise LatentlabError("no tasks: give at least one folder of captioned images")
     words = task_words(c)
+    check_tasks(c, words)
     Path(c.out).mkdir(parents=True, exist_ok=True)
     check_sequence(c, words)
     results = []
