@@ -281,7 +281,7 @@ class LoRATrainer:
         return {"unet": list(c.targets) + (list(UNET_CONVOLUTIONS) if c.unet_convolutions else []),
                 "text_encoder": list(TEXT_ENCODER)}
 
-    def trainable_tensors(self) -> list[torch.nn.Parameter]:
+    def trainable_tensors(self) -> list[nn.Parameter]:
         """What the optimiser steps: the new adapters' tensors."""
         return [p for part in self.parts.values() for p in trainable(part, DEFAULT_ADAPTER)]
 
