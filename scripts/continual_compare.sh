@@ -4,7 +4,8 @@
 # task, the judge on every concept so far and on ordinary prompts (`latentlab continual eval`).
 # Usage: scripts/continual_compare.sh OUT [DEVICE]
 # Environment: CONCEPTS (the sequence, "pink star brown hexagon cross ring"), LAMBDAS ("0 10"), STEPS (800 per
-# task), LR (1e-3), RANK (4), COUNT (100 images per concept), PROMPTS (200 per measurement), EVAL_STEPS (50),
+# task), LR (1e-3, for K and V), TOKEN_LR (5e-3), RANK (4), COUNT (100 images per concept), PROMPTS (200 per
+# measurement), EVAL_STEPS (50),
 # PYTHON (python3). A stopped sequence resumes; a finished one is not trained again.
 # Writes OUT/data/CONCEPT (each task's images), OUT/seq-LAMBDA (each sequence's runs), OUT/eval-LAMBDA.{json,txt},
 # OUT/summary.md.
@@ -23,7 +24,7 @@ for lambda in $lambdas; do
     seq="$out/seq-$lambda"
     resume=(); [ ! -f "$seq/sequence.json" ] || resume=(--resume)
     $py -m latentlab continual train "${tasks[@]}" --out "$seq" --forget-weight "$lambda" --steps "${STEPS:-800}" \
-        --lr "${LR:-1e-3}" --rank "${RANK:-4}" --device "$device" "${resume[@]}" 2> "$seq.log" > "$seq.json"
+        --lr "${LR:-1e-3}" --token-lr "${TOKEN_LR:-5e-3}" --rank "${RANK:-4}" --device "$device" "${resume[@]}" 2> "$seq.log" > "$seq.json"
     [ -f "$out/eval-$lambda.json" ] || $py -m latentlab continual eval "$seq" --prompts "${PROMPTS:-200}" \
         --steps "${EVAL_STEPS:-50}" --device "$device" --out "$out/eval-$lambda.json" 2> "$out/eval-$lambda.log" \
         | tee "$out/eval-$lambda.txt"

@@ -133,6 +133,20 @@ def test_each_task_writes_its_update_of_k_and_v_and_its_token(model, whole):
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_the_token_trains_at_a_rate_of_its_own(model, concept_folders, tmp_path):
+    from latentlab.training.continual import task_config
+
+    c = sequence(model, concept_folders, tmp_path / "seq", lr=1e-3, token_lr=5e-3)
+    trainer = ContinualTaskTrainer(task_config(c, 1), earlier=[], word="cyan", forget_weight=0.0, token_lr=5e-3)
+    groups = trainer.optimizer.param_groups
+    assert [g["base_lr"] for g in groups] == [1e-3, 5e-3] and groups[1]["params"] == [trainer.vectors]
+    assert len(groups[0]["params"]) == len(trainer.params) - 1
+    assert all(p is not trainer.vectors for p in groups[0]["params"])
+    trainer.train_step(0)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 / 50, 5e-3 / 50])  # the warm-up's first step
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_the_second_task_is_penalised_by_the_first_and_lambda_keeps_them_apart(model, concept_folders, whole,
                                                                                   tmp_path):
     """lambda = 0 (the ablation) against 1e6: task 2's update overlaps task 1's far less with the penalty."""

@@ -38,7 +38,8 @@ def add_parser(commands) -> None:
     flag(t, Config, "rank", type=positive(int), help="r of each task's update (default %(default)s)")
     flag(t, Config, "steps", type=positive(int), help="steps per task (default %(default)s)")
     flag(t, Config, "batch_size", type=positive(int), help="images per step (default %(default)s)")
-    flag(t, Config, "lr", type=positive(float), help="AdamW's learning rate (default %(default)s)")
+    flag(t, Config, "lr", type=positive(float), help="AdamW's learning rate for K and V (default %(default)s)")
+    flag(t, Config, "token_lr", type=positive(float), help="the token's learning rate (default %(default)s)")
     flag(t, Config, "checkpoint_every", type=positive(int),
          help="write the current task's resumable checkpoint every N steps; SIGTERM and Ctrl-C also write it")
     flag(t, Config, "resume", help="continue the sequence in --out: finished tasks are kept, the current one "

@@ -55,7 +55,8 @@ class ContinualConfig:
     rank: int = 4  # r of each task's update of K and V
     steps: int = 800  # per task
     batch_size: int = 8
-    lr: float = 1e-3  # AdamW's, for the update and the token alike
+    lr: float = 1e-3  # AdamW's, for the update of K and V
+    token_lr: float = 5e-3  # the token's (textual inversion's rate): at lr it moves too little (records/continual)
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 500  # each task's resumable checkpoint, every N steps (SIGTERM and Ctrl-C too)
@@ -98,8 +99,10 @@ class ContinualTaskTrainer(LoRATrainer):
     token (from a random embedding, as the paper starts) trained together, with lambda L_forget added to the
     loss. Writes OUT/lora.safetensors (the update) and OUT/learned_embeds.safetensors (the token)."""
 
-    def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, forget_weight: float):
+    def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, forget_weight: float,
+                 token_lr: float):
         self.earlier, self.word, self.token, self.forget_weight = earlier, word, token_of(word), forget_weight
+        self.token_lr = token_lr
         super().__init__(config)
 
     def add_adapters(self) -> dict[str, nn.Module]:
@@ -120,6 +123,10 @@ class ContinualTaskTrainer(LoRATrainer):
 
     def trainable_tensors(self) -> list[nn.Parameter]:
         return super().trainable_tensors() + [self.vectors]
+
+    def param_groups(self) -> list[dict]:
+        update = [p for p in self.params if p is not self.vectors]
+        return [{"params": update, "base_lr": self.config.lr}, {"params": [self.vectors], "base_lr": self.token_lr}]
 
     @property
     def text_trains(self) -> bool:
@@ -235,8 +242,8 @@ def train_sequence(c: ContinualConfig) -> dict:
             results.append(read_json(done))
             continue
         earlier = [Path(c.out) / f"task-{i}" for i in range(1, k)]
-        result = ContinualTaskTrainer(task_config(c, k), earlier=earlier, word=word,
-                                      forget_weight=c.forget_weight).run()
+        result = ContinualTaskTrainer(task_config(c, k), earlier=earlier, word=word, forget_weight=c.forget_weight,
+                                      token_lr=c.token_lr).run()
         if result["interrupted"]:
             return {"tasks": results, "interrupted": True, "signal": result["signal"]}
         atomic_write(done, json.dumps(result, indent=2) + "\n")

@@ -245,7 +245,7 @@ class LoRATrainer:
         self.parts = self.add_adapters()
         fast.install(*self.parts.values())  # the new adapter layers: LoRA's training nodes (fast/lora.py)
         self.params = self.trainable_tensors()
-        self.optimizer = adamw(self.params, c.lr, c.weight_decay, device)
+        self.optimizer = adamw(self.param_groups(), c.lr, c.weight_decay, device)
         pipe.unet.enable_gradient_checkpointing(c.gradient_checkpointing)
         self.unet = torch.compile(pipe.unet, mode=c.compile_mode) if c.compile else pipe.unet
         self.alphas_cumprod = pipe.diffusion.alphas_cumprod().to(device)
@@ -284,6 +284,10 @@ class LoRATrainer:
     def trainable_tensors(self) -> list[nn.Parameter]:
         """What the optimiser steps: the new adapters' tensors."""
         return [p for part in self.parts.values() for p in trainable(part, DEFAULT_ADAPTER)]
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups, each with its peak learning rate (`base_lr`): one, at lr."""
+        return [{"params": self.params, "base_lr": self.config.lr}]
 
     @property
     def text_trains(self) -> bool:
@@ -435,7 +439,7 @@ class LoRATrainer:
     def train_step(self, step: int) -> torch.Tensor:
         c = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(step, c.lr, c.warmup)
+            group["lr"] = learning_rate(step, group.get("base_lr", c.lr), c.warmup)
         torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA graphs (reduce-overhead); else nothing
         loss = self.loss(*self.batch(step))
         loss.backward()
