@@ -18,6 +18,7 @@ from ..data.concept import MANIFEST
 from ..errors import LatentlabError
 from ..io import read_json
 from ..pipeline import Pipeline
+from ..training.continual import DONE, SEQUENCE, load_task
 from .adherence import prompt_adherence
 from .concept import concept_accuracy
 
@@ -40,34 +41,30 @@ def sequence_tasks(out: str | Path) -> list[dict]:
     """The finished tasks of the sequence in `out`, in order: each task's folder, token and concept (from its
     data folder's concept.json)."""
     out, tasks = Path(out), []
-    while (out / f"task-{len(tasks) + 1}" / "done.json").is_file():
+    if not (out / SEQUENCE).is_file():
+        raise LatentlabError(f"{out} holds no sequence ({SEQUENCE} is missing): give a folder `latentlab "
+                             "continual train --out` wrote")
+    settings = read_json(out / SEQUENCE)
+    while (out / f"task-{len(tasks) + 1}" / DONE).is_file():
         folder = out / f"task-{len(tasks) + 1}"
-        done, settings = read_json(folder / "done.json"), read_json(out / "sequence.json")
         data = Path(settings["tasks"][len(tasks)])
-        tasks.append({"folder": folder, "token": done["token"], "concept": read_json(data / MANIFEST)["concept"]})
+        tasks.append({"folder": folder, "token": read_json(folder / DONE)["token"],
+                      "concept": read_json(data / MANIFEST)["concept"]})
     if not tasks:
-        raise LatentlabError(f"{out} holds no finished task of a sequence (task-1/done.json)")
+        raise LatentlabError(f"{out} holds no finished task of a sequence (task-1/{DONE})")
     return tasks
-
-
-def with_tasks(model: str, tasks: list[dict], device: str) -> Pipeline:
-    """The base model with these tasks' updates and tokens loaded, each update at multiplier 1."""
-    pipe = Pipeline.load(model, device=device)
-    for k, task in enumerate(tasks, start=1):
-        pipe.load_lora(task["folder"] / "lora.safetensors", name=f"task{k}")
-        pipe.load_textual_inversion(task["folder"] / "learned_embeds.safetensors")
-    return pipe
 
 
 def sequence_report(out: str | Path, *, model: str | None = None, prompts: int = 200, steps: int = 50,
                     device: str = "auto", callback=None) -> dict:
     """After each task: accuracy on every concept so far and on ordinary prompts; the matrix, A_T and F_T.
-    `model`: the sequence's base model (default: the one it was trained on)."""
+    `model`: the sequence's base model (default: the one it was trained on). Task k is loaded onto the model
+    that holds tasks 1 .. k - 1, each update at multiplier 1."""
     tasks = sequence_tasks(out)
-    model = model or read_json(Path(out) / "sequence.json")["model"]
+    pipe = Pipeline.load(model or read_json(Path(out) / SEQUENCE)["model"], device=device)
     matrix, ordinary = [], []
     for k in range(1, len(tasks) + 1):
-        pipe = with_tasks(model, tasks[:k], device)
+        load_task(pipe, tasks[k - 1]["folder"], f"task{k}")
         matrix.append([concept_accuracy(pipe, concept=t["concept"], word=t["token"], prompts=prompts, steps=steps,
                                         round_trip=False, callback=callback)["accuracy"]["all"] for t in tasks[:k]])
         ordinary.append(prompt_adherence(pipe, prompts=prompts, steps=steps)["accuracy"]["all"])

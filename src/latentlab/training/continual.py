@@ -35,10 +35,10 @@ from ..data.concept import MANIFEST
 from ..errors import LatentlabError
 from ..io import atomic_write, read_json
 from ..io.textual_inversion import save_textual_inversion
-from .lora import LoRATrainConfig, LoRATrainer
+from .lora import LORA_FILENAME, LoRATrainConfig, LoRATrainer
 from .loop import check_numbers
 from .state import FILENAME, digest
-from .textual_inversion import EMBEDDING_FILENAME, with_token
+from .textual_inversion import EMBEDDING_FILENAME, manifest_word, with_token
 
 TARGETS = ("attn2.to_k", "attn2.to_v")  # the U-Net's cross-attention K and V projections (the paper's)
 SEQUENCE = "sequence.json"  # OUT/sequence.json: the settings a resumed sequence must share
@@ -89,6 +89,14 @@ def forgetting_penalty(unet: nn.Module, past: dict[str, torch.Tensor], adapter: 
     return torch.stack(terms).sum()
 
 
+def load_task(pipe, folder: Path, name: str) -> str:
+    """A finished task's update of K and V (as adapter `name`, at multiplier 1) and its token into `pipe`;
+    returns the adapter's name."""
+    name = pipe.load_lora(folder / LORA_FILENAME, name=name)
+    pipe.load_textual_inversion(folder / EMBEDDING_FILENAME)
+    return name
+
+
 def token_of(word: str) -> str:
     """The learned token that stands for a task's concept in prompts: <word>."""
     return f"<{word}>"
@@ -106,10 +114,8 @@ class ContinualTaskTrainer(LoRATrainer):
         super().__init__(config)
 
     def add_adapters(self) -> dict[str, nn.Module]:
-        pipe, names = self.pipe, []
-        for k, folder in enumerate(self.earlier, start=1):
-            names.append(pipe.load_lora(folder / "lora.safetensors", name=f"task{k}"))
-            pipe.load_textual_inversion(folder / EMBEDDING_FILENAME)
+        pipe = self.pipe
+        names = [load_task(pipe, folder, f"task{k}") for k, folder in enumerate(self.earlier, start=1)]
         if names:
             pipe.merge_lora()
         self.past = summed_updates(pipe.unet, names)
@@ -176,12 +182,9 @@ def task_words(c: ContinualConfig) -> list[str]:
 
 
 def _manifest_word(folder: Path) -> str:
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
+    word = manifest_word(folder)
+    if word is None:
         raise LatentlabError(f"{folder} has no {MANIFEST}; give each task's concept word (words)")
-    word = read_json(manifest).get("word")
-    if not isinstance(word, str) or not word:
-        raise LatentlabError(f"{manifest}: its 'word' is {word!r}; expected the concept's word in the captions")
     return word
 
 

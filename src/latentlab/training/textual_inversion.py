@@ -94,9 +94,16 @@ def check_config(c: TextualInversionConfig) -> TextualInversionConfig:
 
 def caption_word(c: TextualInversionConfig) -> str | None:
     """The captions' word for the concept: `word`, else the word a concept folder's concept.json names."""
-    manifest = Path(c.data) / MANIFEST
-    if c.word is not None or c.data in NAMED or not manifest.is_file():
+    if c.word is not None or c.data in NAMED:
         return c.word
+    return manifest_word(Path(c.data))
+
+
+def manifest_word(folder: Path) -> str | None:
+    """The concept word the concept.json of `folder` names (data/concept.py writes it); None without one."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None
     word = read_json(manifest).get("word")
     if not isinstance(word, str) or not word:
         raise CheckpointError(f"{manifest}: its 'word' is {word!r}; expected the concept's word in the captions")
