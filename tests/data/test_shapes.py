@@ -78,3 +78,26 @@ def test_bad_arguments_are_refused():
         ShapesDataset(image_size=48)
     with pytest.raises(ValueError, match="accepted: train, test, heldout"):
         ShapesDataset(split="validation")
+
+
+def test_the_wide_world_mixes_the_new_concepts_into_the_same_stream():
+    """shapes-wide (for autoencoders): about p_new of the objects take a new colour, and as many a new shape;
+    the scenes are otherwise the world's, two objects keep distinct colours, and p_new = 0 is the world itself."""
+    from latentlab.data.shapes import NEW_COLOURS, NEW_SHAPES
+    from latentlab.data.sources import WIDE_P_NEW, open_dataset
+
+    wide, plain = open_dataset("shapes-wide"), ShapesDataset()
+    objects = new_colours = new_shapes = 0
+    for i in range(1000):
+        (scene, text), (base, _) = wide.example(i), plain.example(i)
+        assert [(o.size, o.position) for o in scene.objects] == [(o.size, o.position) for o in base.objects]
+        assert len({o.colour for o in scene.objects}) == len(scene.objects)
+        for o in scene.objects:
+            objects += 1
+            new_colours += o.colour in NEW_COLOURS
+            new_shapes += o.shape in NEW_SHAPES
+            assert o.colour in text and o.shape in text
+    assert abs(new_colours / objects - WIDE_P_NEW) < 0.05 and abs(new_shapes / objects - WIDE_P_NEW) < 0.05
+    assert all(ShapesDataset(p_new=0.0).example(i) == plain.example(i) for i in range(50))
+    with pytest.raises(ValueError, match="p_new"):
+        ShapesDataset(p_new=1.5)

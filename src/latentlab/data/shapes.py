@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -191,6 +192,20 @@ def sample_scene(rng: random.Random, split: str = "train", p_two: float = 0.35) 
     return Scene(objects, relation, jitter)
 
 
+def widen(scene: Scene, rng: random.Random, p_new: float) -> Scene:
+    """The scene with each object's colour, and independently its shape, replaced by a new one (NEW_COLOURS,
+    NEW_SHAPES) with probability p_new each; two objects keep distinct colours. For autoencoders only
+    ("shapes-wide", data/sources.py): an autoencoder should carry any colour and shape, as SD's carries what its
+    U-Net never learned to draw; a diffusion model trained on it would no longer find the concepts new."""
+    objects = []
+    for obj in scene.objects:
+        taken = {o.colour for o in objects}
+        colour = rng.choice([c for c in NEW_COLOURS if c not in taken]) if rng.random() < p_new else obj.colour
+        shape = rng.choice(NEW_SHAPES) if rng.random() < p_new else obj.shape
+        objects.append(dataclasses.replace(obj, colour=colour, shape=shape))
+    return dataclasses.replace(scene, objects=tuple(objects))
+
+
 def scene_rng(seed: int, index: int, split: str = "train") -> random.Random:
     """The random stream of one example: fixed by (seed, split, index)."""
     return random.Random((seed * 3 + _SPLIT_STREAM[split]) * 1_000_003_007 + index)
@@ -340,19 +355,23 @@ class ShapesDataset:
     """
 
     def __init__(self, *, seed: int = 0, split: str = "train", image_size: int = 32, p_two: float = 0.35,
-                 canonical_captions: bool = False):
+                 canonical_captions: bool = False, p_new: float = 0.0):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
         if image_size not in (32, 64):
             raise ValueError(f"image size {image_size} is not supported; accepted: 32, 64")
         if not 0.0 <= p_two <= 1.0:
             raise ValueError(f"p_two is a probability; got {p_two}")
+        if not 0.0 <= p_new <= 1.0:
+            raise ValueError(f"p_new is a probability; got {p_new}")
         self.seed, self.split, self.image_size, self.p_two = seed, split, image_size, p_two
-        self.canonical_captions = canonical_captions
+        self.canonical_captions, self.p_new = canonical_captions, p_new
 
     def example(self, index: int) -> tuple[Scene, str]:
         rng = scene_rng(self.seed, index, self.split)
         scene = sample_scene(rng, self.split, self.p_two)
+        if self.p_new:  # after the scene, so that p_new = 0 leaves the world's stream as it was
+            scene = widen(scene, rng, self.p_new)
         return scene, caption(scene, None if self.canonical_captions else rng)
 
     def batch(self, start: int, n: int, device: torch.device | str = "cpu"):

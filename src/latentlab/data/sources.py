@@ -1,5 +1,8 @@
-"""The data sets a run can name: `--data shapes | fashion-mnist | mnist | FOLDER`, where a folder holds
-captioned images (data/folder.py) or latents cached by `latentlab cache-latents` (data/latents.py)."""
+"""The data sets a run can name: `--data shapes | shapes-wide | fashion-mnist | mnist | FOLDER`, where a folder
+holds captioned images (data/folder.py) or latents cached by `latentlab cache-latents` (data/latents.py).
+shapes-wide is the shapes world with a quarter of the colours and shapes replaced by the concepts of
+data/concept.py: for training autoencoders that carry the concepts, never for the diffusion models that are
+to be taught them afterwards."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 from ..errors import LatentlabError
 from .dataset import CaptionedImages
 
-NAMED = ("shapes", "fashion-mnist", "mnist")
+NAMED = ("shapes", "shapes-wide", "fashion-mnist", "mnist")
+WIDE_P_NEW = 0.25  # shapes-wide: the chance of a new colour, and of a new shape, for each object
 
 
 def open_dataset(spec: str, *, image_size: int = 32, seed: int = 0, split: str = "train",
@@ -19,6 +23,10 @@ def open_dataset(spec: str, *, image_size: int = 32, seed: int = 0, split: str =
         from .shapes import ShapesDataset
 
         return ShapesDataset(seed=seed, split=split, image_size=image_size, **options)
+    if spec == "shapes-wide":  # for autoencoders: the world with the concepts of data/concept.py mixed in
+        from .shapes import ShapesDataset
+
+        return ShapesDataset(seed=seed, split=split, image_size=image_size, **{"p_new": WIDE_P_NEW, **options})
     if spec == "fashion-mnist":
         from .mnist import fashion_mnist
 
