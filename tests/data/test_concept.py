@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from latentlab.data.concept import ConceptDataset, main, write_concept_folder
+from latentlab.data.concept import ConceptDataset, ConceptPairDataset, main, write_concept_folder
 from latentlab.data.folder import ImageFolder
 from latentlab.data.judge import judge, score
 from latentlab.data.shapes import COLOURS, NEW_COLOURS, NEW_SHAPES, SHAPES, ShapesDataset, caption_corpus, render
 from latentlab.errors import LatentlabError
+from latentlab.evaluation.concept import judge_options
 
 
 # The renders of these streams, stored as 8-bit PNGs (tests/data/reference/) when shapes.py was checked to give
@@ -302,3 +304,66 @@ def test_the_judge_knowing_every_concept_reads_the_ordinary_split_as_before():
         assert sum(d.shape in NEW_SHAPES or d.colour in NEW_COLOURS for ds in every for d in ds) <= 3
         before = sum(score(s, judge(x))["all"] for s, x in zip(scenes, batch))
         assert abs(sum(score(s, ds)["all"] for s, ds in zip(scenes, every)) - before) <= 3
+
+
+# ---------------------------------------------------------------- a new colour and a new shape in one object
+
+
+def test_pair_streams_are_deterministic_and_apart():
+    a = ConceptPairDataset(colour="pink", shape="star").batch(0, 16)
+    b = ConceptPairDataset(colour="pink", shape="star").batch(0, 16)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+    test = [ConceptPairDataset(colour="pink", shape="star").example(i)[1] for i in range(50)]
+    assert test != [ConceptPairDataset(colour="pink", shape="star", split="train").example(i)[1] for i in range(50)]
+    assert test != [ConceptPairDataset(colour="pink", shape="star", seed=1).example(i)[1] for i in range(50)]
+
+
+@pytest.mark.parametrize("colour", NEW_COLOURS)
+@pytest.mark.parametrize("shape", NEW_SHAPES)
+def test_pair_scenes_hold_the_pair_and_name_both_words(colour, shape):
+    examples = [ConceptPairDataset(colour=colour, shape=shape, seed=3).example(i) for i in range(200)]
+    objects = [scene.objects[0] for scene, _ in examples]
+    assert all(len(s.objects) == 1 for s, _ in examples)
+    assert {(o.colour, o.shape) for o in objects} == {(colour, shape)}
+    assert len({(o.size, o.position) for o in objects}) == 2 * 5
+    assert all(colour in text and shape in text for _, text in examples) and len({t for _, t in examples}) > 50
+
+
+def test_pair_captions_name_learned_tokens():
+    words = {"pink": "<pink>", "star": "<star>"}
+    texts = [ConceptPairDataset(colour="pink", shape="star", words=words).example(i)[1] for i in range(100)]
+    assert all("<pink>" in t and "<star>" in t and "pink " not in t and " star" not in t for t in texts)
+    one = [ConceptPairDataset(colour="pink", shape="star", words={"star": "sks"}).example(i)[1] for i in range(100)]
+    assert all("pink" in t and "sks" in t and "star" not in t for t in one)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"colour": "red"}, "a concept pair's colour must be a new colour, got 'red'; accepted: cyan, pink, brown"),
+    ({"colour": "star"}, "a concept pair's colour must be a new colour, got 'star'"),
+    ({"shape": "circle"}, "a concept pair's shape must be a new shape, got 'circle'; accepted: diamond, star, "),
+    ({"shape": "cyan"}, "a concept pair's shape must be a new shape, got 'cyan'"),
+    ({"words": {"cyan": "x"}}, "words name the pair's colour and shape only, got 'cyan'; accepted: 'pink', 'star'"),
+    ({"words": {"pink": "Pink"}}, "one lower-case word"),
+    ({"words": {"pink": "x", "star": "x"}}, "the colour and the shape need different words, got 'x' for both"),
+    ({"split": "heldout"}, "unknown concept split"),
+    ({"image_size": 48}, "image size 48"),
+])
+def test_bad_pairs_raise(kwargs, message):
+    with pytest.raises(LatentlabError, match=re.escape(message)) as error:
+        ConceptPairDataset(**{"colour": "pink", "shape": "star", **kwargs})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_judge_reads_every_pair_on_renders(size):
+    """Every (new colour, new shape) pair on 100 fresh renders, read by the judge with the palette plus the colour
+    and the shapes plus the shape (evaluation/concept.py): right on colour and shape together at least 99 times.
+    The closest to the bound is a brown hexagon at 32 pixels: over 2000 renders 99.3% (small ones 98.7%; the
+    rest read as circles, the dark colour's faint edge falling under the foreground threshold); these 100 all read
+    right."""
+    for colour in NEW_COLOURS:
+        for shape in NEW_SHAPES:
+            images, _, scenes = ConceptPairDataset(colour=colour, shape=shape, seed=5, image_size=size).batch(0, 100)
+            options = judge_options([colour, shape])
+            results = [score(s, judge(x, **options)) for s, x in zip(scenes, images)]
+            assert sum(r["colour"] and r["shape"] for r in results) >= 99, (colour, shape)

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from latentlab.cli import main
-from latentlab.data.concept import ConceptDataset
-from latentlab.data.shapes import COLOURS, NEW_COLOURS, render
-from latentlab.evaluation.concept import concept_accuracy, concept_judge_options, read_concept
+from latentlab.data.concept import ConceptDataset, ConceptPairDataset
+from latentlab.data.shapes import COLOURS, NEW_COLOURS, SHAPES, render
+from latentlab.errors import LatentlabError
+from latentlab.evaluation.concept import (concept_accuracy, concept_judge_options, judge_options, pair_accuracy,
+                                         read_concept, read_concepts)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the judge works on tiny tensors
@@ -108,6 +110,69 @@ def test_concept_accuracy_on_a_real_pipeline(tiny_pipeline):
     report = concept_accuracy(tiny_pipeline, prompts=3, steps=2, word="sks")
     assert report["word"] == "sks" and set(report["vae_round_trip"]) == set(report["accuracy"])
     assert abs(sum(report["read"].values()) - 1) < 1e-9
+
+
+# ---------------------------------------------------------------- a new colour and a new shape at once
+
+
+def test_the_judge_options_of_a_pair_extend_the_palette_and_the_shapes():
+    assert judge_options(["pink", "star"]) == {"palette": {**COLOURS, "pink": NEW_COLOURS["pink"]},
+                                               "shapes": (*SHAPES, "star")}
+    assert judge_options(["cyan"]) == concept_judge_options("cyan")
+
+
+def test_ground_truth_of_a_pair_scores_nearly_perfect():
+    images, _, scenes = ConceptPairDataset(colour="pink", shape="star", seed=1234).batch(0, 100)
+    report = read_concepts(scenes, images, ["pink", "star"])
+    assert report["read"] == {"colour": {"pink": 1.0}, "shape": {"star": 1.0}}
+    assert report["accuracy"]["all"] >= 0.95 and len(report["passed"]) == 100
+
+
+def test_a_palette_shape_drawn_for_a_pair_is_read_as_such():
+    _, _, scenes = ConceptPairDataset(colour="brown", shape="ring", seed=1234).batch(0, 50)
+    circles = [replace(s, objects=(replace(s.objects[0], shape="circle"),)) for s in scenes]
+    report = read_concepts(scenes, render(circles), ["brown", "ring"])
+    assert report["read"]["shape"] == {"circle": 1.0} and report["read"]["colour"] == {"brown": 1.0}
+    assert report["accuracy"]["shape"] == 0.0 and report["accuracy"]["colour"] == 1.0
+
+
+class PairGroundTruth(GroundTruth):
+    """The stand-in pipeline for a pair's prompts."""
+
+    def __init__(self, colour, shape, words=None, seed=1234):
+        super().__init__(seed=seed)
+        self.data = ConceptPairDataset(colour=colour, shape=shape, seed=seed, words=words)
+
+
+def test_pair_accuracy_report():
+    pipe = PairGroundTruth("cyan", "hexagon", {"cyan": "<cyan>"})
+    report = pair_accuracy(pipe, colour="cyan", shape="hexagon", words={"cyan": "<cyan>"}, prompts=70, batch_size=32)
+    assert pipe.prompts == [ConceptPairDataset(colour="cyan", shape="hexagon", seed=1234,
+                                               words={"cyan": "<cyan>"}).example(i)[1] for i in range(70)]
+    assert report["words"] == {"cyan": "<cyan>", "hexagon": "hexagon"} and report["prompts"] == 70
+    assert report["accuracy"]["all"] >= 0.95 and report["read"] == {"colour": {"cyan": 1.0}, "shape": {"hexagon": 1.0}}
+    json.dumps(report)
+
+
+def test_pair_accuracy_on_a_real_pipeline(tiny_pipeline):
+    report = pair_accuracy(tiny_pipeline, colour="pink", shape="star", words={"pink": "sks"}, prompts=3, steps=2,
+                           batch_size=2)
+    assert set(report) == {"colour", "shape", "words", "prompts", "steps", "guidance", "sampler", "seed",
+                           "accuracy", "read", "failures"}
+    assert report["colour"] == "pink" and report["shape"] == "star" and report["prompts"] == 3
+    assert report["words"] == {"pink": "sks", "star": "star"} and report["steps"] == 2
+    assert set(report["accuracy"]) == {"shape", "colour", "size", "position", "count", "all"}
+    assert all(0 <= v <= 1 and v * 3 == round(v * 3) for v in report["accuracy"].values())
+    assert set(report["read"]) == {"colour", "shape"}
+    assert all(abs(sum(fractions.values()) - 1) < 1e-9 for fractions in report["read"].values())
+    assert len(report["failures"]) == round(3 * (1 - report["accuracy"]["all"]))
+    assert all("sks" in text and "star" in text for text in report["failures"])
+    json.dumps(report)
+
+
+def test_pair_accuracy_refuses_a_bad_pair(tiny_pipeline):
+    with pytest.raises(LatentlabError, match="a concept pair's shape must be a new shape, got 'square'"):
+        pair_accuracy(tiny_pipeline, colour="pink", shape="square", prompts=1, steps=1)
 
 
 # ---------------------------------------------------------------- the command line

@@ -18,6 +18,10 @@ shipped model draws orange or yellow for nine in ten cyan prompts; the evaluatio
 concept by any other lower-case word, "sks" included, or by a learned token such as "<pink>"
 (training/continual.py).
 
+`ConceptPairDataset` draws a new colour and a new shape in one object ("a pink star"), each named by its own
+word: prompts that ask a model taught the two concepts apart to compose them (evaluation/concept.py
+`pair_accuracy`). Its streams are fixed by (colour, shape, split, seed, index), apart from every single concept's.
+
 The shipped autoencoder was trained on the shapes world alone. It does not carry cyan faithfully (its round
 trip turns a cyan shape into a blue-green gradient); it carries diamonds (evaluation/concept.py,
 `vae_round_trip`).
@@ -76,8 +80,21 @@ def concept_scene(rng: random.Random, concept: str) -> Scene:
         shape, colour = rng.choice(SHAPES), concept
     else:
         shape, colour = concept, rng.choice(list(COLOURS))
+    return object_scene(rng, shape, colour)
+
+
+def object_scene(rng: random.Random, shape: str, colour: str) -> Scene:
+    """One object of this shape and colour, its size and position uniform, its centre jittered like the shapes
+    world's: the draws after the concept's own, shared by single concepts and pairs."""
     obj = ShapeObject(shape, colour, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
     return Scene((obj,), None, ((rng.uniform(-JITTER, JITTER), rng.uniform(-JITTER, JITTER)),))
+
+
+def _check_split_and_size(split: str, image_size: int) -> None:
+    if split not in CONCEPT_SPLITS:
+        raise LatentlabError(f"unknown concept split {split!r}; accepted: {', '.join(CONCEPT_SPLITS)}")
+    if image_size not in (32, 64):
+        raise LatentlabError(f"image size {image_size} is not supported; accepted: 32, 64")
 
 
 class ConceptDataset:
@@ -85,10 +102,7 @@ class ConceptDataset:
 
     def __init__(self, *, concept: str = "cyan", seed: int = 0, split: str = "train", image_size: int = 32,
                  word: str | None = None):
-        if split not in CONCEPT_SPLITS:
-            raise LatentlabError(f"unknown concept split {split!r}; accepted: {', '.join(CONCEPT_SPLITS)}")
-        if image_size not in (32, 64):
-            raise LatentlabError(f"image size {image_size} is not supported; accepted: 32, 64")
+        _check_split_and_size(split, image_size)
         self.word = check_concept(concept, word)
         self.concept, self.seed, self.split, self.image_size = concept, seed, split, image_size
 
@@ -96,6 +110,49 @@ class ConceptDataset:
         rng = random.Random(f"concept/{self.concept}/{self.split}/{self.seed}/{index}")  # str seeds hash by SHA-512
         scene = concept_scene(rng, self.concept)
         return scene, caption(scene, rng, words={self.concept: self.word})
+
+    def batch(self, start: int, n: int, device: torch.device | str = "cpu"):
+        """Examples start .. start + n - 1 as (images (n, 3, H, W) in [-1, 1], captions, scenes)."""
+        scenes, captions = zip(*(self.example(i) for i in range(start, start + n)))
+        return render(list(scenes), self.image_size, device), list(captions), list(scenes)
+
+
+def check_pair(colour: str, shape: str, words: dict[str, str] | None = None) -> dict[str, str]:
+    """The caption words of a concept pair, {colour: word, shape: word}; a colour not of NEW_COLOURS, a shape
+    not of NEW_SHAPES, words for anything else, unusable words and one word for both raise LatentlabError."""
+    if colour not in NEW_COLOURS:
+        raise LatentlabError(f"a concept pair's colour must be a new colour, got {colour!r}; accepted: "
+                             f"{', '.join(NEW_COLOURS)}")
+    if shape not in NEW_SHAPES:
+        raise LatentlabError(f"a concept pair's shape must be a new shape, got {shape!r}; accepted: "
+                             f"{', '.join(NEW_SHAPES)}")
+    words = words or {}
+    if set(words) - {colour, shape}:
+        raise LatentlabError(f"words name the pair's colour and shape only, got {', '.join(map(repr, words))}; "
+                             f"accepted: {colour!r}, {shape!r}")
+    checked = {concept: check_concept(concept, words.get(concept)) for concept in (colour, shape)}
+    if checked[colour] == checked[shape]:
+        raise LatentlabError(f"the colour and the shape need different words, got {checked[colour]!r} for both")
+    return checked
+
+
+class ConceptPairDataset:
+    """Example i of a concept pair's split: one object of a new colour and a new shape ("a pink star"), its size
+    and position uniform; (scene, caption) fixed by (colour, shape, split, seed, i), apart from every single
+    concept's stream; `batch` renders. `words` maps the colour or the shape to its caption word (default its
+    name; a learned token such as "<pink>" too), so that a model taught each concept on its own can be asked
+    for both at once (evaluation/concept.py `pair_accuracy`)."""
+
+    def __init__(self, *, colour: str, shape: str, seed: int = 0, split: str = "test", image_size: int = 32,
+                 words: dict[str, str] | None = None):
+        self.words = check_pair(colour, shape, words)
+        _check_split_and_size(split, image_size)
+        self.colour, self.shape, self.seed, self.split, self.image_size = colour, shape, seed, split, image_size
+
+    def example(self, index: int) -> tuple[Scene, str]:
+        rng = random.Random(f"concept-pair/{self.colour}/{self.shape}/{self.split}/{self.seed}/{index}")
+        scene = object_scene(rng, self.shape, self.colour)
+        return scene, caption(scene, rng, words=self.words)
 
     def batch(self, start: int, n: int, device: torch.device | str = "cpu"):
         """Examples start .. start + n - 1 as (images (n, 3, H, W) in [-1, 1], captions, scenes)."""
