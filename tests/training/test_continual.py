@@ -1,5 +1,6 @@
 """C-LoRA's self-regularisation (training/continual.py) on the tiny U-Net."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,9 +16,10 @@ from latentlab.cli import main
 from latentlab.errors import LatentlabError
 from latentlab.models import UNet
 from latentlab.pipeline import Pipeline
-from latentlab.training.continual import (TARGETS, ContinualConfig, ContinualTaskTrainer, forgetting_penalty,
-                                          summed_updates, train_sequence)
-from latentlab.training.state import FILENAME, load_state
+from latentlab.training.continual import (FULL_FILENAME, TARGETS, ContinualConfig, ContinualFullTrainer,
+                                          ContinualTaskTrainer, forgetting_penalty, summed_updates, task_trainer,
+                                          train_sequence)
+from latentlab.training.state import FILENAME, digest, load_state
 from latentlab.training.textual_inversion import EMBEDDING_FILENAME
 from latentlab.training.presets import preset
 
@@ -219,14 +221,87 @@ def test_the_command_trains_a_sequence_and_refuses_a_repeated_word(model, concep
     assert main(["generate", "a large <cyan> <diamond>", *files, "--model", str(model), "--steps", "2",
                  "--device", "cpu", "--out", str(tmp_path / "images")]) == 0
     assert len(list((tmp_path / "images").glob("*.png"))) >= 1
+    assert main(["generate", "a large <cyan> <diamond>", "--sequence", str(tmp_path / "seq"), "--model", str(model),
+                 "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "from-sequence")]) == 0
+    assert len(list((tmp_path / "from-sequence").glob("*.png"))) >= 1
     capsys.readouterr()
     assert main(["continual", "eval", str(tmp_path / "seq"), "--prompts", "2", "--steps", "2", "--device", "cpu",
                  "--out", str(tmp_path / "eval.json")]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     assert [len(row) for row in report["matrix"]] == [1, 2] and len(report["ordinary"]) == 2
-    assert report["tokens"] == list(SEQUENCE_TOKENS) and report["concepts"] == ["cyan", "diamond"]
+    assert report["words"] == list(SEQUENCE_TOKENS) and report["concepts"] == ["cyan", "diamond"]
+    assert list(report["pairs"][1]) == ["cyan diamond"] and report["pairs"][0] == {} and report["combined"][0] is None
     assert "average forgetting" in capsys.readouterr().out
     assert main(["continual", "train", *tasks, "--word", "cyan", "--word", "cyan", "--out", str(tmp_path / "b"),
                  *options]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'cyan' names more than one task" in err
+
+
+# ---------------------------------------------------------------- the baselines
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_naive_sequential_lora_keeps_the_words_and_learns_no_token(model, concept_folders, tmp_path):
+    result = train_sequence(sequence(model, concept_folders, tmp_path / "naive", method="lora"))
+    assert [r["word"] for r in result["tasks"]] == ["cyan", "diamond"]
+    for k in (1, 2):
+        assert (tmp_path / "naive" / f"task-{k}" / "lora.safetensors").is_file()
+        assert not (tmp_path / "naive" / f"task-{k}" / EMBEDDING_FILENAME).exists()
+    trainer = task_trainer(sequence(model, concept_folders, tmp_path / "naive", method="lora"), 2, "diamond")
+    assert trainer.token is None and trainer.forget_weight == 0.0 and set(trainer.past) and not trainer.text_trains
+    assert any("diamond" in text for text in trainer.batch(0)[1]) and not any("<" in t for t in trainer.batch(0)[1])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_separate_loras_each_start_from_the_base_model(model, concept_folders, tmp_path):
+    c = sequence(model, concept_folders, tmp_path / "separate", method="separate")
+    train_sequence(c)
+    trainer = task_trainer(c, 2, "diamond")
+    assert trainer.earlier == [] and trainer.past == {} and trainer.token == "<diamond>"
+    base = Pipeline.load(model, device="cpu")
+    assert trainer.identity["model"] == digest(base.text_encoder, base.unet, base.vae,
+                                               dataclasses.asdict(base.diffusion))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sequential_full_fine_tuning_trains_every_unet_weight_from_the_last_task(model, concept_folders, tmp_path,
+                                                                                  monkeypatch):
+    """Each task writes its whole U-Net; task 2 starts from task 1's; a stop in task 2 resumes exactly."""
+    c = sequence(model, concept_folders, tmp_path / "full", method="full", lr=1e-3)
+    train_sequence(c)
+    base, first, second = (Pipeline.load(model, device="cpu").unet.state_dict(),
+                           *(load_file(tmp_path / "full" / f"task-{k}" / FULL_FILENAME) for k in (1, 2)))
+    assert first.keys() == dict(Pipeline.load(model, device="cpu").unet.named_parameters()).keys()
+    assert any(not torch.equal(first[k], base[k]) for k in first)
+    trainer = task_trainer(c, 2, "diamond")
+    assert trainer.trainable_parameters == sum(v.numel() for v in first.values())
+    assert all(torch.equal(p, first[k]) for k, p in trainer.pipe.unet.named_parameters())
+    step = ContinualFullTrainer.train_step
+
+    def step_then_signal(self, i):
+        if self.word == "diamond" and i == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, i)
+
+    monkeypatch.setattr(ContinualFullTrainer, "train_step", step_then_signal)
+    assert train_sequence(sequence(model, concept_folders, tmp_path / "again", method="full", lr=1e-3))["interrupted"]
+    monkeypatch.setattr(ContinualFullTrainer, "train_step", step)
+    train_sequence(sequence(model, concept_folders, tmp_path / "again", method="full", lr=1e-3, resume=True))
+    again = load_file(tmp_path / "again" / "task-2" / FULL_FILENAME)
+    assert all(torch.equal(again[k], second[k]) for k in second)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_separate_sequence_is_measured_one_file_at_a_time(model, concept_folders, tmp_path):
+    from latentlab.evaluation.continual import sequence_report
+
+    train_sequence(sequence(model, concept_folders, tmp_path / "separate", method="separate"))
+    report = sequence_report(tmp_path / "separate", prompts=2, pair_prompts=2, steps=2, device="cpu")
+    assert report["method"] == "separate" and report["matrix"][1][0] == report["matrix"][0][0]
+    assert report["ordinary"] == [report["ordinary_base"]] * 2 and list(report["pairs"][1]) == ["cyan diamond"]
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(LatentlabError, match="unknown continual method 'ewc'; accepted: c-lora, lora, full"):
+        ContinualConfig(tasks=("a",), out="b", method="ewc")

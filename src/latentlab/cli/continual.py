@@ -1,6 +1,6 @@
-"""`latentlab continual train`: a sequence of concepts taught one after another with C-LoRA
-(training/continual.py); its flags are ContinualConfig's fields. `latentlab generate --adapter
-OUT/task-K/lora.safetensors --embedding OUT/task-K/learned_embeds.safetensors` (every task's) draws them."""
+"""`latentlab continual train`: a sequence of concepts taught one after another with C-LoRA, or a baseline
+(training/continual.py); its flags are ContinualConfig's fields. `latentlab continual eval` measures it
+(evaluation/continual.py); `latentlab generate --sequence OUT` draws with every task loaded."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 
 from ..evaluation import continual as evaluation
-from ..training.continual import ContinualConfig
+from ..training.continual import METHODS, ContinualConfig
 from .options import MODEL_HELP, Parser, common, config_from, defaults, flag, missing_command
 from .output import check_out, write_report
 from .values import non_negative, positive, prompt
@@ -29,6 +29,12 @@ def add_parser(commands) -> None:
     flag(t, Config, "out", help="the sequence's folder: task-1, task-2, ... (each lora.safetensors and "
                                 "learned_embeds.safetensors), sequence.json")
     flag(t, Config, "model", help=MODEL_HELP)
+    flag(t, Config, "method", choices=METHODS,
+         help="c-lora (default), or a baseline: lora (naive sequential LoRA, merged after each task, the captions' "
+              "words), full (sequential full fine-tuning), separate (one LoRA per concept from the base model)")
+    flag(t, Config, "targets", "--target", action="append",
+         help="a U-Net layer name pattern the updates adapt, once per pattern (default: attn2.to_k and attn2.to_v, "
+              "the cross-attention's K and V)")
     common(t, seeds=Config, devices=Config, model=False)
     flag(t, Config, "words", "--word", action="append", type=prompt,
          help="each task's concept word in its captions, once per --task (default: each folder's concept.json); "
@@ -51,6 +57,8 @@ def add_parser(commands) -> None:
     flag(e, REPORT, "model", type=str, help="the base model (default: the sequence's)")
     flag(e, REPORT, "prompts", type=positive(int), help="prompts per concept and for ordinary ones (default "
                                                         "%(default)s)")
+    flag(e, REPORT, "pair_prompts", type=positive(int), help="prompts per pair of a learned colour and shape "
+                                                             "(default %(default)s)")
     flag(e, REPORT, "steps", type=positive(int), help="sampler steps (default %(default)s)")
     flag(e, REPORT, "device", help="auto (CUDA if present), cpu, cuda or cuda:N")
     e.add_argument("--out", default=None, help="write the report as JSON here")
@@ -60,11 +68,13 @@ def add_parser(commands) -> None:
 def evaluate(args) -> None:
     if args.out:
         check_out(args.out, folder=False)
-    report = evaluation.sequence_report(args.sequence, model=args.model, prompts=args.prompts, steps=args.steps,
-                                        device=args.device)
-    for k, (row, ordinary) in enumerate(zip(report["matrix"], report["ordinary"]), start=1):
-        cells = "  ".join(f"{token} {a:.1%}" for token, a in zip(report["tokens"], row))
-        print(f"after task {k}: {cells}  ordinary {ordinary:.1%}")
+    report = evaluation.sequence_report(args.sequence, model=args.model, prompts=args.prompts,
+                                        pair_prompts=args.pair_prompts, steps=args.steps, device=args.device)
+    print(f"{report['method']}; the base model's ordinary prompts {report['ordinary_base']:.1%}")
+    for k, (row, ordinary, combined) in enumerate(zip(report["matrix"], report["ordinary"], report["combined"]), 1):
+        cells = "  ".join(f"{word} {a:.1%}" for word, a in zip(report["words"], row))
+        pairs = "" if combined is None else f"  pairs {combined:.1%}"
+        print(f"after task {k}: {cells}  ordinary {ordinary:.1%}{pairs}")
     forgetting = report["average_forgetting"]
     print(f"average accuracy {report['average_accuracy']:.1%}, average forgetting "
           f"{'-' if forgetting is None else f'{100 * forgetting:.1f} points'}")

@@ -46,6 +46,10 @@ def add_parser(commands) -> None:
     g.add_argument("--embedding", action="append", metavar="FILE",
                    help="add a textual-inversion embedding (diffusers or A1111 .safetensors) as its token, for the "
                         "prompts to use; repeat for several")
+    g.add_argument("--sequence", metavar="DIR",
+                   help="add every finished task of a sequence `latentlab continual train` wrote, as it trained them "
+                        "(updates, tokens; full fine-tuning: the last U-Net); prompts name each concept as `continual "
+                        "eval` lists it, e.g. \"a <pink> <star>\"")
     g.set_defaults(func=run)
 
 
@@ -61,6 +65,10 @@ def run(args) -> None:
         pipe.load_adapter(path, scale=adapter_scale)
     for path in args.embedding or ():
         pipe.load_textual_inversion(path)
+    if args.sequence:
+        from ..evaluation.continual import load_sequence
+
+        load_sequence(pipe, args.sequence)
     seed, size, _ = pipe.check_sample(count, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                       sampler=args.sampler, size=args.size, cuda_graph=args.cuda_graph,
                                       **sampler_options(args))

@@ -16,6 +16,15 @@ which is what keeps their concepts (each named by a token of its own) drawing as
 is sequential LoRA on K and V, the paper's ablation. The earlier tasks stay in the network as merged
 adapters (`summed_updates` reads P_t off them, in float32), so each task's file is its own update, and a
 model with every task's file loaded, each at multiplier 1, is the model the sequence trained.
+
+`METHODS` are C-LoRA and the baselines it is measured against, on the same folders, steps and batch:
+
+    c-lora    the above (forget_weight 0: the ablation)
+    lora      naive sequential LoRA: the same layers and rank, merged after each task, no penalty, and the
+              concept named by its plain word in the captions ("a pink star"), as `lora train` would teach it
+    full      sequential full fine-tuning: every U-Net weight trains, from the previous task's, plain words
+    separate  one LoRA per concept from the base model (C-LoRA's layers and token, nothing to penalise): no
+              interference, the upper bound, but a prompt must say which concept's file to load
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ from .state import FILENAME, digest
 from .textual_inversion import EMBEDDING_FILENAME, manifest_word, with_token
 
 TARGETS = ("attn2.to_k", "attn2.to_v")  # the U-Net's cross-attention K and V projections (the paper's)
+METHODS = ("c-lora", "lora", "full", "separate")  # the module docstring
+TOKEN_METHODS = ("c-lora", "separate")  # those that name each concept by a learned token; the others by its word
+FULL_FILENAME = "unet.safetensors"  # OUT/task-K/unet.safetensors: a full fine-tuning task's U-Net
 SEQUENCE = "sequence.json"  # OUT/sequence.json: the settings a resumed sequence must share
 DONE = "done.json"  # OUT/task-K/done.json: the task's result, written once it has finished
 
@@ -50,8 +62,10 @@ class ContinualConfig:
     tasks: tuple[str, ...]  # one folder of captioned images per task, in order (python -m latentlab.data.concept)
     out: str  # OUT/task-1, OUT/task-2, ...: each task's run (lora.safetensors, learned_embeds.safetensors)
     model: str = "shapes-default"  # the base model, anything Pipeline.load takes
+    method: str = "c-lora"  # c-lora, or a baseline: lora (naive sequential), full, separate (METHODS)
     words: tuple[str, ...] = ()  # each task's concept word in its captions; (): each folder's concept.json
     forget_weight: float = 10.0  # lambda: L = L_diffusion + lambda L_forget; 0: sequential LoRA on K and V
+    targets: tuple[str, ...] = TARGETS  # the U-Net layers each task's update adapts (c-lora, lora, separate)
     rank: int = 4  # r of each task's update of K and V
     steps: int = 800  # per task
     batch_size: int = 8
@@ -64,6 +78,8 @@ class ContinualConfig:
 
     def __post_init__(self):
         check_numbers(self)
+        if self.method not in METHODS:
+            raise LatentlabError(f"unknown continual method {self.method!r}; accepted: {', '.join(METHODS)}")
 
 
 def summed_updates(unet: nn.Module, adapters: list[str]) -> dict[str, torch.Tensor]:
@@ -89,12 +105,29 @@ def forgetting_penalty(unet: nn.Module, past: dict[str, torch.Tensor], adapter: 
     return torch.stack(terms).sum()
 
 
-def load_task(pipe, folder: Path, name: str) -> str:
-    """A finished task's update of K and V (as adapter `name`, at multiplier 1) and its token into `pipe`;
-    returns the adapter's name."""
-    name = pipe.load_lora(folder / LORA_FILENAME, name=name)
-    pipe.load_textual_inversion(folder / EMBEDDING_FILENAME)
+def load_task(pipe, folder: Path, name: str) -> str | None:
+    """A finished task into `pipe`: its update (as adapter `name`, at multiplier 1) or, for full fine-tuning, its
+    U-Net, and its token if it learned one; returns the adapter's name (None for a U-Net)."""
+    if (folder / FULL_FILENAME).is_file():
+        load_unet(pipe.unet, folder / FULL_FILENAME)
+        name = None
+    else:
+        name = pipe.load_lora(folder / LORA_FILENAME, name=name)
+    if (folder / EMBEDDING_FILENAME).is_file():
+        pipe.load_textual_inversion(folder / EMBEDDING_FILENAME)
     return name
+
+
+@torch.no_grad()
+def load_unet(unet: nn.Module, path: Path) -> None:
+    """A full fine-tuning task's U-Net weights (every parameter, float32) into `unet`, in its dtype."""
+    from safetensors.torch import load_file
+
+    tensors, mine = load_file(str(path)), dict(unet.named_parameters())
+    if tensors.keys() != mine.keys() or any(tensors[k].shape != v.shape for k, v in mine.items()):
+        raise LatentlabError(f"{path} is not a U-Net of this model; give a task of a sequence trained on it")
+    for key, value in mine.items():
+        value.copy_(tensors[key])
 
 
 def token_of(word: str) -> str:
@@ -103,54 +136,75 @@ def token_of(word: str) -> str:
 
 
 class ContinualTaskTrainer(LoRATrainer):
-    """Task t of a sequence: the earlier tasks' updates loaded and merged, then a new LoRA on K and V and a new
-    token (from a random embedding, as the paper starts) trained together, with lambda L_forget added to the
-    loss. Writes OUT/lora.safetensors (the update) and OUT/learned_embeds.safetensors (the token)."""
+    """Task t of a sequence: the earlier tasks loaded (their updates merged), then a new LoRA and, with
+    `learned_token`, a new token (from a random embedding, as the paper starts) trained together, with
+    forget_weight L_forget added to the loss. Writes OUT/lora.safetensors (the update) and
+    OUT/learned_embeds.safetensors (the token). Without `learned_token` the captions keep their word."""
 
-    def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, forget_weight: float,
-                 token_lr: float):
-        self.earlier, self.word, self.token, self.forget_weight = earlier, word, token_of(word), forget_weight
-        self.token_lr = token_lr
+    def __init__(self, config: LoRATrainConfig, *, earlier: list[Path], word: str, learned_token: bool = True,
+                 forget_weight: float = 0.0, token_lr: float = 5e-3):
+        self.earlier, self.word, self.forget_weight, self.token_lr = earlier, word, forget_weight, token_lr
+        self.token = token_of(word) if learned_token else None
         super().__init__(config)
 
     def add_adapters(self) -> dict[str, nn.Module]:
+        self.load_earlier()
+        if self.token is not None:
+            self.vectors = self.add_token()
+        return super().add_adapters()
+
+    def load_earlier(self) -> None:
+        """The earlier tasks into the model, merged; P_t read off them; the model's identity is now theirs too."""
         pipe = self.pipe
         names = [load_task(pipe, folder, f"task{k}") for k, folder in enumerate(self.earlier, start=1)]
-        if names:
+        if pipe.loras:
             pipe.merge_lora()
-        self.past = summed_updates(pipe.unet, names)
+        self.past = summed_updates(pipe.unet, [name for name in names if name])
         self.identity["model"] = digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion))
+
+    def add_token(self) -> nn.Parameter:
+        """The task's token, from a random embedding of the table's scale; returns its trainable (1, D) row."""
+        pipe = self.pipe
         table = token_embedding(pipe.text_encoder).weight
         g = torch.Generator().manual_seed(self.config.seed + len(self.earlier))
         vectors = torch.randn(1, table.shape[1], generator=g) * table.float().std().item()
         ids = add_tokens(pipe.tokenizer, pipe.text_encoder, self.token, vectors)
-        self.vectors = train_rows(pipe.text_encoder, ids)  # (1, D) float32
-        return super().add_adapters()
+        return train_rows(pipe.text_encoder, ids)  # (1, D) float32
+
+    @property
+    def learns_token(self) -> bool:
+        return self.token is not None
 
     def trainable_tensors(self) -> list[nn.Parameter]:
-        return super().trainable_tensors() + [self.vectors]
+        return super().trainable_tensors() + ([self.vectors] if self.learns_token else [])
 
     def param_groups(self) -> list[dict]:
+        if not self.learns_token:
+            return super().param_groups()
         update = [p for p in self.params if p is not self.vectors]
         return [{"params": update, "base_lr": self.config.lr}, {"params": [self.vectors], "base_lr": self.token_lr}]
 
     @property
     def text_trains(self) -> bool:
-        return True  # the token's row
+        return self.learns_token or super().text_trains  # the token's row
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
-        return {**super().trained_tensors(), "vectors": self.vectors}
+        return {**super().trained_tensors(), **({"vectors": self.vectors} if self.learns_token else {})}
 
     @torch.no_grad()
     def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         super().restore_tensors(tensors, path)
+        if not self.learns_token:
+            return
         if "vectors" not in tensors or tensors["vectors"].shape != self.vectors.shape:
             raise LatentlabError(f"{path}: its token vectors do not fit this run's")
         self.vectors.copy_(tensors["vectors"])
 
     def batch(self, step: int):
         z_0, captions, t, eps = super().batch(step)
-        return z_0, [with_token(text, self.word, self.token) for text in captions], t, eps
+        if self.learns_token:
+            captions = [with_token(text, self.word, self.token) for text in captions]
+        return z_0, captions, t, eps
 
     def loss(self, z_0, captions, t, eps) -> torch.Tensor:
         loss = super().loss(z_0, captions, t, eps)
@@ -160,13 +214,53 @@ class ContinualTaskTrainer(LoRATrainer):
 
     def save_result(self) -> Path:
         path = super().save_result()
-        metadata = {"base_model": str(self.config.model), "steps": str(self.step), "data": str(self.config.data)}
-        save_textual_inversion(self.out / EMBEDDING_FILENAME, self.token, self.vectors, metadata)
+        if self.learns_token:
+            metadata = {"base_model": str(self.config.model), "steps": str(self.step), "data": str(self.config.data)}
+            save_textual_inversion(self.out / EMBEDDING_FILENAME, self.token, self.vectors, metadata)
         return path
 
     def run(self) -> dict:
         result = super().run()
-        return {**result, "embedding": str(self.out / EMBEDDING_FILENAME), "token": self.token}
+        if self.learns_token:
+            result.update(embedding=str(self.out / EMBEDDING_FILENAME), token=self.token)
+        return {**result, "word": self.token or self.word}  # what prompts name the concept by
+
+
+class ContinualFullTrainer(ContinualTaskTrainer):
+    """Task t of sequential full fine-tuning: the previous task's U-Net, every weight of it trained in float32
+    (AdamW's state with it), the captions' plain word. Writes OUT/unet.safetensors."""
+
+    def add_adapters(self) -> dict[str, nn.Module]:
+        if self.earlier:  # each full task's U-Net holds every earlier one's
+            self.earlier = self.earlier[-1:]
+        self.load_earlier()
+        return {"unet": self.pipe.unet.float().requires_grad_(True)}
+
+    def trainable_tensors(self) -> list[nn.Parameter]:
+        return list(self.pipe.unet.parameters())
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"unet.{k}": v for k, v in self.pipe.unet.named_parameters()}
+
+    @torch.no_grad()
+    def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        mine = self.trained_tensors()
+        if any(k not in tensors or tensors[k].shape != v.shape for k, v in mine.items()):
+            raise LatentlabError(f"{path}: its U-Net does not fit this run's")
+        for key, value in mine.items():
+            value.copy_(tensors[key])
+
+    @property
+    def result_path(self) -> Path:
+        return self.out / FULL_FILENAME
+
+    def save_result(self) -> Path:
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.pipe.unet.named_parameters()}
+        metadata = {"base_model": str(self.config.model), "steps": str(self.step), "data": str(self.config.data)}
+        atomic_write(self.result_path, save(tensors, metadata=metadata))
+        return self.result_path
 
 
 def task_words(c: ContinualConfig) -> list[str]:
@@ -218,15 +312,24 @@ def check_sequence(c: ContinualConfig, words: list[str]) -> None:
 
 def _settings(c: ContinualConfig, words: list[str]) -> dict:
     kept = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("out", "resume", "device", "checkpoint_every")}
-    return {**kept, "tasks": [str(Path(t).resolve()) for t in c.tasks], "words": words}
+    return {**kept, "tasks": [str(Path(t).resolve()) for t in c.tasks], "words": words, "targets": list(c.targets)}
 
 
 def task_config(c: ContinualConfig, k: int) -> LoRATrainConfig:
-    """Task k's (1-based) run: LoRA of rank r on K and V, in OUT/task-k, resumed where its checkpoint is."""
+    """Task k's (1-based) run: LoRA of rank r on the targets (full fine-tuning ignores them), in OUT/task-k,
+    resumed where its checkpoint is."""
     out = Path(c.out) / f"task-{k}"
     return LoRATrainConfig(data=c.tasks[k - 1], out=str(out), model=c.model, method="lora", rank=c.rank,
-                           targets=TARGETS, steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                           targets=tuple(c.targets), steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
                            device=c.device, checkpoint_every=c.checkpoint_every, resume=(out / FILENAME).is_file())
+
+
+def task_trainer(c: ContinualConfig, k: int, word: str) -> ContinualTaskTrainer:
+    """Task k's trainer for the sequence's method: what it loads first, what it trains, how prompts name it."""
+    earlier = [] if c.method == "separate" else [Path(c.out) / f"task-{i}" for i in range(1, k)]
+    kind = ContinualFullTrainer if c.method == "full" else ContinualTaskTrainer
+    return kind(task_config(c, k), earlier=earlier, word=word, learned_token=c.method in TOKEN_METHODS,
+                forget_weight=c.forget_weight if c.method == "c-lora" else 0.0, token_lr=c.token_lr)
 
 
 def train_sequence(c: ContinualConfig) -> dict:
@@ -244,9 +347,7 @@ def train_sequence(c: ContinualConfig) -> dict:
         if done.is_file():
             results.append(read_json(done))
             continue
-        earlier = [Path(c.out) / f"task-{i}" for i in range(1, k)]
-        result = ContinualTaskTrainer(task_config(c, k), earlier=earlier, word=word, forget_weight=c.forget_weight,
-                                      token_lr=c.token_lr).run()
+        result = task_trainer(c, k, word).run()
         if result["interrupted"]:
             return {"tasks": results, "interrupted": True, "signal": result["signal"]}
         atomic_write(done, json.dumps(result, indent=2) + "\n")
