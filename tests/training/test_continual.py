@@ -250,6 +250,9 @@ def test_naive_sequential_lora_keeps_the_words_and_learns_no_token(model, concep
         assert not (tmp_path / "naive" / f"task-{k}" / EMBEDDING_FILENAME).exists()
     trainer = task_trainer(sequence(model, concept_folders, tmp_path / "naive", method="lora"), 2, "diamond")
     assert trainer.token is None and trainer.forget_weight == 0.0 and set(trainer.past) and not trainer.text_trains
+    layers = [layer for _, layer in adapter_layers(trainer.pipe.unet)]  # task 1 kept beside the new one, frozen and
+    assert layers and all(not layer.merged and not layer.lora_A["task1"].weight.requires_grad for layer in layers)
+    assert all(layer.lora_A["default"].weight.requires_grad for layer in layers)  # unmerged: W0 as it was
     assert any("diamond" in text for text in trainer.batch(0)[1]) and not any("<" in t for t in trainer.batch(0)[1])
 
 

@@ -2,7 +2,7 @@
 
 A sequence of tasks t = 1 .. T, each a new concept taught from a few images. C-LoRA adapts the U-Net's
 cross-attention key and value projections (`TARGETS`, the only layers the text reaches) by one low-rank update
-per task; the earlier ones are merged and frozen, so that after task t
+per task; the earlier ones are kept and frozen, so that after task t
 
     W_t = W_0 + sum_{tau <= t} B_tau A_tau
 
@@ -13,14 +13,14 @@ and task t's update is penalised where the earlier tasks already changed the wei
 
 ((.) the element-wise product). Task t writes into the entries of K and V that the earlier tasks left alone,
 which is what keeps their concepts (each named by a token of its own) drawing as they did. With lambda = 0 it
-is sequential LoRA on K and V, the paper's ablation. The earlier tasks stay in the network as merged
+is sequential LoRA on K and V, the paper's ablation. The earlier tasks stay in the network as frozen
 adapters (`summed_updates` reads P_t off them, in float32), so each task's file is its own update, and a
 model with every task's file loaded, each at multiplier 1, is the model the sequence trained.
 
 `METHODS` are C-LoRA and the baselines it is measured against, on the same folders, steps and batch:
 
     c-lora    the above (forget_weight 0: the ablation)
-    lora      naive sequential LoRA: the same layers and rank, merged after each task, no penalty, and the
+    lora      naive sequential LoRA: the same layers and rank, kept after each task, no penalty, and the
               concept named by its plain word in the captions ("a pink star"), as `lora train` would teach it
     full      sequential full fine-tuning: every U-Net weight trains, from the previous task's, plain words
     separate  one LoRA per concept from the base model (C-LoRA's layers and token, nothing to penalise): no
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters.inject import adapter_layers
+from ..adapters.inject import adapter_layers, trainable
 from ..adapters.lora import LoRALayer
 from ..adapters.textual_inversion import add_tokens, token_embedding, train_rows
 from ..data.concept import MANIFEST
@@ -136,7 +136,7 @@ def token_of(word: str) -> str:
 
 
 class ContinualTaskTrainer(LoRATrainer):
-    """Task t of a sequence: the earlier tasks loaded (their updates merged), then a new LoRA and, with
+    """Task t of a sequence: the earlier tasks loaded (their updates frozen), then a new LoRA and, with
     `learned_token`, a new token (from a random embedding, as the paper starts) trained together, with
     forget_weight L_forget added to the loss. Writes OUT/lora.safetensors (the update) and
     OUT/learned_embeds.safetensors (the token). Without `learned_token` the captions keep their word."""
@@ -154,11 +154,14 @@ class ContinualTaskTrainer(LoRATrainer):
         return super().add_adapters()
 
     def load_earlier(self) -> None:
-        """The earlier tasks into the model, merged; P_t read off them; the model's identity is now theirs too."""
+        """The earlier tasks into the model, frozen, at multiplier 1; P_t read off them; the model's identity is
+        now theirs too. Not merged: merged into a bfloat16 base (CUDA) they would round W0 by up to 0.4% of the
+        updates, and the new file's fingerprint of W0 would no longer match the base model's."""
         pipe = self.pipe
         names = [load_task(pipe, folder, f"task{k}") for k, folder in enumerate(self.earlier, start=1)]
-        if pipe.loras:
-            pipe.merge_lora()
+        for name in pipe.loras:
+            for tensor in trainable(pipe.unet, name):
+                tensor.requires_grad_(False)
         self.past = summed_updates(pipe.unet, [name for name in names if name])
         self.identity["model"] = digest(pipe.text_encoder, pipe.unet, pipe.vae, dataclasses.asdict(pipe.diffusion))
 
