@@ -308,3 +308,11 @@ def test_a_separate_sequence_is_measured_one_file_at_a_time(model, concept_folde
 def test_an_unknown_method_is_refused():
     with pytest.raises(LatentlabError, match="unknown continual method 'ewc'; accepted: c-lora, lora, full"):
         ContinualConfig(tasks=("a",), out="b", method="ewc")
+
+
+def test_the_targets_given_replace_the_default_ones():
+    from latentlab.cli import build_parser
+
+    args = build_parser().parse_args(["continual", "train", "--task", "a", "--out", "b", "--target", "to_q"])
+    assert args.targets == ["to_q"]
+    assert build_parser().parse_args(["continual", "train", "--task", "a", "--out", "b"]).targets == list(TARGETS)

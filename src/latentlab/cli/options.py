@@ -50,6 +50,16 @@ def default_of(owner, name: str):
     return field.default
 
 
+class AppendOverDefault(argparse.Action):
+    """argparse's append, except that the first value given replaces a non-empty default instead of adding to it
+    (`--target to_q` means to_q alone, not the default targets and to_q)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, items + [values])
+
+
 def flag(parser, owner, name: str, *names: str, dest: str | None = None, **kwargs) -> None:
     """Option `--name` (or `names`) for `owner`'s `name`, defaulting to owner's default: required where it
     has none, a switch (store_true) where it is False. Tuples become lists, as argparse's nargs and append
@@ -61,6 +71,8 @@ def flag(parser, owner, name: str, *names: str, dest: str | None = None, **kwarg
         kwargs["action"] = "store_true"
     else:
         kwargs["default"] = list(default) if isinstance(default, tuple) else default
+        if kwargs.get("action") == "append" and kwargs["default"]:
+            kwargs["action"] = AppendOverDefault
     if names and kwargs.get("action") != "store_true":  # help shows the option's name, not the field's
         kwargs.setdefault("metavar", names[0].lstrip("-").replace("-", "_").upper())
     parser.add_argument(*(names or ["--" + name.replace("_", "-")]), dest=dest or name, **kwargs)
