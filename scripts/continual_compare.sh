@@ -10,7 +10,7 @@
 #             scenes of the shapes world added to each folder: prior preservation, the same for every arm)
 #   STEPS (800 per task), TOKEN_LR (5e-3), RANK (4), PROMPTS (200 per concept and ordinary measurement),
 #   PAIR_PROMPTS (50 per colour-shape pair), EVAL_STEPS (50), MODEL (shapes-default), JOBS (arms at once, 1),
-#   PYTHON (python3).
+#   PYTHON (python3); SUMMARY_ONLY=1 tabulates what is in OUT without training or measuring.
 # A stopped arm resumes; a finished one is neither trained nor measured again.
 # Writes OUT/data/CONCEPT, OUT/NAME (each arm's sequence), OUT/eval-NAME.{json,txt,log}, OUT/NAME.{json,log},
 # OUT/summary.{md,json}, OUT/heatmap-NAME.png, OUT/heatmaps.png (every arm's side by side).
@@ -53,7 +53,7 @@ arm() {  # NAME METHOD LAMBDA LR TARGETS: train the arm's sequence (resuming), t
     echo "finished $name"
 }
 export -f arm
-echo "$arms" | xargs -P "${JOBS:-1}" -L 1 bash -c 'arm "$@"' _
+[ -n "${SUMMARY_ONLY:-}" ] || echo "$arms" | xargs -r -P "${JOBS:-1}" -L 1 bash -c 'arm "$@"' _
 
 $py - "$out" <<'PY'
 """summary.md and .json: each arm's matrix, ordinary and pair accuracy after each task, A_T, F_T; heat-maps."""
