@@ -131,8 +131,9 @@ def training(parser, config) -> None:
     flag(parser, config, "lr", type=positive(float))
     flag(parser, config, "image_size", type=int, choices=(32, 64))
     flag(parser, config, "data",
-         help="shapes (default), fashion-mnist, mnist, or a folder of captioned images (a .txt beside each image, "
-              "or metadata.jsonl); `train` also takes a folder of cache-latents output")
+         help="shapes (default), shapes-wide (the world with the concepts of data/concept.py mixed in: for "
+              "autoencoders), fashion-mnist, mnist, or a folder of captioned images (a .txt beside each image, or "
+              "metadata.jsonl); `train` also takes a folder of cache-latents output")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="architecture size")
     common(parser, seeds=config, devices=config, model=False)
 
