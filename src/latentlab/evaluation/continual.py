@@ -75,14 +75,17 @@ def load_sequence(pipe: Pipeline, out: str | Path, upto: int | None = None) -> l
     return tasks
 
 
-def activate(pipe: Pipeline, tasks: list[dict], active: set[int]) -> None:
+def activate(pipe: Pipeline, tasks: list[dict], active: set[int], unet: Path | None = None) -> Path | None:
     """The model as it is with tasks `active` (1-based): their updates at multiplier 1, the other loaded ones at
-    0; full fine-tuning: the U-Net of the last active task."""
+    0; full fine-tuning: the U-Net of the last active task, read unless it is `unet`, the one already in the
+    model. Returns the U-Net file now in the model."""
     full = [k for k in sorted(active) if (tasks[k - 1]["folder"] / FULL_FILENAME).is_file()]
-    if full:
-        load_unet(pipe.unet, tasks[full[-1] - 1]["folder"] / FULL_FILENAME)
+    if full and (path := tasks[full[-1] - 1]["folder"] / FULL_FILENAME) != unet:
+        load_unet(pipe.unet, path)
+        unet = path
     for name in pipe.loras:
         pipe.set_lora_scale(name, 1.0 if int(name.removeprefix("task")) in active else 0.0)
+    return unet
 
 
 def learned_pairs(tasks: list[dict]) -> list[tuple[int, int]]:
@@ -114,12 +117,12 @@ def sequence_report(out: str | Path, *, model: str | None = None, prompts: int =
 
     base_ordinary = ordinary_prompts()
     load_sequence(pipe, out)
-    cache: dict = {}
+    cache: dict = {"unet": None}  # measurements by key; "unet": the full fine-tuning task's file in the model
 
     def measure(key, active: set[int], run):
         """run() on the model with tasks `active`; a separate sequence's figures are the same after any task."""
         if method != "separate" or key not in cache:
-            activate(pipe, tasks, active)
+            cache["unet"] = activate(pipe, tasks, active, cache["unet"])
             cache[key] = run()
         return cache[key]
 
