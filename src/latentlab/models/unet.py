@@ -132,13 +132,17 @@ class Level(nn.Module):
         self.gates = nn.ModuleList(gates) if gates else None
 
     def layer(self, j: int, h, emb, context, mask):
-        """Residual block j, then its transformer."""
+        """Residual block j, then its transformer if it has one (the middle's second block has none)."""
         h = self.resnets[j](h, emb)
-        return h if self.attentions is None else self.attentions[j](h, context, mask)
+        return h if self.transformer(j) is None else self.transformer(j)(h, context, mask)
+
+    def transformer(self, j: int) -> SpatialTransformer | None:
+        """The spatial transformer after residual block j, if any."""
+        return self.attentions[j] if self.attentions is not None and j < len(self.attentions) else None
 
     def layer_parameters(self, j: int) -> list[nn.Parameter]:
         """The parameters layer(j, ...) reads."""
-        modules = [self.resnets[j]] + ([] if self.attentions is None else [self.attentions[j]])
+        modules = [self.resnets[j]] + ([self.transformer(j)] if self.transformer(j) is not None else [])
         return [p for module in modules for p in module.parameters()]
 
 
@@ -230,27 +234,33 @@ class UNet(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        emb = self.embed(t, context, mask, x.dtype)
+        return self.traverse(x, self.embed(t, context, mask, x.dtype), context, mask, self._layer)
+
+    def traverse(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
+                 layer) -> torch.Tensor:
+        """The encoder, the middle and the decoder, with `layer(level, j, h, emb, context, mask)` running block j
+        of a level (residual block and transformer): the U-Net's own `_layer`, or a video model's, which adds its
+        temporal layers (models/video_unet.py)."""
         h = self.conv_in(x)
         skips = [h]
         for level in self.down_blocks:
             for j in range(len(level.resnets)):
-                h = self._layer(level, j, h, emb, context, mask)
+                h = layer(level, j, h, emb, context, mask)
                 skips.append(h)
             if level.downsamplers is not None:
                 h = level.downsamplers[0](h)
                 skips.append(h)
-        h = self.mid_block.resnets[1](self._layer(self.mid_block, 0, h, emb, context, mask), emb)
+        for j in range(len(self.mid_block.resnets)):
+            h = layer(self.mid_block, j, h, emb, context, mask)
         for level in self.up_blocks:
             for j in range(len(level.resnets)):
                 skip = skips.pop()
                 if level.gates is not None:
                     skip = level.gates[j](skip, h)
-                h = self._layer(level, j, torch.cat([h, skip], dim=1), emb, context, mask)
+                h = layer(level, j, torch.cat([h, skip], dim=1), emb, context, mask)
             if level.upsamplers is not None:
                 h = level.upsamplers[0](h)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
-
 
 def pool(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of the context's tokens (B, L, D) -> (B, D), over the tokens the mask keeps."""
