@@ -183,11 +183,11 @@ class Pipeline:
         )
 
     @staticmethod
-    def _check_save_id(path: Path, save_id) -> None:
+    def _check_save_id(path: Path, save_id, parts: tuple[str, ...] = ("text_encoder", "unet", "vae")) -> None:
         """Every network's weights were written by the save that wrote model_index.json (see the module's doc)."""
         if save_id is not None and not isinstance(save_id, str):
             raise CheckpointError(f"{path / 'model_index.json'}: save_id is {save_id!r}; accepted: a string")
-        for part in ("text_encoder", "unet", "vae"):
+        for part in parts:
             weights = path / part / "model.safetensors"
             if read_save_id(weights) != save_id:
                 raise CheckpointError(f"{weights} was written by another save than {path / 'model_index.json'}: the "
@@ -199,14 +199,21 @@ class Pipeline:
         first, model_index.json last, all stamped with a new save id (see the module's doc)."""
         path = Path(path)
         save_id = uuid.uuid4().hex
-        for name, module in (("text_encoder", self.text_encoder), ("unet", self.unet), ("vae", self.vae)):
+        for name, module in self.components().items():
             save_component(path / name, module, dtype=dtype, save_id=save_id)
         atomic_write(path / "tokenizer" / "tokenizer.json", self.tokenizer.to_json())
         atomic_write(path / "scheduler" / "config.json", json.dumps(dataclasses.asdict(self.diffusion), indent=2) + "\n")
+        atomic_write(path / "model_index.json", json.dumps(self.index(save_id), indent=2) + "\n")
+
+    def components(self) -> dict[str, nn.Module]:
+        """The networks a model folder stores, by sub-folder; each has a `config`."""
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+
+    def index(self, save_id: str) -> dict:
+        """model_index.json's contents for a save."""
         kind = next(name for name, (module, _) in TEXT_ENCODERS.items() if isinstance(self.text_encoder, module))
-        index = {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind,
-                 "save_id": save_id}
-        atomic_write(path / "model_index.json", json.dumps(index, indent=2) + "\n")
+        return {"format": FORMAT, "version": VERSION, "image_size": self.image_size, "text_encoder": kind,
+                "save_id": save_id}
 
     def to(self, device: str | torch.device, *, dtype: str | torch.dtype | None = None,
            channels_last: bool = False) -> "Pipeline":
@@ -446,12 +453,20 @@ class Pipeline:
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
         denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph)
-        latent = self.vae.config.latent_channels, size // self.vae.config.downsampling, size // self.vae.config.downsampling
         # image i's own generator draws its x_T, then the noise that ddpm and ddim (eta > 0) add at each step
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        x_T = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device)
+        x_T = torch.stack([torch.randn(self.latent_shape(size), generator=g) for g in generators]).to(self.device)
         z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generators,
                                    callback=callback, **options)
+        return self.decode(z_0)
+
+    def latent_shape(self, size: int) -> tuple[int, ...]:
+        """The shape of one sample's latents: (C, h, w) for an image."""
+        side = size // self.vae.config.downsampling
+        return self.vae.config.latent_channels, side, side
+
+    def decode(self, z_0: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) to images (B, 3, H, W) in [-1, 1], float32."""
         return self.vae.decode(z_0.to(next(self.vae.parameters()).dtype)).float().clamp(-1, 1)
 
     def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:
