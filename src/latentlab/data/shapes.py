@@ -10,7 +10,8 @@ like any other.
 
 Rendering is vectorised in torch (any device): each shape is a signed distance field, anti-aliased
 by clamping the distance to one pixel. All shapes of one size have the same area, so size is
-readable from area alone.
+readable from area alone. `draw` paints tables of objects at any centre and radius; `render` fills them
+from scenes (the video world, data/video.py, fills them from every frame of its clips).
 """
 
 from __future__ import annotations
@@ -317,6 +318,29 @@ def coverage(distance: torch.Tensor) -> torch.Tensor:
     return (0.5 - distance).clamp(0.0, 1.0)
 
 
+def draw(shape_ids: torch.Tensor, colours: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+         present: torch.Tensor, image_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draw B images of n object slots each, painted in slot order over the background; (B, 3, H, W) in [-1, 1].
+
+    shape_ids (B, n) index SHAPES + NEW_SHAPES (`shape_index`); colours (B, n, 3) RGB in [0, 1]; centres (B, n, 2)
+    (x, y) and radii (B, n) in pixels, continuous (radius: of the circle of the same area); present (B, n) 1 for
+    an object, 0 for an empty slot. The tables are moved to `device`.
+    """
+    (B, n), S = shape_ids.shape, image_size
+    shape_ids, colours, centres = shape_ids.to(device), colours.to(device), centres.to(device)
+    radii, present = radii.to(device), present.to(device)
+    grid = torch.arange(S, device=device, dtype=torch.float32) + 0.5
+    dx = grid.view(1, 1, 1, S) - centres[..., 0, None, None]  # (B, n, 1, S)
+    dy = grid.view(1, 1, S, 1) - centres[..., 1, None, None]  # (B, n, S, 1)
+    dx, dy = torch.broadcast_tensors(dx, dy)
+    alpha = coverage(shape_distance(shape_ids, dx, dy, radii)) * present[..., None, None]  # (B, n, S, S)
+    image = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).expand(B, 3, S, S)
+    for k in range(n):
+        a = alpha[:, k, None]
+        image = image * (1 - a) + colours[:, k, :, None, None] * a
+    return image * 2 - 1
+
+
 def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Render scenes to a (B, 3, H, W) tensor in [-1, 1]. Colours: the palette's and NEW_COLOURS."""
     n_max = max(len(s.objects) for s in scenes)
@@ -332,19 +356,8 @@ def render(scenes: list[Scene], image_size: int = 32, device: torch.device | str
             px, py = POSITIONS[obj.position]
             rows.append((shape_index(obj.shape), *colour_rgb(obj.colour), (px + jx) * S, (py + jy) * S,
                          SIZES[obj.size] * S, 1.0))
-    table = torch.tensor(rows, dtype=torch.float32).view(B, n_max, 8).to(device)
-    shape_ids, colour, centre = table[..., 0].long(), table[..., 1:4], table[..., 4:6]
-    radius, present = table[..., 6], table[..., 7]
-    grid = torch.arange(S, device=device, dtype=torch.float32) + 0.5
-    dx = grid.view(1, 1, 1, S) - centre[..., 0, None, None]  # (B, n, 1, S)
-    dy = grid.view(1, 1, S, 1) - centre[..., 1, None, None]  # (B, n, S, 1)
-    dx, dy = torch.broadcast_tensors(dx, dy)
-    alpha = coverage(shape_distance(shape_ids, dx, dy, radius)) * present[..., None, None]  # (B, n, S, S)
-    image = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).expand(B, 3, S, S)
-    for k in range(n_max):
-        a = alpha[:, k, None]
-        image = image * (1 - a) + colour[:, k, :, None, None] * a
-    return image * 2 - 1
+    table = torch.tensor(rows, dtype=torch.float32).view(B, n_max, 8)
+    return draw(table[..., 0].long(), table[..., 1:4], table[..., 4:6], table[..., 6], table[..., 7], S, device)
 
 
 class ShapesDataset:
