@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from latentlab.data import shapes
-from latentlab.data.video import (EXTENTS, FRAMES, HELD_OUT, MARGIN, MOTION_WORDS, MOTIONS, PAIR_TEMPLATES,
-                                  SINGLE_TEMPLATES, TRAVEL, Clip, MovingObject, VideoDataset, axis_of, caption,
-                                  caption_corpus, render, sample_clip, states)
-from latentlab.data.video_judge import clip_metrics, frames_right, judge_clip, score_clip
+from latentlab.data.judge import Detection
+from latentlab.data.video import (DIAGONAL_TRAVEL, EXTENTS, FRAMES, HELD_OUT, MARGIN, MOTION_WORDS, MOTIONS,
+                                  NEW_MOTIONS, PAIR_TEMPLATES, SINGLE_TEMPLATES, TRAVEL, Clip, MotionConcept,
+                                  MovingObject, VideoDataset, axis_of, caption, caption_corpus, render, sample_clip,
+                                  states)
+from latentlab.data.video_judge import clip_metrics, frames_right, judge_clip, read_motion, score_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
@@ -207,3 +209,87 @@ def test_bad_inputs_are_refused():
         MovingObject("circle", "red", "large", (0.5, 0.5), "grow")
     with pytest.raises(ValueError, match="one number of frames"):
         render([Clip((obj,), 8), Clip((obj,), 16)])
+
+
+# ---------------------------------------------------------------- a new motion
+
+
+def test_no_split_draws_a_new_motion():
+    for split in ("train", "test", "heldout"):
+        data = VideoDataset(seed=1, split=split, p_two=0.5)
+        assert not {o.motion for i in range(400) for o in data.example(i)[0].objects} & set(NEW_MOTIONS)
+
+
+def test_diagonal_clips_move_down_and_to_the_right_in_the_frame():
+    data = MotionConcept(motion="diagonal", split="test", frames=16)
+    for i in range(300):
+        clip, text = data.example(i)
+        (obj,) = clip.objects
+        frames = [f[0] for f in states(clip)]
+        dx, dy = (frames[-1].centre[a] - frames[0].centre[a] for a in (0, 1))
+        assert math.isclose(dx, DIAGONAL_TRAVEL) and math.isclose(dy, DIAGONAL_TRAVEL)
+        assert math.isclose(math.hypot(dx, dy), TRAVEL) and obj.motion == "diagonal"
+        assert all(math.isclose(f.radius, shapes.SIZES[obj.size]) and f.colour == obj.colour for f in frames)
+        for x0, x1, y0, y1 in map(_box, frames):
+            assert x0 >= MARGIN - 1e-9 and y0 >= MARGIN - 1e-9 and x1 <= 1 - MARGIN + 1e-9 and y1 <= 1 - MARGIN + 1e-9
+        assert _mentions(text, obj), text
+    assert caption(data.example(0)[0]).endswith("moves diagonally")
+    assert len(MOTION_WORDS["diagonal"]) >= 4 and "moves down and to the right" in MOTION_WORDS["diagonal"]
+
+
+def test_a_motion_concepts_training_clips_are_a_fixed_set_and_its_test_clips_fresh():
+    train = MotionConcept(seed=0, split="train", count=50, frames=8)
+    assert [train.example(i) for i in range(50)] == [train.example(i) for i in range(50, 100)]
+    assert len({train.example(i)[0] for i in range(50)}) == 50
+    longer = MotionConcept(seed=0, split="train", count=80, frames=16)  # the first 50 of 80, at 16 frames
+    assert longer.example(7)[0].objects == train.example(7)[0].objects
+    test = MotionConcept(seed=0, split="test", frames=8)
+    assert not {test.example(i)[0] for i in range(200)} & {train.example(i)[0] for i in range(50)}
+    assert MotionConcept(seed=1, frames=8).example(0) != train.example(0)
+    videos, captions, clips = train.batch(48, 4)
+    assert videos.shape == (4, 8, 3, 32, 32) and clips[2:] == [train.example(0)[0], train.example(1)[0]]
+    objects = [test.example(i)[0].objects[0] for i in range(200)]
+    assert {o.shape for o in objects} == set(shapes.SHAPES) and {o.colour for o in objects} == set(shapes.COLOURS)
+
+
+@pytest.mark.parametrize("frames", FRAMES)
+def test_judge_reads_ground_truth_diagonals(frames):
+    """At least 99% of fresh diagonal clips read right: motion, identity, everything at once."""
+    videos, _, clips = MotionConcept(split="test", frames=frames).batch(0, 150)
+    metrics = clip_metrics(clips, videos)
+    assert all(metrics[key] >= 0.99 for key in ("objects", "count", "motion", "identity", "all")), metrics
+
+
+def test_judge_reads_no_clip_of_the_world_as_a_diagonal():
+    videos, _, clips = VideoDataset(seed=14, split="test", frames=8, p_two=0.5).batch(0, 250)
+    motions = [t.motion for video in videos for t in judge_clip(video).tracks]
+    assert len(motions) > 300 and "diagonal" not in motions
+
+
+def _path(points) -> tuple[Detection, ...]:
+    return tuple(Detection("circle", "red", "small", "centre", point, 0.03) for point in points)
+
+
+@pytest.mark.parametrize("points, motion", [
+    ([(0.2 + 0.04 * t, 0.3 + 0.04 * t) for t in range(8)], "diagonal"),
+    ([(0.2 + 0.04 * t, 0.3 + 0.025 * t) for t in range(8)], "diagonal"),  # flatter: still a diagonal
+    ([(0.5 - 0.04 * t, 0.6 - 0.04 * t) for t in range(8)], None),  # up and to the left
+    ([(0.2 + 0.04 * t, 0.6 - 0.04 * t) for t in range(8)], None),  # up and to the right
+    ([(0.2 + 0.08 * min(t, 4), 0.3 + 0.08 * max(t - 4, 0)) for t in range(9)], None),  # right, then down: an L
+    ([(0.2 + 0.04 * t, 0.3 + 0.04 * (t if t != 4 else 1)) for t in range(8)], None),  # a step back
+    ([(0.2 + 0.04 * t, 0.3 + 0.01 * t) for t in range(8)], None),  # not far enough down
+])
+def test_judge_reads_a_diagonal_only_down_and_to_the_right_and_straight(points, motion):
+    assert read_motion(_path(points)) == motion
+
+
+def test_bad_motion_concepts_are_refused():
+    assert MovingObject("circle", "red", "small", (0.3, 0.3), "diagonal").motion == "diagonal"
+    with pytest.raises(ValueError, match="accepted: diagonal"):
+        MotionConcept(motion="left")
+    with pytest.raises(ValueError, match="accepted: train, test"):
+        MotionConcept(split="heldout")
+    with pytest.raises(ValueError, match="positive whole number"):
+        MotionConcept(count=0)
+    with pytest.raises(ValueError, match="accepted: 8, 16"):
+        MotionConcept(frames=12)

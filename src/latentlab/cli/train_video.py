@@ -1,13 +1,15 @@
 """`latentlab train-video`: make a video model from an image model by training its temporal layers on the video
-world (training/video.py); its flags are VideoTrainConfig's fields and those of its TemporalConfig."""
+world, or teach a video model a new motion with a motion LoRA (training/video.py); its flags are
+VideoTrainConfig's fields and those of its TemporalConfig."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from ..data.video import NEW_MOTIONS
 from ..models.video_unet import TemporalConfig
-from ..training.video import VideoTrainConfig
+from ..training.video import LORA_FILENAME, VideoTrainConfig
 from ..video_pipeline import FRAMES
 from .options import common, config_from, default_of, flag
 from .output import check_out, check_resume
@@ -21,8 +23,11 @@ def add_parser(commands) -> None:
                                                 "trained on clips of moving shapes")
     flag(t, Config, "image_model",
          help="the image model whose frozen networks the video model keeps: a model folder, or a shipped model "
-              "(shapes-default)")
-    flag(t, Config, "out", help="output folder: the video model, its checkpoint and log")
+              "(shapes-default); or give --init")
+    flag(t, Config, "init", help="start from this video model folder (its image model and temporal layers) instead")
+    flag(t, Config, "out", help=f"output folder: the video model (with --lora-rank: {LORA_FILENAME}), its checkpoint "
+                                "and log")
+    add_motion_lora(t)
     flag(t, Config, "steps", type=positive(int))
     flag(t, Config, "minutes", type=positive(float), help="stop after this much wall time")
     flag(t, Config, "batch_size", type=positive(int), help="clips a step, over all processes and micro-batches")
@@ -44,6 +49,21 @@ def add_parser(commands) -> None:
          help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
     add_temporal(t)
     t.set_defaults(func=run)
+
+
+def add_motion_lora(t) -> None:
+    """A new motion, and a LoRA that learns it."""
+    flag(t, Config, "motion", choices=list(NEW_MOTIONS),
+         help="train on clips of this motion, which the video world never shows (down and to the right), instead of "
+              "the video world's")
+    flag(t, Config, "concept_count", type=positive(int),
+         help="how many clips of the --motion to train on, cycled (default %(default)s)")
+    flag(t, Config, "lora_rank", type=positive(int),
+         help=f"train only a LoRA of this rank in --init's temporal layers, everything else frozen, and write it as "
+              f"OUT/{LORA_FILENAME} (generate-video --adapter loads it)")
+    flag(t, Config, "lora_targets", "--lora-target", action="append", metavar="PATTERN",
+         help="a temporal layer the LoRA adapts: a regular expression matching the end of a module's dotted name "
+              "(default: %(default)s, the temporal attention projections); repeat for several")
 
 
 def add_temporal(t) -> None:
@@ -70,6 +90,7 @@ def run(args) -> None:
     if not result.pop("main"):
         return  # one report per run, from the main process
     if result["interrupted"]:
-        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and the model are saved "
+        saved = LORA_FILENAME if "lora" in result else "the model"
+        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and {saved} are saved "
               f"in {args.out}; run the same command with --resume to continue", file=sys.stderr)
     print(json.dumps(result))

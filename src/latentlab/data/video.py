@@ -12,6 +12,15 @@ palette (SHAPES, COLOURS), a size, a start position and one motion of MOTIONS:
 - "change colour": the object switches to `end_colour`, another palette colour, at the middle frame (frames
   frames // 2 onwards), with no blend, so every frame shows a palette colour.
 
+A motion of NEW_MOTIONS is never drawn by any split, as shapes.NEW_SHAPES are never drawn: a model learns it from
+a few clips of its own (`MotionConcept`), as data/concept.py teaches a new colour or shape. So far there is one:
+
+- "diagonal": down and to the right, linearly from the first frame to the last; the centre travels
+  DIAGONAL_TRAVEL = TRAVEL / sqrt(2) (0.28 of the width) along each axis, so its path is as long as a straight
+  move's (TRAVEL) and as fast, and leaves a large object room to start (a large triangle's centre starts
+  anywhere in x 0.25 .. 0.47, y 0.28 .. 0.56). Its wordings are "moves diagonally", "slides diagonally",
+  "moves down and to the right", ...
+
 Every object stays wholly in the frame all the clip. Two objects have distinct colours (end colours included)
 and paths that never meet: they move along the same axis, in two bands (one in the top half, one in the bottom
 half, for horizontal motions) or two columns (left and right halves, for vertical ones); a clip whose objects
@@ -35,16 +44,20 @@ from dataclasses import dataclass
 
 import torch
 
+from .concept import CONCEPT_SPLITS
 from .shapes import (_SPLIT_STREAM, COLOURS, SHAPES, SIZE_WORDS, SIZES, SPLITS, _article, colour_rgb, draw,
                      shape_index)
 
 FRAMES = (8, 16)  # frames per clip accepted
 MOTIONS = ("left", "right", "up", "down", "bounce horizontal", "bounce vertical", "grow", "shrink", "change colour")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy), y pointing down
+NEW_MOTIONS = ("diagonal",)  # never drawn by any split (as shapes.NEW_SHAPES): MotionConcept's clips teach them
+DIAGONALS = {"diagonal": (1, 1)}  # (dx, dy) of a diagonal move, y pointing down: down and to the right
 BOUNCES = {"bounce horizontal": 0, "bounce vertical": 1}  # the axis it moves along, 0 for x
 SIZE_CHANGES = {"grow": ("small", "large"), "shrink": ("large", "small")}  # (first frame's size, last frame's)
 HELD_OUT = frozenset({("triangle", "up"), ("circle", "shrink"), ("square", "bounce horizontal")})
 TRAVEL = 0.4  # how far a moving or bouncing centre goes, as a fraction of the width
+DIAGONAL_TRAVEL = TRAVEL / math.sqrt(2)  # how far a diagonal move goes along each axis: TRAVEL along its path
 MARGIN = 0.03  # the least gap between an object and the edge of its region (frame or half), fraction of the width
 # how far each shape reaches from its centre (left, right, up, down), in radii of the circle of the same area
 # (shapes.shape_distance): the square's half side sqrt(pi)/2; the triangle's half side, circumradius, inradius
@@ -71,6 +84,8 @@ MOTION_WORDS = {
     "shrink": ("shrinks", "gets smaller", "shrinks down", "contracts"),
     "change colour": ("turns {colour}", "changes colour to {colour}", "changes color to {colour}",
                       "becomes {colour}"),
+    "diagonal": ("moves diagonally", "slides diagonally", "goes diagonally", "moves down and to the right",
+                 "slides down to the right"),
 }
 SINGLE_TEMPLATES = (
     "{a} {obj} {motion}",
@@ -101,6 +116,12 @@ def check_split(split: str) -> None:
         raise ValueError(f"unknown split {split!r}; accepted: {_accepted(SPLITS)}")
 
 
+def check_new_motion(motion: str) -> None:
+    if motion not in NEW_MOTIONS:
+        raise ValueError(f"unknown new motion {motion!r}; accepted: {_accepted(NEW_MOTIONS)} (the motions no split "
+                         "draws)")
+
+
 @dataclass(frozen=True)
 class MovingObject:
     """One object of a clip as it is at the first frame, and its motion."""
@@ -109,12 +130,12 @@ class MovingObject:
     colour: str
     size: str  # at the first frame
     start: tuple[float, float]  # centre (x, y) at the first frame, fractions of the image
-    motion: str  # one of MOTIONS
+    motion: str  # one of MOTIONS or NEW_MOTIONS
     end_colour: str | None = None  # the colour from the middle frame on; for "change colour" only
 
     def __post_init__(self):
-        if self.motion not in MOTIONS:
-            raise ValueError(f"unknown motion {self.motion!r}; accepted: {_accepted(MOTIONS)}")
+        if self.motion not in MOTIONS + NEW_MOTIONS:
+            raise ValueError(f"unknown motion {self.motion!r}; accepted: {_accepted(MOTIONS + NEW_MOTIONS)}")
         if (self.motion == "change colour") != (self.end_colour is not None):
             raise ValueError("an end colour is given with the motion 'change colour' and only with it")
         if self.motion in SIZE_CHANGES and self.size != SIZE_CHANGES[self.motion][0]:
@@ -148,6 +169,9 @@ def _offset(obj: MovingObject, progress: float) -> tuple[float, float]:
     if obj.motion in DIRECTIONS:
         dx, dy = DIRECTIONS[obj.motion]
         return dx * TRAVEL * progress, dy * TRAVEL * progress
+    if obj.motion in DIAGONALS:
+        dx, dy = DIAGONALS[obj.motion]
+        return dx * DIAGONAL_TRAVEL * progress, dy * DIAGONAL_TRAVEL * progress
     if obj.motion in BOUNCES:
         axis = BOUNCES[obj.motion]
         towards_middle = 1.0 if obj.start[axis] < 0.5 else -1.0
@@ -175,7 +199,7 @@ def states(clip: Clip) -> tuple[tuple[ObjectState, ...], ...]:
 
 
 def axis_of(motion: str) -> int | None:
-    """0 for a motion along x, 1 along y, None for one in place."""
+    """0 for a motion along x, 1 along y, None for one in place (and for a diagonal, along both)."""
     if motion in DIRECTIONS:
         return 0 if DIRECTIONS[motion][0] else 1
     return BOUNCES.get(motion)
@@ -212,6 +236,9 @@ def _start(rng: random.Random, shape: str, motion: str, radius: float, region) -
     if axis is not None:  # room for the travel; a bounce goes towards the middle, so starts on the side it leaves
         way = DIRECTIONS[motion][axis] if motion in DIRECTIONS else rng.choice((1, -1))
         low[axis], high[axis] = (low[axis], high[axis] - TRAVEL) if way > 0 else (low[axis] + TRAVEL, high[axis])
+    for axis, way in enumerate(DIAGONALS.get(motion, ())):  # a diagonal's room along both axes
+        low[axis], high[axis] = ((low[axis], high[axis] - DIAGONAL_TRAVEL) if way > 0
+                                 else (low[axis] + DIAGONAL_TRAVEL, high[axis]))
     assert low[0] <= high[0] and low[1] <= high[1], "an object has no room in its region"
     return rng.uniform(low[0], high[0]), rng.uniform(low[1], high[1])
 
@@ -318,6 +345,43 @@ class VideoDataset:
     def __getitem__(self, index: int):
         videos, captions, clips = self.batch(index, 1)
         return videos[0], captions[0], clips[0]
+
+
+def motion_object(rng: random.Random, motion: str) -> MovingObject:
+    """One object of the training shapes, palette and sizes doing `motion`, starting anywhere it stays in the
+    frame all the clip."""
+    shape, colour, size = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES))
+    return MovingObject(shape, colour, size, _start(rng, shape, motion, SIZES[size], FULL), motion)
+
+
+class MotionConcept(VideoDataset):
+    """Clips of a new motion (NEW_MOTIONS), to teach it to a video model (a motion LoRA, training/video.py) and
+    test what it learned: one object of the training shapes, palette and sizes doing the motion, captioned in
+    the motion's wordings ("a small red circle moves diagonally").
+
+    Example i is fixed by (motion, split, seed, i), apart from every other stream. The "train" split is a fixed
+    set of `count` clips, cycled: example i is example i mod count, caption included, as a folder of captioned
+    clips would be (data/concept.py's folders). The "test" split is an endless stream of fresh clips. Clips
+    are the same at every frame count and image size.
+    """
+
+    def __init__(self, *, motion: str = "diagonal", seed: int = 0, split: str = "train", count: int = 50,
+                 frames: int = 16, image_size: int = 32, canonical_captions: bool = False):
+        check_new_motion(motion)
+        if split not in CONCEPT_SPLITS:
+            raise ValueError(f"unknown motion concept split {split!r}; accepted: {_accepted(CONCEPT_SPLITS)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive whole number of clips, got {count!r}")
+        super().__init__(seed=seed, split=split, frames=frames, image_size=image_size, p_two=0.0,
+                         canonical_captions=canonical_captions)
+        self.motion, self.count = motion, count
+
+    def example(self, index: int) -> tuple[Clip, str]:
+        if self.split == "train":
+            index %= self.count
+        rng = random.Random(f"motion-concept/{self.motion}/{self.split}/{self.seed}/{index}")  # hashed by SHA-512
+        clip = Clip((motion_object(rng, self.motion),), self.frames)
+        return clip, caption(clip, None if self.canonical_captions else rng)
 
 
 def caption_corpus(n: int = 20_000, seed: int = 0) -> list[str]:

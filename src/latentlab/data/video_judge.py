@@ -11,7 +11,10 @@ read from its centroid and area trajectories:
   the other way back (one reversal);
 - grow / shrink: its centroid stays within STEADY of its start and its area grows (shrinks) by GROWTH or more,
   never going back by more than a factor AREA_BACKTRACK;
-- change colour: it stays put and keeps its area, and its colour switches exactly once.
+- change colour: it stays put and keeps its area, and its colour switches exactly once;
+- diagonal (of video.NEW_MOTIONS): it travels at least MIN_TRAVEL along both axes, the ways the diagonal goes
+  (down and to the right), never stepping back on either by more than BACKTRACK, and stays within STEADY of the
+  straight line from its first centroid to its last (an L-shaped path is no diagonal).
 
 A moving object keeps its area within a factor AREA_STEADY. An object keeps its identity when it is seen in
 every frame with one shape, one colour (apart from the switch of a colour change) and one size (apart from a
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .judge import Detection, judge
-from .video import BOUNCES, DIRECTIONS, SIZE_CHANGES, Clip, MovingObject, states
+from .video import BOUNCES, DIAGONALS, DIRECTIONS, SIZE_CHANGES, Clip, MovingObject, states
 
 LINK = 0.2  # a centroid moves less than this between frames, as a fraction of the width
 MIN_TRAVEL = 0.15  # a move or bounce goes at least this far (the world's TRAVEL is 0.4)
@@ -44,7 +47,7 @@ class Track:
     """One object followed across the frames."""
 
     detections: tuple[Detection | None, ...]  # per frame; None where it is not seen
-    motion: str | None  # the motion of video.MOTIONS it shows; None if none fits
+    motion: str | None  # the motion of video.MOTIONS or NEW_MOTIONS it shows; None if none fits
     keeps_identity: bool
     jitter: float  # mean |second difference| of the centroid, fraction of the width; nan under 3 frames seen
 
@@ -115,6 +118,16 @@ def _along(path: list[float], axis: int) -> str | None:
     return None
 
 
+def _diagonal(xs: list[float], ys: list[float]) -> str | None:
+    """The diagonal move that the centroid's path (relative to its start) shows, else None."""
+    for motion, ways in DIAGONALS.items():
+        if all(way * path[-1] >= MIN_TRAVEL and _monotone(path, way, BACKTRACK) for path, way in zip((xs, ys), ways)):
+            length = math.hypot(xs[-1], ys[-1])  # at least MIN_TRAVEL sqrt(2)
+            off_line = max(abs(x * ys[-1] - y * xs[-1]) for x, y in zip(xs, ys)) / length  # from start-end line
+            return motion if off_line < STEADY else None
+    return None
+
+
 def _in_place(areas: list[float], colours: list[str]) -> str | None:
     """The colour change, growth or shrinking that an object staying put shows, else None."""
     if _switches(colours) == 1 and max(areas) / min(areas) < AREA_STEADY:
@@ -129,7 +142,8 @@ def _in_place(areas: list[float], colours: list[str]) -> str | None:
 
 
 def read_motion(detections: tuple[Detection | None, ...]) -> str | None:
-    """The motion of video.MOTIONS an object's detections (one per frame) show, None if none fits."""
+    """The motion of video.MOTIONS or NEW_MOTIONS an object's detections (one per frame) show, None if none
+    fits."""
     if None in detections or len(detections) < 3:
         return None
     xs = [d.centre[0] - detections[0].centre[0] for d in detections]
@@ -138,9 +152,11 @@ def read_motion(detections: tuple[Detection | None, ...]) -> str | None:
     excursion = (max(map(abs, xs)), max(map(abs, ys)))
     if max(excursion) < STEADY:
         return _in_place(areas, colours)
-    axis = 0 if excursion[0] >= excursion[1] else 1
-    if excursion[1 - axis] >= STEADY or _switches(colours) or max(areas) / min(areas) >= AREA_STEADY:
+    if _switches(colours) or max(areas) / min(areas) >= AREA_STEADY:
         return None
+    if min(excursion) >= STEADY:  # off both axes: a diagonal or nothing
+        return _diagonal(xs, ys)
+    axis = 0 if excursion[0] >= excursion[1] else 1
     return _along(xs if axis == 0 else ys, axis)
 
 

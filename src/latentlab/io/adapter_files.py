@@ -83,7 +83,7 @@ _OURS = "|".join(re.escape(k) for k in DIMS) + r"|lora_magnitude_vector\.weight"
 _LYCORIS = r"lora_down|lora_up|alpha|dora_scale|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2"
 LAYOUTS = {
     "kohya": [rf"(?P<part>lora_unet|lora_te[12]?)_(?P<module>[^.]+)\.(?P<role>{_LYCORIS})(?:\.weight)?"],
-    "latentlab": [rf"(?P<part>unet|text_encoder|text_encoder_2)\.(?P<module>.+)\.(?P<role>{_OURS})"],
+    "latentlab": [rf"(?P<part>unet|temporal|text_encoder|text_encoder_2)\.(?P<module>.+)\.(?P<role>{_OURS})"],
     "peft": [rf"base_model\.model\.(?P<module>.+)\.(?P<role>{_OURS})",
              rf"(?P<module>.+)\.(?P<role>{_OURS})"],  # one network's (get_peft_model_state_dict of a model)
 }

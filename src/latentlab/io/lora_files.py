@@ -56,7 +56,7 @@ FINGERPRINT_SAMPLES = 64
 MAX_SCALE = 1e4  # alpha / r read from a file: trained LoRAs stay far below; beyond, weights overflow to inf
 
 # key layouts: (part, module, role) from a key; a format's first matching pattern wins
-_PART = r"(?P<part>unet|text_encoder|text_encoder_2)"
+_PART = r"(?P<part>unet|temporal|text_encoder|text_encoder_2)"  # temporal: a video model's (video_pipeline.py)
 LAYOUTS = {
     "kohya": [r"(?P<part>lora_unet|lora_te[12]?)_(?P<module>.+)\.(?P<role>lora_down|lora_up|alpha)(?:\.weight)?"],
     "peft": [r"base_model\.model\.(?P<module>.+)\.(?P<role>lora_A|lora_B)\.weight"],
