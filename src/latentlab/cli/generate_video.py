@@ -10,13 +10,12 @@ from ..clips import frame_strip, import_av, save_gif, save_mp4
 from ..devices import DTYPES
 from ..errors import LatentlabError
 from ..pipeline import default_model_path
-from ..video_pipeline import VideoPipeline
+from ..video_pipeline import SHIPPED_VIDEO_MODEL, VideoPipeline
 from .generate import slug
 from .options import SAMPLE, common, defaults, flag, sampler_options, sampling
 from .output import check_out
-from .values import positive, prompt
+from .values import lora_file, positive, prompt
 
-SHIPPED_VIDEO_MODEL = "shapes-video"  # used where --model is not given, once the package ships it
 GIF = defaults(save_gif)
 
 
@@ -35,6 +34,9 @@ def add_parser(commands) -> None:
                    help="write no MP4, only the GIF and the frame strip (without PyAV installed, none is written)")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="the networks' weights and activations (default %(default)s; float16 or bfloat16 on a GPU)")
+    g.add_argument("--adapter", type=lora_file, action="append", metavar="FILE[:SCALE]",
+                   help="add an adapter file at multiplier SCALE (default 1): a motion LoRA (train-video --lora-rank), "
+                        "or any kind `lora train` writes for the image model; repeat for several")
     g.set_defaults(func=run)
 
 
@@ -54,6 +56,8 @@ def run(args) -> None:
     out = Path(args.out)
     check_out(out, folder=True)
     pipe = VideoPipeline.load(model, device=args.device, dtype=args.dtype)
+    for path, scale in args.adapter or ():
+        pipe.load_adapter(path, scale=scale)
     seed, _, _ = pipe.check_sample(len(args.prompts), steps=args.steps, guidance=args.guidance, seed=args.seed,
                                    sampler=args.sampler, **sampler_options(args))
     mp4 = args.mp4 and has_av()

@@ -96,9 +96,15 @@ class TemporalAttention(nn.Module):
         x = self.proj_in(tokens) + self.frame_embedding(position)[None]
         x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
-            per_pixel = context[::frames].repeat_interleave(H * W, dim=0)  # each clip's text, for each of its pixels
-            pixel_mask = None if mask is None else mask[::frames].repeat_interleave(H * W, dim=0)
-            x = x + self.attn2(self.norm2(x), per_pixel, pixel_mask)
+            x = x + self.cross_attention(self.norm2(x), context[::frames], None if mask is None else mask[::frames])
         x = x + self.ff(self.norm3(x))
         h = self.proj_out(x).view(B, H, W, T, C).permute(0, 3, 4, 1, 2).reshape(B * T, C, H, W)
         return z + h
+
+    def cross_attention(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """attn2(x, each clip's text) for the rows x (B * H * W, T, C) of B clips, context (B, L, D): the text's
+        keys and values projected once per clip, then shared by its H * W pixels."""
+        pixels = x.shape[0] // context.shape[0]
+        k, v = (p(context).repeat_interleave(pixels, dim=0) for p in (self.attn2.to_k, self.attn2.to_v))
+        mask = None if mask is None else mask.repeat_interleave(pixels, dim=0)
+        return self.attn2.attend(self.attn2.to_q(x), k, v, mask)
