@@ -52,8 +52,8 @@ from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_optimizer, load_state,
-                    meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step, set_rng_state, unprefixed)
+from .state import (FILENAME, data_identity, digest, load_trainer_state, prefixed, save_trainer_state,
+                    unprefixed)
 
 LORA_FILENAME = "lora.safetensors"
 PRIOR_FOLDER = "prior"
@@ -159,13 +159,6 @@ def check_method(c: LoRATrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise LatentlabError(message)
-
-
-def added_settings() -> dict:
-    """Every setting at its default, as a checkpoint stores it: what a checkpoint written before a setting was
-    added (a LoRA run's, before `method`) ran with."""
-    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(LoRATrainConfig)
-                                  if f.default is not dataclasses.MISSING}))
 
 
 def check_config(c: LoRATrainConfig) -> LoRATrainConfig:
@@ -348,23 +341,10 @@ class LoRATrainer:
 
     def save_checkpoint(self) -> None:
         self.finite.check(self.step)
-        tensors = self.trained_tensors()
-        optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
-        random_tensors, random_meta = rng_state({"noise": self.noise})
-        meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity,
-                "optimizer": optimizer_meta, "rng": random_meta}
-        save_state(self.checkpoint_path, {**tensors, **optimizer_tensors, **random_tensors}, meta)
+        save_trainer_state(self)
 
     def load_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        tensors, meta = load_state(path)
-        step = saved_step(meta, path)
-        meta["config"] = {**added_settings(), **meta_field(meta, "config", dict, path)}
-        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
-        self.restore_tensors(tensors, path)
-        load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
-        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise}, path)
-        self.step = step
+        load_trainer_state(self, RESUMABLE_CHANGES)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """The checkpoint's trained tensors: each network's new adapters (a prefix's with its MLP: not frozen yet)."""

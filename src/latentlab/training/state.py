@@ -320,3 +320,37 @@ def _set_rng_state(tensors: dict, meta: dict, generators: dict[str, torch.Genera
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), position, has_gauss, gauss))
     version, internal, gauss_next = meta["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------------- a trainer's checkpoint
+
+
+def default_settings(config_cls: type) -> dict:
+    """Every setting of a run's config class at its default, as a checkpoint stores it: what a checkpoint
+    written before a setting was added ran with."""
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(config_cls)
+                                  if f.default is not dataclasses.MISSING}))
+
+
+def save_trainer_state(trainer) -> None:
+    """The checkpoint of a trainer that keeps its trained tensors (`trained_tensors()`), an optimizer and one
+    noise generator: with its step, config and identity, all a step reads."""
+    meta = {"step": trainer.step, "config": config_json(trainer.config), "identity": trainer.identity}
+    optimizer_tensors, meta["optimizer"] = optimizer_state(trainer.optimizer)
+    random_tensors, meta["rng"] = rng_state({"noise": trainer.noise})
+    save_state(trainer.checkpoint_path, {**trainer.trained_tensors(), **optimizer_tensors, **random_tensors}, meta)
+
+
+def load_trainer_state(trainer, may_change: tuple[str, ...]) -> None:
+    """`save_trainer_state`'s checkpoint back into the trainer (`restore_tensors(tensors, path)` takes the
+    trained tensors), after checking that it is this run's: settings other than `may_change` and the
+    identity must match (a setting the checkpoint predates counts at its default)."""
+    path = trainer.checkpoint_path
+    tensors, meta = load_state(path)
+    step = saved_step(meta, path)
+    meta["config"] = {**default_settings(type(trainer.config)), **meta_field(meta, "config", dict, path)}
+    check_resumable(meta, trainer.config, path, may_change, trainer.identity)
+    trainer.restore_tensors(tensors, path)
+    load_optimizer(trainer.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
+    set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": trainer.noise}, path)
+    trainer.step = step

@@ -24,7 +24,6 @@ resumed (`resume=True`) ends with an uninterrupted run's weights.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import random
 import re
@@ -51,9 +50,7 @@ from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import (FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps,
                    setup)
-from .state import (FILENAME, check_resumable, config_json, digest, load_module, load_optimizer, load_state,
-                    meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step, set_rng_state,
-                    unprefixed)
+from .state import FILENAME, digest, load_module, load_trainer_state, prefixed, save_trainer_state, unprefixed
 
 ADAPTER = "motion"  # the LoRA's name while it trains
 LORA_FILENAME = "motion-lora.safetensors"
@@ -129,13 +126,6 @@ def check_modes(c: VideoTrainConfig) -> None:
             re.compile(pattern)
         except re.error as e:
             raise LatentlabError(f"LoRA target {pattern!r} is not a regular expression ({e})") from None
-
-
-def added_settings() -> dict:
-    """Every setting at its default, as a checkpoint stores it: what a checkpoint written before a setting was
-    added (before `init`, `motion` and the LoRA's) ran with."""
-    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(VideoTrainConfig)
-                                  if f.default is not dataclasses.MISSING}))
 
 
 def start_model(c: VideoTrainConfig, device: torch.device) -> VideoPipeline:
@@ -232,24 +222,11 @@ class VideoTrainer:
 
     def save_checkpoint(self) -> None:
         self.finite.check(self.step)
-        if not self.world.main:
-            return
-        meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity}
-        tensors = self.trained_tensors()
-        optimizer_tensors, meta["optimizer"] = optimizer_state(self.optimizer)
-        random_tensors, meta["rng"] = rng_state({"noise": self.noise})
-        save_state(self.checkpoint_path, {**tensors, **optimizer_tensors, **random_tensors}, meta)
+        if self.world.main:
+            save_trainer_state(self)
 
     def load_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        tensors, meta = load_state(path)
-        step = saved_step(meta, path)
-        meta["config"] = {**added_settings(), **meta_field(meta, "config", dict, path)}
-        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
-        self.restore_tensors(tensors, path)
-        load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
-        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": self.noise}, path)
-        self.step = step
+        load_trainer_state(self, RESUMABLE_CHANGES)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """What the checkpoint keeps of the networks: the temporal layers and their EMA; a LoRA run's LoRA."""
