@@ -8,9 +8,9 @@ import torch
 from latentlab.data import shapes
 from latentlab.data.judge import Detection
 from latentlab.data.video import (DIAGONAL_TRAVEL, EXTENTS, FRAMES, HELD_OUT, MARGIN, MOTION_WORDS, MOTIONS,
-                                  NEW_MOTIONS, PAIR_TEMPLATES, SINGLE_TEMPLATES, TRAVEL, Clip, MotionConcept,
-                                  MovingObject, VideoDataset, axis_of, caption, caption_corpus, render, sample_clip,
-                                  states)
+                                  NEW_MOTIONS, PAIR_TEMPLATES, SINGLE_TEMPLATES, TRAVEL, Clip, ConceptClips,
+                                  MotionConcept, MovingObject, VideoDataset, axis_of, caption, caption_corpus, render,
+                                  sample_clip, states)
 from latentlab.data.video_judge import clip_metrics, frames_right, judge_clip, read_motion, score_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
@@ -293,3 +293,23 @@ def test_bad_motion_concepts_are_refused():
         MotionConcept(count=0)
     with pytest.raises(ValueError, match="accepted: 8, 16"):
         MotionConcept(frames=12)
+
+
+@pytest.mark.parametrize("concept", ["diamond", "cyan"])
+def test_concept_clips_stay_in_the_frame_and_name_the_concept(concept):
+    data = ConceptClips(concept=concept, word="zorb", frames=16)
+    for i in range(200):
+        clip, text = data.example(i)
+        assert concept in (clip.objects[0].shape, clip.objects[0].colour) and "zorb" in text and concept not in text
+        for frame in states(clip):
+            x0, x1, y0, y1 = _box(frame[0])
+            assert MARGIN - 1e-9 <= x0 and x1 <= 1 - MARGIN + 1e-9 and MARGIN - 1e-9 <= y0 and y1 <= 1 - MARGIN + 1e-9
+    assert data.example(7)[0].objects == ConceptClips(concept=concept, word="zorb", frames=8).example(7)[0].objects
+
+
+def test_judge_clip_reads_a_concept_only_when_given_it():
+    clip = ConceptClips(concept="diamond", frames=8).example(0)[0]
+    video = render([clip])[0]
+    assert {d.shape for f in judge_clip(video).frames for d in f} <= set(shapes.SHAPES)
+    reading = judge_clip(video, shapes=(*shapes.SHAPES, "diamond"))
+    assert all(d.shape == "diamond" for f in reading.frames for d in f) and all(reading.frames)

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 
 import torch
 
-from .concept import CONCEPT_SPLITS
+from .concept import CONCEPT_SPLITS, check_concept, concept_kind
 from .shapes import (_SPLIT_STREAM, COLOURS, SHAPES, SIZE_WORDS, SIZES, SPLITS, _article, colour_rgb, draw,
                      shape_index)
 
@@ -66,6 +67,7 @@ EXTENTS = {
     "circle": (1.0, 1.0, 1.0, 1.0),
     "square": (math.sqrt(math.pi) / 2,) * 4,
     "triangle": (_SIDE / 2, _SIDE / 2, _SIDE / math.sqrt(3), _SIDE / (2 * math.sqrt(3))),
+    "diamond": (math.sqrt(math.pi / 2),) * 4,  # a concept (shapes.NEW_SHAPES): the square's half diagonal
 }
 FULL = (0.0, 1.0, 0.0, 1.0)  # a region (x0, x1, y0, y1), fractions of the image
 BANDS = ((0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))  # two objects moving horizontally: top and bottom halves
@@ -382,6 +384,49 @@ class MotionConcept(VideoDataset):
         rng = random.Random(f"motion-concept/{self.motion}/{self.split}/{self.seed}/{index}")  # hashed by SHA-512
         clip = Clip((motion_object(rng, self.motion),), self.frames)
         return clip, caption(clip, None if self.canonical_captions else rng)
+
+
+def concept_object(rng: random.Random, concept: str) -> MovingObject:
+    """One object of a concept (data/concept.py: a colour of NEW_COLOURS or a shape of NEW_SHAPES) doing a motion
+    of MOTIONS, its other attributes drawn as sample_clip draws them, starting anywhere it stays in the frame."""
+    motion = rng.choice(MOTIONS)
+    if concept_kind(concept) == "colour":
+        shape, colour = rng.choice(SHAPES), concept
+    else:
+        shape, colour = concept, rng.choice(list(COLOURS))
+    end_colour = rng.choice([c for c in COLOURS if c != colour]) if motion == "change colour" else None
+    size = SIZE_CHANGES[motion][0] if motion in SIZE_CHANGES else rng.choice(list(SIZES))
+    largest = max(SIZES[s] for s in SIZE_CHANGES.get(motion, (size,)))
+    return MovingObject(shape, colour, size, _start(rng, shape, motion, largest, FULL), motion, end_colour)
+
+
+class ConceptClips(VideoDataset):
+    """Clips of a concept learned from images (a new colour or shape, data/concept.py) set in motion, to measure
+    what an image LoRA of it teaches a video model (evaluation/video_concept.py): one object of the concept
+    doing a motion of MOTIONS, captioned in the world's wordings with the concept named `word` ("a small red
+    diamond moves to the right"). A shape concept needs its EXTENTS.
+
+    Example i is fixed by (concept, split, seed, i), apart from every other stream; the same at every frame
+    count and image size.
+    """
+
+    def __init__(self, *, concept: str = "diamond", word: str | None = None, seed: int = 0, split: str = "test",
+                 frames: int = 16, image_size: int = 32, canonical_captions: bool = False):
+        self.word = check_concept(concept, word)
+        if concept_kind(concept) == "shape" and concept not in EXTENTS:
+            raise ValueError(f"the shape {concept!r} has no extents for clips yet; accepted: "
+                             f"{_accepted(s for s in EXTENTS if s not in SHAPES)}")
+        if split not in CONCEPT_SPLITS:
+            raise ValueError(f"unknown concept split {split!r}; accepted: {_accepted(CONCEPT_SPLITS)}")
+        super().__init__(seed=seed, split=split, frames=frames, image_size=image_size, p_two=0.0,
+                         canonical_captions=canonical_captions)
+        self.concept = concept
+
+    def example(self, index: int) -> tuple[Clip, str]:
+        rng = random.Random(f"concept-clip/{self.concept}/{self.split}/{self.seed}/{index}")  # hashed by SHA-512
+        clip = Clip((concept_object(rng, self.concept),), self.frames)
+        text = caption(clip, None if self.canonical_captions else rng)
+        return clip, re.sub(rf"\b{self.concept}\b", self.word, text)
 
 
 def caption_corpus(n: int = 20_000, seed: int = 0) -> list[str]:

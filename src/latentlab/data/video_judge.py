@@ -178,9 +178,12 @@ def jitter(detections: tuple[Detection | None, ...]) -> float:
     return sum(second) / len(second)
 
 
-def judge_clip(video: torch.Tensor) -> ClipReading:
-    """Read a clip (T, 3, H, W) in [-1, 1]: every frame with the image judge, then each object's track."""
-    frames = tuple(tuple(judge(frame)) for frame in video)
+def judge_clip(video: torch.Tensor, palette: dict[str, tuple[float, float, float]] | None = None,
+               shapes: tuple[str, ...] | None = None) -> ClipReading:
+    """Read a clip (T, 3, H, W) in [-1, 1]: every frame with the image judge (`palette` and `shapes` as
+    data/judge.py's `judge` takes them: default the training palette and shapes; a concept's are
+    evaluation/concept.py's `judge_options`), then each object's track."""
+    frames = tuple(tuple(judge(frame, palette, shapes)) for frame in video)
     tracks = []
     for detections in link(frames):
         detections = tuple(detections)

@@ -43,10 +43,14 @@ def video_adherence(pipe: VideoPipeline, *, prompts: int = 200, split: str = "te
 
 
 def read_clips(clips: list, videos: torch.Tensor) -> dict:
-    """The judge's figures for clips and the videos drawn of them (B, T, 3, H, W): `per_frame`, the share of
-    frames right on their own; the shares of clips right on each of score_clip's keys (objects, count, motion,
-    identity, all); `jitter`, the mean centroid jitter (None where no object was followed over 3 frames)."""
-    readings = [judge_clip(video) for video in videos]
+    """The judge's figures (`clip_figures`) for clips and the videos drawn of them (B, T, 3, H, W)."""
+    return clip_figures(clips, [judge_clip(video) for video in videos])
+
+
+def clip_figures(clips: list, readings: list) -> dict:
+    """The figures of clips' readings (judge_clip's): `per_frame`, the share of frames right on their own; the
+    shares of clips right on each of score_clip's keys (objects, count, motion, identity, all); `jitter`, the
+    mean centroid jitter (None where no object was followed over 3 frames)."""
     scores = [score_clip(clip, reading) for clip, reading in zip(clips, readings)]
     per_frame = [right for clip, reading in zip(clips, readings) for right in frames_right(clip, reading)]
     jitters = [r.jitter for r in readings if not math.isnan(r.jitter)]
