@@ -33,7 +33,6 @@ from .models.video_unet import TemporalConfig, TemporalLayers, VideoUNet
 from .pipeline import Pipeline, default_model_path
 
 SHIPPED_VIDEO_MODEL = "shapes-video"  # in the package's weights/, beside the image models
-FRAMES = (8, 16)  # the clip lengths the video world draws and a video model is made for
 
 
 def check_frames(frames) -> int:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ..data.video import NEW_MOTIONS
+from ..data.video import FRAMES, NEW_MOTIONS
 from ..models.video_unet import TemporalConfig
 from ..training.video import LORA_FILENAME, VideoTrainConfig
-from ..video_pipeline import FRAMES
 from .options import common, config_from, default_of, flag
 from .output import check_out, check_resume
 from .values import non_negative, positive, probability

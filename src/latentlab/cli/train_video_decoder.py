@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..training.video_decoder import COMPONENT, VideoDecoderTrainConfig
-from ..video_pipeline import FRAMES
+from ..data.video import FRAMES
 from .options import common, config_from, flag
 from .output import check_out, check_resume
 from .values import non_negative, positive
