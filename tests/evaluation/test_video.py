@@ -4,7 +4,8 @@ import pytest
 
 from latentlab import Pipeline
 from latentlab.data.video import VideoDataset
-from latentlab.evaluation.video import read_clips, video_adherence
+from latentlab.data.video_judge import clip_metrics as read_clips
+from latentlab.evaluation.video import video_adherence
 from latentlab.video_pipeline import VideoPipeline
 
 

@@ -253,12 +253,18 @@ def score_clip(clip: Clip, reading: ClipReading) -> dict[str, bool]:
     return result
 
 
-def clip_metrics(clips: list[Clip], videos: torch.Tensor) -> dict[str, float]:
-    """Over clips and their videos (B, T, 3, H, W): the share of clips right on each key of `score_clip`, and
-    `jitter`, the mean over clips of their centroid jitter (nan where no clip has a track)."""
-    readings = [judge_clip(video) for video in videos]
+def clip_figures(clips: list[Clip], readings: list[ClipReading]) -> dict[str, float | None]:
+    """The figures of clips' readings: `per_frame`, the share of frames right on their own (`frames_right`); the
+    share of clips right on each key of `score_clip`; `jitter`, the mean of the readings' centroid jitter (None
+    where no object was followed over 3 frames)."""
     scores = [score_clip(clip, reading) for clip, reading in zip(clips, readings)]
-    metrics = {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
+    per_frame = [right for clip, reading in zip(clips, readings) for right in frames_right(clip, reading)]
     jitters = [r.jitter for r in readings if not math.isnan(r.jitter)]
-    metrics["jitter"] = sum(jitters) / len(jitters) if jitters else math.nan
-    return metrics
+    return {"per_frame": sum(per_frame) / len(per_frame),
+            **{key: sum(s[key] for s in scores) / len(scores) for key in scores[0]},
+            "jitter": sum(jitters) / len(jitters) if jitters else None}
+
+
+def clip_metrics(clips: list[Clip], videos: torch.Tensor) -> dict[str, float | None]:
+    """`clip_figures` of clips and the videos drawn of them (B, T, 3, H, W), each read by `judge_clip`."""
+    return clip_figures(clips, [judge_clip(video) for video in videos])

@@ -10,12 +10,10 @@ the same for its image model sampled frame by frame from the same noise (its tem
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..data.video import VideoDataset
-from ..data.video_judge import frames_right, judge_clip, score_clip
+from ..data.video_judge import clip_metrics
 from ..video_pipeline import VideoPipeline
 
 
@@ -39,21 +37,4 @@ def video_adherence(pipe: VideoPipeline, *, prompts: int = 200, split: str = "te
                         for s in range(0, prompts, batch_size)])
     return {"model": "image model, frame by frame" if baseline else "video model", "split": split,
             "prompts": prompts, "frames": frames, "steps": steps, "guidance": guidance, "sampler": sampler,
-            "seed": seed, **read_clips(list(clips), videos)}
-
-
-def read_clips(clips: list, videos: torch.Tensor) -> dict:
-    """The judge's figures (`clip_figures`) for clips and the videos drawn of them (B, T, 3, H, W)."""
-    return clip_figures(clips, [judge_clip(video) for video in videos])
-
-
-def clip_figures(clips: list, readings: list) -> dict:
-    """The figures of clips' readings (judge_clip's): `per_frame`, the share of frames right on their own; the
-    shares of clips right on each of score_clip's keys (objects, count, motion, identity, all); `jitter`, the
-    mean centroid jitter (None where no object was followed over 3 frames)."""
-    scores = [score_clip(clip, reading) for clip, reading in zip(clips, readings)]
-    per_frame = [right for clip, reading in zip(clips, readings) for right in frames_right(clip, reading)]
-    jitters = [r.jitter for r in readings if not math.isnan(r.jitter)]
-    return {"per_frame": sum(per_frame) / len(per_frame),
-            **{key: sum(s[key] for s in scores) / len(scores) for key in scores[0]},
-            "jitter": sum(jitters) / len(jitters) if jitters else None}
+            "seed": seed, **clip_metrics(list(clips), videos)}

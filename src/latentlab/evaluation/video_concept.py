@@ -18,10 +18,9 @@ import torch
 
 from ..data.concept import concept_kind
 from ..data.video import Clip, ConceptClips, states
-from ..data.video_judge import ClipReading, judge_clip
+from ..data.video_judge import ClipReading, clip_figures, judge_clip
 from ..video_pipeline import VideoPipeline
 from .concept import concept_judge_options
-from .video import clip_figures
 
 
 def read_concept_clips(clips: list[Clip], videos: torch.Tensor, concept: str) -> dict:

@@ -155,14 +155,15 @@ def run_steps(trainer, progress: Progress, stop: StopSignals, checkpoint_every: 
             return
 
 
-def train(trainer) -> tuple[float | None, StopSignals]:
+def train(trainer, *, main: bool = True) -> tuple[float | None, StopSignals]:
     """A trainer's run, for those whose step returns one loss (LoRA's and textual inversion's): resumed from its
     checkpoint when its config says so, its steps with a progress bar, a log and the finiteness check until
-    done or stopped, then a checkpoint. Returns (the last step's loss, the stop signals)."""
+    done or stopped, then a checkpoint. `main`: this is the process that shows the bar and writes log.csv (under
+    torchrun, rank 0). Returns (the last step's loss, this process's share, and the stop signals)."""
     c = trainer.config
     if c.resume:
         trainer.load_checkpoint()
-    progress = Progress(trainer.out, c.steps, c.minutes, c.batch_size, first_step=trainer.step)
+    progress = Progress(trainer.out, c.steps, c.minutes, c.batch_size, first_step=trainer.step, enabled=main)
     loss = None
     with StopSignals() as stop:
         try:

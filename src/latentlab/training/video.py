@@ -48,8 +48,7 @@ from ..pipeline import Pipeline
 from ..video_pipeline import VideoPipeline, check_frames
 from .distributed import close_world, init_world
 from .ema import EMA
-from .loop import (FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps,
-                   setup)
+from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
 from .state import FILENAME, digest, load_module, load_trainer_state, prefixed, save_trainer_state, unprefixed
 
 ADAPTER = "motion"  # the LoRA's name while it trains
@@ -316,23 +315,9 @@ class VideoTrainer:
         """Train to the end (or a stop signal), then write the checkpoint and the video model folder (a LoRA
         run: OUT/motion-lora.safetensors, its path the report's "lora"); the loss reported is the last step's,
         over the global batch."""
-        c, loss = self.config, None
-        if c.resume:
-            self.load_checkpoint()
-        progress = Progress(self.out, c.steps, c.minutes, c.batch_size, first_step=self.step,
-                            enabled=self.world.main)  # one bar and one log.csv, from the main process
-        with StopSignals() as stop:
-            try:
-                for step in run_steps(self, progress, stop, c.checkpoint_every):
-                    loss = self.train_step(step)
-                    progress.log(step, loss)
-                    self.step += 1
-                    self.finite.record(self.step, loss)
-            finally:  # also when stopped by an error: the bar ends its line before the error is printed
-                progress.close()
-        self.save_checkpoint()
-        if loss is not None:
-            loss = self.world.all_gather(loss.detach().float().view(1)).mean().item()  # each process's share
+        loss, stop = train(self, main=self.world.main)  # one bar and one log.csv, from the main process
+        if loss is not None:  # each process's share, averaged over the global batch
+            loss = self.world.all_gather(torch.tensor([loss], device=self.device)).mean().item()
         result = {}
         if self.world.main and self.lora:
             result["lora"] = str(self.save_lora())
