@@ -26,7 +26,7 @@ def video(image):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
 def test_a_new_video_model_samples_each_frame_as_the_image_model(image, video, sampler):
-    """Before training (alpha = 1) the video model is the image model applied to each frame's latents: the same
+    """Before training (each temporal layer the identity) the video model is the image model applied to each frame's latents: the same
     sampler from the same noise gives the same frames."""
     clips = video.sample(PROMPTS, steps=4, seed=5, sampler=sampler, guidance=3.0)
     assert clips.shape == (2, 4, 3, 32, 32)
@@ -91,3 +91,19 @@ def test_decode_reads_each_frame_alone(video):
     clips = video.decode(z)
     assert clips.shape == (2, 3, 3, 32, 32)
     torch.testing.assert_close(clips.flatten(0, 1), video.vae.decode(to_frames(z)).clamp(-1, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_video_model_samples_on_the_gpu_as_on_the_cpu():
+    """The same clips from the same seeds on a GPU as on the CPU (the noise is drawn on the CPU), within
+    float32's error over 10 steps of guidance; temporal layers with random weights, so that they count."""
+    torch.manual_seed(0)
+    pipe = VideoPipeline.from_image(Pipeline.load(device="cpu"), frames=8)
+    with torch.no_grad():
+        for p in pipe.unet.temporal.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    want = pipe.sample(PROMPTS, steps=10, seed=3)
+    got = pipe.to("cuda").sample(PROMPTS, steps=10, seed=3)
+    assert got.shape == want.shape == (2, 8, 3, 32, 32)
+    assert (got.cpu() - want).abs().mean() < 0.01

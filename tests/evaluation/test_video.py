@@ -3,7 +3,7 @@
 import pytest
 
 from latentlab import Pipeline
-from latentlab.data.video import VideoDataset
+from latentlab.data.video import MotionConcept, VideoDataset
 from latentlab.data.video_judge import clip_metrics as read_clips
 from latentlab.evaluation.video import video_adherence
 from latentlab.video_pipeline import VideoPipeline
@@ -31,3 +31,19 @@ def test_a_new_video_model_measures_as_its_image_model_frame_by_frame(split):
     assert ours["model"] == "video model" and baseline["model"] == "image model, frame by frame"
     assert {k: v for k, v in ours.items() if k != "model"} == pytest.approx(
         {k: v for k, v in baseline.items() if k != "model"}, nan_ok=True)
+
+
+def test_a_new_motion_is_measured_on_fresh_clips_of_it(monkeypatch):
+    """With `motion`, the prompts are MotionConcept's fresh clips: a model that drew those very clips scores
+    100% on every figure."""
+    video = VideoPipeline.from_image(Pipeline.load(device="cpu"), frames=8)
+    truth = MotionConcept(motion="diagonal", split="test", frames=8)
+    asked = []
+
+    def sample(prompts, **options):
+        asked.extend(prompts)
+        return truth.batch(len(asked) - len(prompts), len(prompts))[0]
+    monkeypatch.setattr(video, "sample", sample)
+    report = video_adherence(video, prompts=6, batch_size=4, motion="diagonal")
+    assert asked == truth.batch(0, 6)[1]  # "a small orange circle moves down and to the right", ...
+    assert report["split"] == "diagonal (fresh clips)" and report["motion"] == report["all"] == 1.0

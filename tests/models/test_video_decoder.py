@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from latentlab.errors import CheckpointError
-from latentlab.models.temporal import to_frames
+from latentlab.models.temporal import ALPHA_START, to_frames
 from latentlab.models.vae import AutoencoderKL, VAEConfig
 from latentlab.models.video_decoder import VideoDecoder, VideoDecoderConfig, residual_blocks
 from latentlab.video_pipeline import VideoPipeline
@@ -42,14 +42,15 @@ def test_one_temporal_layer_follows_each_residual_block():
                                       "up_blocks_2_resnets_0", "up_blocks_2_resnets_1"]
     widths = [mix.layer.conv1.in_channels for mix in decoder.temporal.values()]
     assert widths == [resnet.conv2.out_channels for _, resnet in residual_blocks(vae.decoder)] == [16] * 6 + [8] * 2
-    assert all(mix.alpha.item() == 1 for mix in decoder.temporal.values())
+    assert all(mix.alpha.item() == ALPHA_START for mix in decoder.temporal.values())
 
 
-def test_a_new_video_decoder_is_the_image_decoder_frame_by_frame():
-    """alpha = 1 as constructed: whatever the temporal layers' weights, each frame is decoded as the image decoder
-    decodes it alone."""
+@pytest.mark.parametrize("new", [True, False])
+def test_a_new_video_decoder_is_the_image_decoder_frame_by_frame(new):
+    """As constructed (each temporal layer the identity), and at alpha = 1 whatever the temporal layers' weights:
+    each frame is decoded as the image decoder decodes it alone."""
     vae = autoencoder()
-    decoder = video_decoder(vae)
+    decoder = VideoDecoder(vae.decoder) if new else video_decoder(vae)
     z = torch.randn(2 * 5, 4, 4, 4)  # 2 clips of 5 frames
     with torch.no_grad():
         torch.testing.assert_close(decoder(z, 5), vae.decoder(z), atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latentlab import fast
-from latentlab.models.temporal import TemporalAttention, TemporalConv, TemporalMix, to_clips, to_frames
+from latentlab.models.temporal import ALPHA_START, TemporalAttention, TemporalConv, TemporalMix, to_clips, to_frames
 from latentlab.models.unet import UNet, UNetConfig
 from latentlab.models.video_unet import TemporalConfig, TemporalLayers, VideoUNet
 
@@ -36,22 +36,46 @@ def per_frame(net, x, t, context, mask):
     return torch.stack([net.unet(x[:, :, k], t, context, mask) for k in range(x.shape[2])], dim=2)
 
 
-def test_a_new_video_unet_is_the_image_unet_frame_by_frame():
-    net = video_unet()  # alpha = 1 as constructed
+@pytest.mark.parametrize("alpha", [None, 1.0])
+def test_a_new_video_unet_is_the_image_unet_frame_by_frame(alpha):
+    """New temporal layers (each the identity) at their own alpha, or random ones at alpha = 1."""
+    net = video_unet(alpha=alpha)
+    if alpha is None:
+        net.temporal = TemporalLayers(net.unet)  # as constructed, beside a random U-Net
     x, t, context, mask = inputs()
     out = net(x, t, context, mask)
     assert out.shape == x.shape
     torch.testing.assert_close(out, per_frame(net, x, t, context, mask), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer", [TemporalConv(8, groups=4), TemporalAttention(8, head_dim=4, groups=4)])
-def test_a_mix_at_alpha_one_returns_the_spatial_output_exactly(layer):
+@pytest.mark.parametrize("make", [lambda: TemporalConv(8, groups=4), lambda: TemporalAttention(8, head_dim=4, groups=4)])
+def test_a_new_mix_and_a_mix_at_alpha_one_return_the_spatial_output_exactly(make):
     z = torch.randn(6, 8, 4, 4)
-    mix = TemporalMix(layer)
-    assert torch.equal(mix(z, 3), z)  # 1 * z + 0 * l(z): exact in floating point
+    mix = TemporalMix(make())
+    assert mix.alpha.item() == ALPHA_START and torch.equal(mix.layer(z, 3), z)  # a new layer is the identity
+    assert torch.equal(mix(z, 3), z)
+    with torch.no_grad():
+        for p in mix.layer.parameters():
+            p.normal_(0, 0.1)
+        mix.alpha.fill_(1.0)
+    assert not torch.equal(mix.layer(z, 3), z) and torch.equal(mix(z, 3), z)  # 1 * z + 0 * l(z): exact
     with torch.no_grad():
         mix.alpha.fill_(0.25)
-    torch.testing.assert_close(mix(z, 3), 0.25 * z + 0.75 * layer(z, 3))
+    torch.testing.assert_close(mix(z, 3), 0.25 * z + 0.75 * mix.layer(z, 3))
+
+
+def test_new_temporal_layers_learn_from_the_first_step():
+    """The start that alpha = 1 would give freezes: no gradient reaches the layers, and alpha's own is zero
+    while they are random (z - l(z) uncorrelated with the loss). New layers, each the identity at alpha = 1/2,
+    take gradient in their last projection from the first step."""
+    net = video_unet()
+    net.temporal = TemporalLayers(net.unet)
+    net.freeze_spatial()
+    x, t, context, mask = inputs()
+    net(x, t, context, mask).square().mean().backward()
+    for mix in net.temporal.values():
+        last = mix.layer.conv2 if isinstance(mix.layer, TemporalConv) else mix.layer.proj_out
+        assert last.weight.grad.abs().max() > 0
 
 
 def test_clips_and_frames_round_trip():
@@ -158,6 +182,7 @@ def test_bad_temporal_configs(options, message):
 def test_temporal_attention_reads_each_clips_text():
     torch.manual_seed(0)
     layer = TemporalAttention(8, context_dim=6, head_dim=4, groups=4)
+    torch.nn.init.normal_(layer.proj_out.weight)  # a trained layer's: a new one adds nothing
     z, context = torch.randn(2 * 3, 8, 4, 4), torch.randn(2, 5, 6).repeat_interleave(3, dim=0)  # 2 clips of 3 frames
     out = layer(z, 3, context)
     other = context.clone()
@@ -169,3 +194,26 @@ def test_temporal_attention_reads_each_clips_text():
     masked = context.clone()
     masked[:, 2:] = 7.0  # hidden tokens do not count
     torch.testing.assert_close(layer(z, 3, masked, mask), layer(z, 3, context, mask))
+
+
+def CUDA(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+
+
+@CUDA
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_on_the_gpu_in_bf16_with_the_speed_wing_the_step_matches_the_cpus(checkpointing):
+    """The training step as train-video runs it on a GPU (bf16 autocast, the speed wing, optionally gradient
+    checkpointing) against float32 on the CPU: outputs and the temporal layers' gradients within bf16's error."""
+    x, t, context, mask = inputs()
+    reference, grads = gradients(video_unet(alpha=0.6).freeze_spatial(), x, t, context, mask)
+    net = video_unet(alpha=0.6).freeze_spatial().cuda().enable_gradient_checkpointing(checkpointing)
+    fast.install(net)
+    net.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(x.cuda(), t.cuda(), context.cuda(), mask.cuda())
+    out.float().square().mean().backward()
+    scale = reference.abs().max()
+    assert (out.float().cpu() - reference).abs().max() < 0.03 * scale
+    for p, g in zip(net.temporal.parameters(), grads):
+        assert (p.grad.float().cpu() - g).norm() <= 0.05 * g.norm() + 1e-6

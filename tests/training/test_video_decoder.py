@@ -74,7 +74,7 @@ def test_only_the_temporal_layers_train(model, tmp_path):
 def test_a_resumed_run_ends_as_an_uninterrupted_one(model, tmp_path, capsys):
     assert train(model, tmp_path / "whole", "--steps", 4) == 0
     report = summary(capsys)
-    assert report["steps"] == 4 and report["alpha_min"] < 1 and not report["interrupted"]
+    assert report["steps"] == 4 and report["alpha_min"] < report["alpha_max"] and not report["interrupted"]
     assert train(model, tmp_path / "stopped", "--steps", 2) == 0 and summary(capsys)["steps"] == 2
     assert train(model, tmp_path / "stopped", "--steps", 4, "--resume") == 0 and summary(capsys)["steps"] == 4
     assert load_state(tmp_path / "stopped" / FILENAME)[1]["step"] == 4
@@ -98,7 +98,7 @@ def test_into_writes_a_copy_of_the_video_model_with_the_decoder(video_model, tmp
 
 def test_the_figures_compare_the_frozen_and_the_temporal_decoder(model, tmp_path):
     pipe = Pipeline.load(model, device="cpu")
-    new = VideoDecoder(pipe.vae.decoder)  # alpha = 1: the frozen decoder, frame by frame
+    new = VideoDecoder(pipe.vae.decoder)  # new temporal layers, each the identity: the frozen decoder
     rows = reconstruction_figures(pipe, new, clips=3, frames=8, batch_size=2)
     assert list(rows) == ["frozen", "temporal"]
     assert rows["frozen"]["psnr_db"] == pytest.approx(rows["temporal"]["psnr_db"], abs=1e-4)

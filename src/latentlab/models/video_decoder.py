@@ -9,7 +9,8 @@ mixed in by its factor alpha (eq. 3 of the paper):
 
     h' = alpha * h + (1 - alpha) * TemporalConv(h),      h = ResBlock(...)  of shape (B * T, C, H, W).
 
-alpha starts at 1, so before training the video decoder is exactly the image decoder applied frame by frame.
+A new TemporalConv is the identity (its last convolution starts at zero), so before training the video decoder
+is exactly the image decoder applied frame by frame; alpha starts at 1/2 (models/temporal.py says why).
 The temporal layers are a component of their own (`DecoderTemporalLayers`, with a config), which a video model
 folder stores as vae_temporal/ beside the image model's vae/ (video_pipeline.py).
 """

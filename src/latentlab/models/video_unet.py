@@ -3,8 +3,8 @@
 
 A clip of T frames is a batch of T images to the spatial layers; the timestep and the text condition every
 frame alike. After each residual block comes a temporal convolution, after each spatial transformer a temporal
-transformer, each mixed into the spatial output by its factor alpha (1 at the start: the image model, frame by
-frame). The state dict is the image U-Net's (`unet.`) and the temporal layers' (`temporal.`), so an image
+transformer, each mixed into the spatial output by its factor alpha; each starts as the identity (the image model,
+frame by frame). The state dict is the image U-Net's (`unet.`) and the temporal layers' (`temporal.`), so an image
 model's U-Net loads into a video model unchanged.
 """
 

@@ -102,7 +102,7 @@ def check_modes(c: VideoTrainConfig) -> None:
                              "of the video world draws)")
     defaults = VideoTrainConfig.__dataclass_fields__
     refused = [(c.lora_rank is not None and c.init is None, "--lora-rank needs --init: a LoRA adapts a trained "
-                "video model's temporal layers (new ones are the identity, mixed in at alpha = 1)"),
+                "video model's temporal layers (new ones are the identity)"),
                (c.lora_rank is not None and c.lora_rank < 1, f"lora_rank must be a positive integer, got "
                 f"{c.lora_rank}"),
                (c.concept_count < 1, f"concept_count must be a positive integer, got {c.concept_count}"),

@@ -168,8 +168,7 @@ class VideoDecoderTrainer:
 
 def train_video_decoder(config: VideoDecoderTrainConfig) -> dict:
     """Train (or, with `config.resume`, continue) a video decoder; returns the steps done, the last step's loss,
-    the temporal layers' smallest and largest alpha (1: the layer adds nothing; alpha is not bounded, as in
-    models/temporal.py), and whether a signal stopped the run."""
+    the temporal layers' smallest and largest alpha (alpha is not bounded, as in models/temporal.py), and whether a signal stopped the run."""
     return VideoDecoderTrainer(config).run()
 
 
