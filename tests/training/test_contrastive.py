@@ -100,3 +100,40 @@ def test_a_resume_with_other_settings_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train(tmp_path / "run", "--steps", 4, "--resume", "--lr", "1e-2") == 2
     assert_one_line_error(capsys, "lr")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip") / "run"
+    assert train(out, "--steps", 2) == 0
+    return out
+
+
+def test_eval_scores_a_models_images_with_the_clip_score_beside_the_judge(clip_dir, model, tmp_path, capsys):
+    assert main(["eval", "--model", str(model), "--prompts", "4", "--steps", "2", "--device", "cpu",
+                 "--metric", "clip-score", "--clip", str(clip_dir), "--out", str(tmp_path / "report.json")]) == 0
+    assert "clip score" in capsys.readouterr().out
+    (report,) = json.loads((tmp_path / "report.json").read_text())
+    assert -100 <= report["clip_score"] <= 100 and 0 <= report["judge_all"] <= 1 and report["prompts"] == 4
+    assert report["auc"] is None or 0 <= report["auc"] <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "clip-score", "--data", "fashion-mnist"], "does not go with --data fashion-mnist"),
+    (["--metric", "clip-score", "--concept", "diamond"], "does not go with --concept"),
+    (["--clip", "somewhere"], "give --metric clip-score too"),
+    (["--metric", "clip-score", "--clip", "/nonexistent"], "not a contrastive image-text model folder"),
+])
+def test_bad_clip_score_options_are_one_line(model, capsys, args, message):
+    assert main(["eval", "--model", str(model), "--prompts", "2", "--steps", "2", "--device", "cpu", *args]) == 2
+    assert_one_line_error(capsys, message)
+
+
+def test_auc_is_the_chance_a_right_image_outscores_a_wrong_one():
+    from latentlab.evaluation.contrastive import auc
+
+    assert auc(torch.tensor([0.9, 0.8, 0.1, 0.2]), torch.tensor([True, True, False, False])) == 1.0
+    assert auc(torch.tensor([0.1, 0.2, 0.9, 0.8]), torch.tensor([True, True, False, False])) == 0.0
+    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([True, False])) == 0.5
+    assert auc(torch.tensor([0.9, 0.3, 0.5]), torch.tensor([True, False, True])) == 1.0
+    assert auc(torch.tensor([0.9, 0.3]), torch.tensor([True, True])) is None

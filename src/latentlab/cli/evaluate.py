@@ -1,5 +1,6 @@
 """`latentlab eval`: how well samples follow their prompts. Shapes: the judge reads them (evaluation/adherence.py,
-evaluation/concept.py); fashion-mnist, mnist: a classifier's accuracy and Frechet distance
+evaluation/concept.py), or with --metric clip-score a contrastive image-text model scores them beside the judge
+(evaluation/contrastive.py); fashion-mnist, mnist: a classifier's accuracy and Frechet distance
 (evaluation/classifier.py)."""
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def add_parser(commands) -> None:
     e.add_argument("--concept", choices=[*NEW_COLOURS, *NEW_SHAPES], default=None,
                    help="also one-object prompts of this colour or shape the model never trained on, taught "
                         "afterwards (data/concept.py); read by the judge with the palette or shapes plus it")
+    e.add_argument("--metric", choices=("judge", "clip-score"), default="judge",
+                   help="judge: the shapes judge's accuracies; clip-score: also the CLIP score of each prompt's image "
+                        "(100 x the cosine of their embeddings) by --clip, and how well it ranks the images the "
+                        "judge reads right above the wrong ones (AUC)")
+    e.add_argument("--clip", default=None, help="the contrastive image-text model for --metric clip-score (a folder "
+                                                "written by `latentlab train-clip`; default: the shipped shapes-clip)")
     e.add_argument("--lora", type=lora_file, action="append", metavar="FILE[:SCALE]",
                    help="add a LoRA at multiplier SCALE (default 1) before measuring; repeat for several")
     e.set_defaults(func=run)
@@ -43,13 +50,20 @@ def add_parser(commands) -> None:
 def run(args) -> None:
     if args.concept and args.data != "shapes":
         raise LatentlabError(f"--concept measures a shapes-world concept; it does not go with --data {args.data}")
+    if args.metric == "clip-score" and (args.data != "shapes" or args.concept):
+        raise LatentlabError("--metric clip-score scores the shapes world's prompts; it does not go with "
+                             + (f"--data {args.data}" if args.data != "shapes" else "--concept"))
+    if args.clip is not None and args.metric != "clip-score":
+        raise LatentlabError("--clip names the model of --metric clip-score; give --metric clip-score too")
     if args.out:
         check_out(args.out, folder=False)
+    clip = load_clip(args) if args.metric == "clip-score" else None
     pipe = load_model(args)
     if args.data != "shapes":
         return eval_classes(args, pipe)
-    reports = [eval_prompts(args, pipe, *row) for row in ROWS[: 4 if args.all else 1] +
-               (PARAPHRASED if args.paraphrases else [])]
+    rows = ROWS[: 4 if args.all else 1] + (PARAPHRASED if args.paraphrases else [])
+    reports = [eval_prompts(args, pipe, *row) if clip is None else eval_clip_score(args, pipe, clip, *row)
+               for row in rows]
     if args.concept:
         reports.append(eval_concept(args, pipe))
     if args.out:
@@ -71,6 +85,25 @@ def eval_prompts(args, pipe, split: str, objects: int, paraphrase: str | None) -
     accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
     reworded = f", new {paraphrase}" if paraphrase else ""
     print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  {accuracy}")
+    return report
+
+
+def load_clip(args):
+    from ..contrastive_model import ContrastiveModel
+
+    return ContrastiveModel.load(args.clip, device=args.device)
+
+
+def eval_clip_score(args, pipe, clip, split: str, objects: int, paraphrase: str | None) -> dict:
+    """One row: the CLIP score of the prompts' images, the judge's accuracy on them, and the score's AUC."""
+    from ..evaluation.contrastive import clip_score_adherence  # here, not above: tests replace it
+
+    report = clip_score_adherence(pipe, clip, prompts=args.prompts, split=split, objects=objects,
+                                  paraphrase=paraphrase, **sampler_settings(args))
+    auc = "-" if report["auc"] is None else f"{report['auc']:.3f}"
+    reworded = f", new {paraphrase}" if paraphrase else ""
+    print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  clip score "
+          f"{report['clip_score']:.1f}  judge all {report['judge_all']:.1%}  AUC {auc}")
     return report
 
 

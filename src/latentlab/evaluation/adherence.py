@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import torch
+
 from ..data.judge import judge, score
 from ..data.paraphrase import paraphrase as reword
 from ..data.shapes import ShapesDataset
@@ -22,24 +24,18 @@ def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test",
     `paraphrase` ("templates" or "words", one object only) rewords the captions in ways the training
     templates never produce (`data/paraphrase.py`). `sampler_options` (variance, eta, spacing) go to the sampler.
     """
-    data = ShapesDataset(seed=seed, split=split, image_size=pipe.image_size, p_two=float(objects == 2),
-                         canonical_captions=canonical)
-    examples = [data.example(i) for i in range(prompts)]
-    if paraphrase is not None:
-        examples = [(scene, reword(scene, paraphrase, random.Random(seed * 7919 + i)))
-                    for i, (scene, _) in enumerate(examples)]
+    examples = prompt_examples(pipe, prompts=prompts, split=split, objects=objects, seed=seed, canonical=canonical,
+                             paraphrase=paraphrase)
     totals: dict[str, float] = defaultdict(float)
     failures = []
-    for start in range(0, prompts, batch_size):
-        chunk = examples[start:start + batch_size]
-        images = pipe.sample([c for _, c in chunk], steps=steps, guidance=guidance, seed=seed + start,
-                             sampler=sampler, callback=callback, **sampler_options)
-        for (scene, caption), image in zip(chunk, images):
-            result = score(scene, judge(image))
-            for key, ok in result.items():
-                totals[key] += ok
-            if not result["all"] and len(failures) < 20:
-                failures.append(caption)
+    images = draw(pipe, [c for _, c in examples], seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
+                  sampler=sampler, callback=callback, **sampler_options)
+    for (scene, caption), image in zip(examples, images):
+        result = score(scene, judge(image))
+        for key, ok in result.items():
+            totals[key] += ok
+        if not result["all"] and len(failures) < 20:
+            failures.append(caption)
     return {
         "prompts": prompts, "split": split, "objects": objects, "paraphrase": paraphrase, "steps": steps,
         "guidance": guidance,
@@ -47,3 +43,21 @@ def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test",
         "accuracy": {key: value / prompts for key, value in totals.items()},
         "failures": failures,
     }
+
+
+def prompt_examples(pipe: Pipeline, *, prompts: int, split: str, objects: int, seed: int,
+                    canonical: bool = False, paraphrase: str | None = None) -> list[tuple]:
+    """`prompt_adherence`'s (scene, caption) pairs."""
+    data = ShapesDataset(seed=seed, split=split, image_size=pipe.image_size, p_two=float(objects == 2),
+                         canonical_captions=canonical)
+    examples = [data.example(i) for i in range(prompts)]
+    if paraphrase is not None:
+        examples = [(scene, reword(scene, paraphrase, random.Random(seed * 7919 + i)))
+                    for i, (scene, _) in enumerate(examples)]
+    return examples
+
+
+def draw(pipe: Pipeline, captions: list[str], *, seed: int, batch_size: int, **sampling):
+    """One image per caption, (N, 3, H, W) on the CPU, in batches; image i from the noise of seed + i."""
+    return torch.cat([pipe.sample(captions[s:s + batch_size], seed=seed + s, **sampling).cpu()
+                      for s in range(0, len(captions), batch_size)])

@@ -8,6 +8,9 @@ retrieval, as Radford et al. (2021) measure CLIP.
 - `zero_shot_classes`: Fashion-MNIST's test images against the ten class prompts ("a photo of a T-shirt").
 - `retrieval`: recall@k both ways over a set of image-caption pairs: an image's top k captions hold its own
   (by text: a copy of the caption counts), and a caption's top k images hold one of its own.
+- `clip_score_adherence`: the model as a metric of a text-to-image model (the CLIP score, Hessel et al. 2021:
+  100 times the cosine of an image with its prompt), beside the shapes judge on the same images, and how well
+  the score tells the judge's right images from its wrong ones (the ROC curve's area, `auc`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import dataclasses
 import torch
 
 from ..contrastive_model import ContrastiveModel
+from ..data.judge import judge, score
 from ..data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, caption
+from ..pipeline import Pipeline
+from .adherence import draw, prompt_examples
 
 ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "position": tuple(POSITIONS)}
 
@@ -63,3 +69,33 @@ def retrieval(model: ContrastiveModel, images: torch.Tensor, captions: list[str]
         out[f"image_to_text_r@{k}"] = same.gather(1, top_texts).any(dim=1).float().mean().item()
         out[f"text_to_image_r@{k}"] = same.gather(1, top_images).any(dim=1).float().mean().item()
     return out
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """The chance that a positive scores above a negative, ties counting half (the area under the ROC curve);
+    None without both positives and negatives."""
+    pos, neg = scores[positive.bool()], scores[~positive.bool()]
+    if not len(pos) or not len(neg):
+        return None
+    above = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    return above.mean().item()
+
+
+def clip_score_adherence(pipe: Pipeline, model: ContrastiveModel, *, prompts: int = 200, split: str = "test",
+                         objects: int = 1, seed: int = 1234, batch_size: int = 100, paraphrase: str | None = None,
+                         **sampling) -> dict:
+    """`prompt_adherence`'s prompts and images (the same seeds), scored by the model and by the judge: the mean
+    CLIP score, the judge's whole-prompt accuracy, and the AUC of the score against the judge's verdict."""
+    if pipe.image_size != model.image_size:
+        raise ValueError(f"the contrastive model takes {model.image_size}x{model.image_size} images; this model "
+                         f"draws {pipe.image_size}x{pipe.image_size}")
+    examples = prompt_examples(pipe, prompts=prompts, split=split, objects=objects, seed=seed, paraphrase=paraphrase)
+    captions = [c for _, c in examples]
+    images = draw(pipe, captions, seed=seed, batch_size=batch_size, **sampling)
+    scores = model.similarity(images, captions)
+    right = torch.tensor([score(scene, judge(image))["all"] for (scene, _), image in zip(examples, images)])
+    return {"prompts": prompts, "split": split, "objects": objects, "paraphrase": paraphrase, "seed": seed,
+            "clip_score": 100 * scores.mean().item(), "judge_all": right.float().mean().item(),
+            "clip_score_right": 100 * scores[right].mean().item() if right.any() else None,
+            "clip_score_wrong": 100 * scores[~right].mean().item() if not right.all() else None,
+            "auc": auc(scores, right), **{k: v for k, v in sampling.items() if v is not None}}
