@@ -204,7 +204,9 @@ def CUDA(test):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_on_the_gpu_in_bf16_with_the_speed_wing_the_step_matches_the_cpus(checkpointing):
     """The training step as train-video runs it on a GPU (bf16 autocast, the speed wing, optionally gradient
-    checkpointing) against float32 on the CPU: outputs and the temporal layers' gradients within bf16's error."""
+    checkpointing) against float32 on the CPU: outputs within bf16's error; the temporal layers' gradients, all
+    together, within 5%, and each one pointing the same way (a tensor whose gradient is 1e-4 carries bf16's
+    rounding of the larger ones: 8% of its own norm on an H100)."""
     x, t, context, mask = inputs()
     reference, grads = gradients(video_unet(alpha=0.6).freeze_spatial(), x, t, context, mask)
     net = video_unet(alpha=0.6).freeze_spatial().cuda().enable_gradient_checkpointing(checkpointing)
@@ -215,5 +217,8 @@ def test_on_the_gpu_in_bf16_with_the_speed_wing_the_step_matches_the_cpus(checkp
     out.float().square().mean().backward()
     scale = reference.abs().max()
     assert (out.float().cpu() - reference).abs().max() < 0.03 * scale
-    for p, g in zip(net.temporal.parameters(), grads):
-        assert (p.grad.float().cpu() - g).norm() <= 0.05 * g.norm() + 1e-6
+    got = [p.grad.float().cpu() for p in net.temporal.parameters()]
+    flat, want = torch.cat([g.flatten() for g in got]), torch.cat([g.flatten() for g in grads])
+    assert (flat - want).norm() <= 0.05 * want.norm()
+    for a, b in zip(got, grads):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
