@@ -94,7 +94,7 @@ def test_retrieval_counts_a_copy_of_the_caption_as_a_hit():
 
     report = retrieval(Fixed(), images, captions)  # images 0 and 2 tie on captions 0 and 2: both "a", both hits
     assert report["image_to_text_r@1"] == 1.0 and report["text_to_image_r@1"] == 1.0
-    assert report["distinct_captions"] == 3 and report["pairs"] == 4
+    assert report["distinct"] == 3 and report["pairs"] == 4
 
     class Shifted(Oracle):
         def encode_images(self, images):  # image i embedded as the next image's caption
@@ -103,3 +103,16 @@ def test_retrieval_counts_a_copy_of_the_caption_as_a_hit():
     shifted = retrieval(Shifted(), images, captions)
     assert shifted["image_to_text_r@1"] == 0.0  # each lands on another caption's text
     assert shifted["image_to_text_r@5"] == 1.0  # among 4 captions, 5 nearest hold every one
+
+
+def test_with_keys_another_wording_of_the_same_scene_is_a_hit():
+    images = torch.zeros(2, 3, 32, 32)
+    captions = ["a red circle", "a crimson circle"]
+
+    class Swapped(Oracle):
+        def encode_images(self, images):  # each image nearest the other's wording
+            return self.encode_prompts(captions[::-1])
+
+    assert retrieval(Swapped(), images, captions)["image_to_text_r@1"] == 0.0
+    same_scene = retrieval(Swapped(), images, captions, keys=["red circle", "red circle"])
+    assert same_scene["image_to_text_r@1"] == 1.0 and same_scene["distinct"] == 1

@@ -7,7 +7,8 @@ retrieval, as Radford et al. (2021) measure CLIP.
   the true caption is the most similar.
 - `zero_shot_classes`: Fashion-MNIST's test images against the ten class prompts ("a photo of a T-shirt").
 - `retrieval`: recall@k both ways over a set of image-caption pairs: an image's top k captions hold its own
-  (by text: a copy of the caption counts), and a caption's top k images hold one of its own.
+  (by text: a copy of the caption counts; or by what the caption says: another wording of the scene counts),
+  and a caption's top k images hold one of its own.
 - `clip_score_adherence`: the model as a metric of a text-to-image model (the CLIP score, Hessel et al. 2021:
   100 times the cosine of an image with its prompt), beside the shapes judge on the same images, and how well
   the score tells the judge's right images from its wrong ones (the ROC curve's area, `auc`).
@@ -56,13 +57,17 @@ def zero_shot_classes(model: ContrastiveModel, data, prompts: list[str], *, imag
     return {"accuracy": (chosen == torch.tensor(labels)).float().mean().item(), "per_class": per_class, "images": n}
 
 
-def retrieval(model: ContrastiveModel, images: torch.Tensor, captions: list[str], ks: tuple[int, ...] = (1, 5)) -> dict:
-    """Recall@k, image -> text and text -> image, over the pairs (images[i], captions[i])."""
+def retrieval(model: ContrastiveModel, images: torch.Tensor, captions: list[str], ks: tuple[int, ...] = (1, 5),
+              keys: list | None = None) -> dict:
+    """Recall@k, image -> text and text -> image, over the pairs (images[i], captions[i]). A hit is a caption
+    equal to the image's own, or with `keys` (one per pair: what a caption says, such as the scene's canonical
+    caption) one whose key equals its own: another wording of the same scene counts."""
     similarity = model.encode_images(images) @ model.encode_prompts(captions).T  # (N, N)
-    index = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-    ids = torch.tensor([index[c] for c in captions])
+    keys = captions if keys is None else keys
+    index = {c: k for k, c in enumerate(dict.fromkeys(keys))}
+    ids = torch.tensor([index[c] for c in keys])
     same = ids[:, None] == ids[None, :]  # caption j is image i's own
-    out = {"pairs": len(captions), "distinct_captions": len(index)}
+    out = {"pairs": len(captions), "distinct": len(index)}
     for k in ks:
         top_texts = similarity.topk(min(k, len(captions)), dim=1).indices  # each image's k captions
         top_images = similarity.T.topk(min(k, len(captions)), dim=1).indices  # each caption's k images
