@@ -11,13 +11,13 @@ import errno
 import sys
 
 from . import (cache_latents, continual, evaluate, generate, generate_video, lora, nll, plot, textual_inversion,
-               train, train_classifier, train_clip, train_vae, train_video, train_video_decoder)
+               train, train_classifier, train_clip, train_prior, train_vae, train_video, train_video_decoder)
 from .options import Parser, missing_command
 
 EXIT_USAGE = 2
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 COMMANDS = (generate, generate_video, train_vae, train, train_video, train_video_decoder, cache_latents, plot, evaluate,
-            train_classifier, train_clip, nll, lora, textual_inversion, continual)  # as -h lists
+            train_classifier, train_clip, train_prior, nll, lora, textual_inversion, continual)  # as -h lists
 
 
 def build_parser() -> Parser:
