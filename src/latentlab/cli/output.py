@@ -4,6 +4,7 @@ disk refuses them, end in one line saying what was kept."""
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def check_resume(args) -> None:
     if args.resume and not (Path(args.out) / "checkpoint.safetensors").is_file():
         raise LatentlabError(f"--resume: {Path(args.out) / 'checkpoint.safetensors'} does not exist; start the run "
                              "without --resume")
+
+
+def report_run(result: dict, out, saved: str) -> None:
+    """A training run's JSON report on stdout; where a signal stopped it, first a line on stderr saying what was
+    saved in `out` and how to continue."""
+    if result["interrupted"]:
+        print(f"stopped by {result['signal']} after step {result['steps']}; {saved} saved in {out}; run the "
+              "same command with --resume to continue", file=sys.stderr)
+    print(json.dumps(result))
 
 
 def write_report(path, report) -> None:

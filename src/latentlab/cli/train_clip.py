@@ -1,14 +1,11 @@
-"""`latentlab train-clip`: train the contrastive image-text encoder (training/contrastive.py) and measure it
-(evaluation/contrastive.py); its flags are ContrastiveTrainConfig's fields."""
+"""`latentlab train-clip`: train the contrastive image-text encoder (training/contrastive.py); its flags are
+ContrastiveTrainConfig's fields. scripts/train_clip_model.sh trains and measures it (evaluation/contrastive.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
-
 from ..training.contrastive import ContrastiveTrainConfig
 from .options import common, config_from, flag
-from .output import check_out, check_resume
+from .output import check_out, check_resume, report_run
 from .values import non_negative, positive
 
 Config = ContrastiveTrainConfig
@@ -48,8 +45,4 @@ def run(args) -> None:
     config = config_from(args, Config)
     check_resume(args)
     check_out(args.out, folder=True)
-    result = train_contrastive(config)
-    if result["interrupted"]:
-        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and the model are saved "
-              f"in {args.out}; run the same command with --resume to continue", file=sys.stderr)
-    print(json.dumps(result))
+    report_run(train_contrastive(config), args.out, "the checkpoint and the model are")

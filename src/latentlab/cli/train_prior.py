@@ -3,13 +3,10 @@ to its image embeddings; its flags are PriorTrainConfig's fields."""
 
 from __future__ import annotations
 
-import json
-import sys
-
 from ..diffusion import SCHEDULES
 from ..training.prior import PriorTrainConfig
 from .options import common, config_from, flag
-from .output import check_out, check_resume
+from .output import check_out, check_resume, report_run
 from .values import non_negative, positive, probability
 
 Config = PriorTrainConfig
@@ -46,8 +43,4 @@ def run(args) -> None:
     config = config_from(args, Config)
     check_resume(args)
     check_out(args.out, folder=True)
-    result = train_prior(config)
-    if result["interrupted"]:
-        print(f"stopped by {result['signal']} after step {result['steps']}; the checkpoint and the prior are saved "
-              f"in {args.out}; run the same command with --resume to continue", file=sys.stderr)
-    print(json.dumps(result))
+    report_run(train_prior(config), args.out, "the checkpoint and the prior are")

@@ -34,8 +34,7 @@ from ..models.text_encoder import TextEncoderConfig
 from ..models.tokenizer import Tokenizer
 from ..models.vit import ViTConfig
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import (FILENAME, check_resumable, config_json, data_identity, load_module, load_optimizer, load_state,
-                    meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step, set_rng_state)
+from .state import FILENAME, data_identity, load_module, load_trainer_state, prefixed, save_trainer_state
 
 
 @dataclass
@@ -129,23 +128,18 @@ class ContrastiveTrainer:
     def checkpoint_path(self) -> Path:
         return self.out / FILENAME
 
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return prefixed("encoder", self.encoder.state_dict())
+
+    def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        load_module(self.encoder, "encoder", tensors, path)
+
     def save_checkpoint(self) -> None:
         self.finite.check(self.step)
-        meta = {"step": self.step, "config": config_json(self.config), "identity": self.identity}
-        optimizer_tensors, meta["optimizer"] = optimizer_state(self.optimizer)
-        random_tensors, meta["rng"] = rng_state({})
-        save_state(self.checkpoint_path, {**prefixed("encoder", self.encoder.state_dict()), **optimizer_tensors,
-                                          **random_tensors}, meta)
+        save_trainer_state(self)
 
     def load_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        tensors, meta = load_state(path)
-        step = saved_step(meta, path)
-        check_resumable(meta, self.config, path, RESUMABLE_CHANGES, self.identity)
-        load_module(self.encoder, "encoder", tensors, path)
-        load_optimizer(self.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
-        set_rng_state(tensors, meta_field(meta, "rng", dict, path), {}, path)
-        self.step = step
+        load_trainer_state(self, RESUMABLE_CHANGES)
 
     # ------------------------------------------------------------------ one step
 

@@ -332,12 +332,17 @@ def default_settings(config_cls: type) -> dict:
                                   if f.default is not dataclasses.MISSING}))
 
 
+def _generators(trainer) -> dict[str, torch.Generator]:
+    """The trainer's own noise generator, if it draws from one (a trainer whose steps draw nothing has none)."""
+    return {"noise": trainer.noise} if getattr(trainer, "noise", None) is not None else {}
+
+
 def save_trainer_state(trainer) -> None:
-    """The checkpoint of a trainer that keeps its trained tensors (`trained_tensors()`), an optimizer and one
-    noise generator: with its step, config and identity, all a step reads."""
+    """The checkpoint of a trainer that keeps its trained tensors (`trained_tensors()`), an optimizer and at most
+    one noise generator (`noise`): with its step, config and identity, all a step reads."""
     meta = {"step": trainer.step, "config": config_json(trainer.config), "identity": trainer.identity}
     optimizer_tensors, meta["optimizer"] = optimizer_state(trainer.optimizer)
-    random_tensors, meta["rng"] = rng_state({"noise": trainer.noise})
+    random_tensors, meta["rng"] = rng_state(_generators(trainer))
     save_state(trainer.checkpoint_path, {**trainer.trained_tensors(), **optimizer_tensors, **random_tensors}, meta)
 
 
@@ -352,5 +357,5 @@ def load_trainer_state(trainer, may_change: tuple[str, ...]) -> None:
     check_resumable(meta, trainer.config, path, may_change, trainer.identity)
     trainer.restore_tensors(tensors, path)
     load_optimizer(trainer.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
-    set_rng_state(tensors, meta_field(meta, "rng", dict, path), {"noise": trainer.noise}, path)
+    set_rng_state(tensors, meta_field(meta, "rng", dict, path), _generators(trainer), path)
     trainer.step = step
