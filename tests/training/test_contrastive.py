@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from latentlab.cli import main
 from latentlab.contrastive_model import ContrastiveModel
 from latentlab.errors import CheckpointError
-from latentlab.training.contrastive import contrastive_loss, same_caption_targets, shares
+from latentlab.data.shapes import ShapesDataset
+from latentlab.training.contrastive import (contrastive_loss, negative_caption, same_caption_targets, shares,
+                                            with_negatives)
 
 from ..cli.commandline import assert_one_line_error
 
@@ -137,3 +139,49 @@ def test_auc_is_the_chance_a_right_image_outscores_a_wrong_one():
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([True, False])) == 0.5
     assert auc(torch.tensor([0.9, 0.3, 0.5]), torch.tensor([True, False, True])) == 1.0
     assert auc(torch.tensor([0.9, 0.3]), torch.tensor([True, True])) is None
+
+
+def test_hard_negatives_bind_the_same_words_wrongly():
+    import random
+
+    data = ShapesDataset(split="train")
+    examples = [data.example(i) for i in range(300)]
+    scenes, captions = [s for s, _ in examples], [c for _, c in examples]
+    negatives = with_negatives(scenes, captions, "k")
+    assert negatives == with_negatives(scenes, captions, "k")  # fixed by the key
+    for scene, right, wrong in zip(scenes, captions, negatives):
+        assert right != wrong and len(right.split()) == len(wrong.split())  # the same template
+        assert " a a" not in f" {wrong}" and not any(f"a {c}" in wrong for c in ("orange",))  # articles follow
+        if len(scene.objects) == 2:  # the same words, bound wrongly
+            assert sorted(right.split()) == sorted(wrong.split())
+    from latentlab.data.shapes import Scene, ShapeObject
+
+    scene = Scene((ShapeObject("circle", "red", "small", "left"), ShapeObject("square", "orange", "large", "right")),
+                  "left of")
+    text = "a small red circle to the left of a large orange square"
+    made = {negative_caption(text, scene, random.Random(seed)) for seed in range(40)}
+    assert made == {"a small orange circle to the left of a large red square",  # colours exchanged
+                    "a small red square to the left of a large orange circle",  # shapes
+                    "a large red circle to the left of a small orange square",  # sizes
+                    "a large orange square to the left of a small red circle"}  # order
+    one = Scene((ShapeObject("circle", "red", "small", "left"),))
+    wrong = {negative_caption("a red circle, small, on the left", one, random.Random(seed)) for seed in range(40)}
+    assert "an orange circle, small, on the left" in wrong and len(wrong) == 5  # every other colour, article fixed
+
+
+def test_negatives_enter_the_image_to_text_half_only():
+    logits, targets = torch.randn(3, 3), torch.eye(3)
+    negatives = torch.randn(3, 2)
+    want = (F.cross_entropy(torch.cat([logits, negatives], 1), torch.arange(3))
+            + F.cross_entropy(logits.T, torch.arange(3))) / 2
+    torch.testing.assert_close(contrastive_loss(logits, targets, negatives), want)
+    assert contrastive_loss(logits, targets, torch.full((3, 2), -50.0)) == pytest.approx(
+        contrastive_loss(logits, targets).item(), abs=1e-5)
+
+
+def test_a_run_with_hard_negatives_trains_and_resumes(tmp_path, capsys):
+    assert train(tmp_path / "whole", "--steps", 3, "--hard-negatives") == 0 and summary(capsys)["steps"] == 3
+    assert train(tmp_path / "stopped", "--steps", 1, "--hard-negatives") == 0
+    assert train(tmp_path / "stopped", "--steps", 3, "--hard-negatives", "--resume") == 0
+    whole, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "stopped"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -30,6 +30,10 @@ def add_parser(commands) -> None:
     flag(t, Config, "layers", type=positive(int), help="both towers' transformer blocks (default %(default)s)")
     flag(t, Config, "patch_size", type=positive(int), help="the image tower's patch, in pixels (default %(default)s)")
     flag(t, Config, "embed_dim", type=positive(int), help="the shared embedding's width (default %(default)s)")
+    flag(t, Config, "hard_negatives", help="also score each image against its shapes caption bound wrongly (two "
+                                           "objects' colours, shapes, sizes or order exchanged; a colour changed), "
+                                           "as NegCLIP does, so that the encoder learns which attribute goes with "
+                                           "which object")
     common(t, seeds=Config, devices=Config, model=False)
     flag(t, Config, "checkpoint_every", type=positive(int),
          help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "

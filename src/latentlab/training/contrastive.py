@@ -9,6 +9,12 @@ and the shapes world repeats its short ones), so a batch often holds the same ca
 away from a copy of its own caption teaches nothing true. Targets are therefore spread evenly over every entry
 whose caption equals the row's (the diagonal, when all captions differ).
 
+With `hard_negatives`, each shapes-world caption also brings a negative: its own words in its own template
+bound wrongly (two objects' colours, shapes or sizes exchanged, or the two objects' order in their relation; a
+single object's colour changed), as NegCLIP does (Yuksekgonul et al. 2023). The negatives join the captions each
+image is scored against, with no target: an encoder that only knows which words and objects are present
+cannot tell them from the right caption, and the loss makes it learn the binding.
+
 Each step takes `batch_size` examples, shared evenly among the named data sets (the shapes world, Fashion-MNIST,
 a folder of captioned images): set k's examples step * share onwards. No random draw, so the checkpoint (the
 weights, the optimiser, the step) is all a step reads and a resumed run ends as an uninterrupted one. The run
@@ -18,6 +24,7 @@ data sets' captions.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 
 from .. import fast
 from ..contrastive_model import ContrastiveModel
+from ..data.shapes import COLOURS, Scene, _article
 from ..data.sources import caption_corpus_of, open_dataset
 from ..errors import LatentlabError
 from ..io.checkpoint import remove_stale_temporaries
@@ -54,6 +62,7 @@ class ContrastiveTrainConfig:
     patch_size: int = 4
     embed_dim: int = 128
     vocab_size: int = 512
+    hard_negatives: bool = False  # score each image against wrongly bound shapes captions too (see the doc)
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 500
@@ -93,9 +102,49 @@ def same_caption_targets(captions: list[str]) -> torch.Tensor:
     return same / same.sum(dim=1, keepdim=True)
 
 
-def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The symmetric InfoNCE loss of the module's doc; `targets` symmetric, rows summing to 1."""
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T)) / 2
+def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """The symmetric InfoNCE loss of the module's doc; `targets` symmetric, rows summing to 1; `negatives` (B, N):
+    each image's logits with N more captions that are wrong for every image, in the image -> text half only."""
+    rows = logits if negatives is None else torch.cat([logits, negatives], dim=1)
+    targets_rows = F.pad(targets, (0, rows.shape[1] - targets.shape[1]))
+    return (F.cross_entropy(rows, targets_rows) + F.cross_entropy(logits.T, targets.T)) / 2
+
+
+def negative_caption(text: str, scene: Scene, rng: random.Random) -> str:
+    """The caption of `scene` bound wrongly, in its own template and words: of two objects, their colours,
+    shapes or sizes exchanged, or the objects exchanged in their relation (each kind they differ in, chosen at
+    random); of one object, its colour changed. Articles follow the words they now stand before."""
+    words = text.split(" ")
+    bare = [w.strip(",.") for w in words]
+
+    def exchange(i: int, j: int) -> None:
+        words[i], words[j] = words[i].replace(bare[i], bare[j]), words[j].replace(bare[j], bare[i])
+
+    if len(scene.objects) == 1:
+        colour = scene.objects[0].colour
+        k = bare.index(colour)
+        words[k] = words[k].replace(colour, rng.choice([c for c in COLOURS if c != colour]))
+    else:
+        a, b = scene.objects
+        kind = rng.choice([k for k in ("colour", "shape", "size") if getattr(a, k) != getattr(b, k)] + ["order"])
+        if kind in ("colour", "shape"):
+            exchange(bare.index(getattr(a, kind)), bare.index(getattr(b, kind)))
+        else:  # the phrases "size colour shape" of the two objects, in order
+            first, second = (bare.index(o.colour) - 1 for o in (a, b))
+            if kind == "size":
+                exchange(first, second)
+            else:
+                words[first:first + 3], words[second:second + 3] = words[second:second + 3], words[first:first + 3]
+    for k in range(len(words) - 1):  # "a orange" -> "an orange"
+        if words[k] in ("a", "an"):
+            words[k] = _article(words[k + 1])
+    return " ".join(words)
+
+
+def with_negatives(scenes: list[Scene], captions: list[str], key: str) -> list[str]:
+    """Each caption's hard negative (`negative_caption`), the choices drawn from `key` and the example's index."""
+    return [negative_caption(text, scene, random.Random(f"{key}/{i}"))
+            for i, (scene, text) in enumerate(zip(scenes, captions))]
 
 
 def shares(batch_size: int, sets: int) -> list[int]:
@@ -143,21 +192,29 @@ class ContrastiveTrainer:
 
     # ------------------------------------------------------------------ one step
 
-    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
-        """The step's images (B, 3, H, W) and captions, each data set's share in turn."""
-        parts = [data.batch(step * n, n, self.device)[:2] for data, n in zip(self.data, shares(self.config.batch_size,
-                                                                                             len(self.data)))]
-        return torch.cat([images for images, _ in parts]), [text for _, captions in parts for text in captions]
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str], list[str]]:
+        """The step's images (B, 3, H, W), captions and (with `hard_negatives`) negative captions, each data set's
+        share in turn."""
+        images, captions, negatives = [], [], []
+        for k, (data, n) in enumerate(zip(self.data, shares(self.config.batch_size, len(self.data)))):
+            pixels, texts, labels = data.batch(step * n, n, self.device)
+            if self.config.hard_negatives and all(isinstance(x, Scene) for x in labels):
+                negatives += with_negatives(labels, texts, f"{self.config.seed}/{step}/{k}")
+            images.append(pixels)
+            captions += texts
+        return torch.cat(images), captions, negatives
 
     def train_step(self, step: int) -> torch.Tensor:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, c.lr, c.warmup)
-        images, captions = self.batch(step)
-        ids, mask = (t.to(self.device) for t in self.tokenizer(captions))
+        images, captions, negatives = self.batch(step)
+        ids, mask = (t.to(self.device) for t in self.tokenizer(captions + negatives))
         with autocast(self.device):
-            logits = self.encoder(images, ids, mask)
-        loss = contrastive_loss(logits.float(), same_caption_targets(captions).to(self.device))
+            logits = self.encoder(images, ids, mask).float()
+        B = len(captions)
+        loss = contrastive_loss(logits[:, :B], same_caption_targets(captions).to(self.device),
+                                logits[:, B:] if negatives else None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.optimizer.step()
