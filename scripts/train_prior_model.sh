@@ -16,15 +16,16 @@ if [ -z "${MODEL:-}" ]; then
 fi
 $py - "$out" "$device" "${PROMPTS:-500}" "${MODEL:-$out/run}" ${GUIDANCES:-1 2 4} <<'PY'
 import json, sys
-from latentlab.evaluation.prior import prior_accuracy
+from latentlab.evaluation.prior import fit_regression, prior_accuracy
 from latentlab.prior_model import PriorModel
 
 out, device, prompts, path, guidances = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 model = PriorModel.load(path, device=device)
+regression = fit_regression(model)  # once: it does not depend on the guidance or the split
 report = {}
 for g in map(float, guidances):
     for split in ("test", "heldout"):
-        r = prior_accuracy(model, prompts=prompts, split=split, guidance=g)
+        r = prior_accuracy(model, prompts=prompts, split=split, guidance=g, regression=regression)
         report[f"{split}, guidance {g:g}"] = r
         print(f"{split:8s} guidance {g:g}: " + "  ".join(f"{k} cosine {r[k]['cosine']:.3f} nearest "
               f"{r[k]['nearest_image_of_the_scene']:.1%}" for k in ("prior", "regression", "text embedding")),

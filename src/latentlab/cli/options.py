@@ -101,6 +101,15 @@ def common(parser, *, seeds=SAMPLE, devices=LOAD, model: bool = True) -> None:
     flag(parser, seeds, "seed", type=seed, help="0 to 4294967295 (default %(default)s)")
 
 
+def resumable(parser, owner) -> None:
+    """--checkpoint-every and --resume, for a trainer whose config (`owner`) has them."""
+    flag(parser, owner, "checkpoint_every", type=positive(int),
+         help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "
+              "write it before the run exits")
+    flag(parser, owner, "resume", help="continue the run in --out from its checkpoint, exactly (same settings; "
+                                       "--steps may grow)")
+
+
 def sampling(parser, owner=SAMPLE) -> None:
     """The sampler's options; steps, guidance and sampler default to `owner`'s (the `defaults` of a function
     that samples images)."""

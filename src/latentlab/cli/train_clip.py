@@ -4,7 +4,7 @@ ContrastiveTrainConfig's fields. scripts/train_clip_model.sh trains and measures
 from __future__ import annotations
 
 from ..training.contrastive import ContrastiveTrainConfig
-from .options import common, config_from, flag
+from .options import common, config_from, flag, resumable
 from .output import check_out, check_resume, report_run
 from .values import non_negative, positive
 
@@ -35,11 +35,7 @@ def add_parser(commands) -> None:
                                            "as NegCLIP does, so that the encoder learns which attribute goes with "
                                            "which object")
     common(t, seeds=Config, devices=Config, model=False)
-    flag(t, Config, "checkpoint_every", type=positive(int),
-         help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "
-              "write it before the run exits")
-    flag(t, Config, "resume", help="continue the run in --out from its checkpoint, exactly (same settings; --steps "
-                                   "may grow)")
+    resumable(t, Config)
     t.set_defaults(func=run)
 
 

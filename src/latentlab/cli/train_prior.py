@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..diffusion import SCHEDULES
 from ..training.prior import PriorTrainConfig
-from .options import common, config_from, flag
+from .options import common, config_from, flag, resumable
 from .output import check_out, check_resume, report_run
 from .values import non_negative, positive, probability
 
@@ -29,11 +29,7 @@ def add_parser(commands) -> None:
     flag(t, Config, "layers", type=positive(int), help="its blocks (default %(default)s)")
     flag(t, Config, "schedule", choices=SCHEDULES, help="noise schedule (default %(default)s)")
     common(t, seeds=Config, devices=Config, model=False)
-    flag(t, Config, "checkpoint_every", type=positive(int),
-         help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "
-              "write it before the run exits")
-    flag(t, Config, "resume", help="continue the run in --out from its checkpoint, exactly (same settings; --steps "
-                                   "may grow)")
+    resumable(t, Config)
     t.set_defaults(func=run)
 
 

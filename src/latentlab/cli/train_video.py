@@ -10,7 +10,7 @@ import sys
 from ..data.video import FRAMES, NEW_MOTIONS
 from ..models.video_unet import TemporalConfig
 from ..training.video import LORA_FILENAME, VideoTrainConfig
-from .options import common, config_from, default_of, flag
+from .options import common, config_from, default_of, flag, resumable
 from .output import check_out, check_resume
 from .values import non_negative, positive, probability
 
@@ -39,11 +39,7 @@ def add_parser(commands) -> None:
          help="probability of the empty prompt, for classifier-free guidance (default %(default)s)")
     flag(t, Config, "p_two", type=probability, help="fraction of two-object clips (default %(default)s)")
     common(t, seeds=Config, devices=Config, model=False)
-    flag(t, Config, "checkpoint_every", type=positive(int),
-         help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "
-              "write it before the run exits")
-    flag(t, Config, "resume",
-         help="continue the run in --out from its checkpoint, exactly (same settings; --steps may grow)")
+    resumable(t, Config)
     flag(t, Config, "gradient_checkpointing",
          help="recompute the U-Net's activations in the backward pass (less memory, more compute)")
     add_temporal(t)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..training.video_decoder import COMPONENT, VideoDecoderTrainConfig
 from ..data.video import FRAMES
-from .options import common, config_from, flag
+from .options import common, config_from, flag, resumable
 from .output import check_out, check_resume
 from .values import non_negative, positive
 
@@ -34,11 +34,7 @@ def add_parser(commands) -> None:
     flag(t, Config, "kernel", "--temporal-kernel", type=positive(int),
          help="frames each temporal convolution sees, an odd number (default %(default)s)")
     common(t, seeds=Config, devices=Config, model=False)
-    flag(t, Config, "checkpoint_every", type=positive(int),
-         help="write the resumable checkpoint (out/checkpoint.safetensors) every N steps; SIGTERM and Ctrl-C also "
-              "write it before the run exits")
-    flag(t, Config, "resume", help="continue the run in --out from its checkpoint, exactly (same settings; --steps "
-                                   "may grow)")
+    resumable(t, Config)
     t.add_argument("--into", default=None,
                    help="also write a copy of the video model folder --model with the trained decoder added, as this "
                         "new folder (--model itself is never changed)")

@@ -57,6 +57,13 @@ def zero_shot_classes(model: ContrastiveModel, data, prompts: list[str], *, imag
     return {"accuracy": (chosen == torch.tensor(labels)).float().mean().item(), "per_class": per_class, "images": n}
 
 
+def equal_pairs(keys: list) -> torch.Tensor:
+    """(N, N) booleans: whether keys i and j are equal (one hashable key per item: a caption, a scene's)."""
+    index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    ids = torch.tensor([index[key] for key in keys])
+    return ids[:, None] == ids[None, :]
+
+
 def retrieval(model: ContrastiveModel, images: torch.Tensor, captions: list[str], ks: tuple[int, ...] = (1, 5),
               keys: list | None = None) -> dict:
     """Recall@k, image -> text and text -> image, over the pairs (images[i], captions[i]). A hit is a caption
@@ -64,10 +71,8 @@ def retrieval(model: ContrastiveModel, images: torch.Tensor, captions: list[str]
     caption) one whose key equals its own: another wording of the same scene counts."""
     similarity = model.encode_images(images) @ model.encode_prompts(captions).T  # (N, N)
     keys = captions if keys is None else keys
-    index = {c: k for k, c in enumerate(dict.fromkeys(keys))}
-    ids = torch.tensor([index[c] for c in keys])
-    same = ids[:, None] == ids[None, :]  # caption j is image i's own
-    out = {"pairs": len(captions), "distinct": len(index)}
+    same = equal_pairs(keys)  # caption j is image i's own
+    out = {"pairs": len(captions), "distinct": len(set(keys))}
     for k in ks:
         top_texts = similarity.topk(min(k, len(captions)), dim=1).indices  # each image's k captions
         top_images = similarity.T.topk(min(k, len(captions)), dim=1).indices  # each caption's k images

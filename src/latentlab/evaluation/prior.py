@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..data.shapes import ShapesDataset, caption
 from ..prior_model import PriorModel
+from .contrastive import equal_pairs
 
 
 def ridge(x: torch.Tensor, y: torch.Tensor, penalty: float = 1e-3) -> torch.Tensor:
@@ -27,19 +28,26 @@ def regressed(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([x, torch.ones(len(x), 1)], dim=1) @ w, dim=-1)
 
 
+def fit_regression(model: PriorModel, fit: int = 5_000) -> torch.Tensor:
+    """The ridge regression from text to image embedding, fitted on `fit` training pairs of the shapes world."""
+    clip = model.clip
+    images, captions, _ = ShapesDataset(seed=1, split="train", image_size=clip.image_size).batch(0, fit)
+    return ridge(clip.encode_prompts(captions), clip.encode_images(images))
+
+
 def prior_accuracy(model: PriorModel, *, prompts: int = 500, split: str = "test", seed: int = 1234, steps: int = 50,
-                   guidance: float = 2.0, fit: int = 5_000, batch_size: int = 250) -> dict:
+                   guidance: float = 2.0, fit: int = 5_000, batch_size: int = 250,
+                   regression: torch.Tensor | None = None) -> dict:
+    """The figures of the module's doc; `regression` (`fit_regression(model, fit)`) fitted here when None."""
     clip = model.clip
     data = ShapesDataset(seed=0, split=split, image_size=clip.image_size)
     images, captions, scenes = data.batch(0, prompts)
     truth, text = clip.encode_images(images), clip.encode_prompts(captions)
-    train_images, train_captions, _ = ShapesDataset(seed=1, split="train", image_size=clip.image_size).batch(0, fit)
-    w = ridge(clip.encode_prompts(train_captions), clip.encode_images(train_images))
+    w = fit_regression(model, fit) if regression is None else regression
     answers = {"prior": torch.cat([model.sample(captions[s:s + batch_size], steps=steps, guidance=guidance,
                                                 seed=seed + s) for s in range(0, prompts, batch_size)]),
                "regression": regressed(text, w), "text embedding": text}
-    keys = [caption(scene) for scene in scenes]
-    same = torch.tensor([[a == b for b in keys] for a in keys])
+    same = equal_pairs([caption(scene) for scene in scenes])
     out = {"prompts": prompts, "split": split, "steps": steps, "guidance": guidance, "fit": fit}
     for name, z in answers.items():
         nearest = (z @ truth.T).argmax(dim=1)

@@ -36,6 +36,7 @@ from ..contrastive_model import ContrastiveModel
 from ..data.shapes import COLOURS, Scene, _article
 from ..data.sources import caption_corpus_of, open_dataset
 from ..errors import LatentlabError
+from ..evaluation.contrastive import equal_pairs
 from ..io.checkpoint import remove_stale_temporaries
 from ..models.contrastive import ContrastiveConfig, ContrastiveEncoder
 from ..models.text_encoder import TextEncoderConfig
@@ -96,9 +97,7 @@ RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every",
 
 def same_caption_targets(captions: list[str]) -> torch.Tensor:
     """(B, B) rows summing to 1: caption j is a right answer for image i when it equals caption i."""
-    index = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-    ids = torch.tensor([index[c] for c in captions])
-    same = (ids[:, None] == ids[None, :]).float()
+    same = equal_pairs(captions).float()
     return same / same.sum(dim=1, keepdim=True)
 
 
