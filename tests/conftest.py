@@ -35,6 +35,11 @@ def tokenizer() -> Tokenizer:
 @pytest.fixture()
 def tiny_pipeline(tokenizer) -> Pipeline:
     """A randomly initialised pipeline of the real modules at the `tiny` preset."""
+    return tiny(tokenizer)
+
+
+def tiny(tokenizer) -> Pipeline:
+    """`tiny_pipeline`'s model, made anew (for fixtures of other scopes that save it as a folder)."""
     torch.manual_seed(0)
     text = TextEncoder(dataclasses.replace(preset("tiny", "text"), vocab_size=tokenizer.vocab_size))
     unet = UNet(preset("tiny", "unet"))

@@ -21,3 +21,35 @@ def image_grid(images: list[Image.Image], columns: int | None = None, scale: int
     for i, image in enumerate(images):
         grid.paste(image.resize((w * scale, h * scale), Image.NEAREST), ((i % columns) * w * scale, (i // columns) * h * scale))
     return grid
+
+
+def from_pil(image: Image.Image, size: int) -> tuple[torch.Tensor, list[str]]:
+    """A PIL image -> (3, size, size) in [-1, 1], converted to RGB and resized (bicubic) where it is not already;
+    and a note for each change made."""
+    notes = []
+    if image.mode != "RGB":
+        notes.append(f"converted from mode {image.mode} to RGB")
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        notes.append(f"resized from {image.size[0]}x{image.size[1]} to {size}x{size}")
+        image = image.resize((size, size), Image.BICUBIC)
+    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    return array.permute(2, 0, 1).float() / 127.5 - 1, notes
+
+
+def read_image(path, size: int) -> tuple[torch.Tensor, list[str]]:
+    """The image file `path` as `from_pil` makes it; a file that is missing or no image PIL reads raises
+    LatentlabError."""
+    from .errors import LatentlabError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return from_pil(image, size)
+    except FileNotFoundError:
+        raise LatentlabError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise LatentlabError(f"{path} is a folder; give an image file (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise LatentlabError(f"{path} is not an image that can be read ({e}); give a PNG, JPEG or another "
+                             "format Pillow reads") from None

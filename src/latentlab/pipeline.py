@@ -38,7 +38,7 @@ from .adapters import inject
 from .adapters.lora import adapters_of, free_name, load_lora_parts
 from .devices import resolve_device, resolve_dtype
 from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
-                        timesteps_for)
+                        start_level, timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
 from .images import to_pil
@@ -362,15 +362,18 @@ class Pipeline:
                                  f"(this model was trained at {self.image_size})")
 
     def denoiser(self, context: torch.Tensor, mask: torch.Tensor | None, uncond: torch.Tensor,
-                 uncond_mask: torch.Tensor | None, guidance: float, *, cuda_graph: bool = False):
+                 uncond_mask: torch.Tensor | None, guidance: float, *, cuda_graph: bool = False,
+                 extra: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         """denoise(x_t, t, alpha_bar) -> Denoised: the U-Net, in its own dtype, under classifier-free guidance;
-        with `cuda_graph`, its kernels recorded on the first step and replayed on the others (CUDA only)."""
+        with `cuda_graph`, its kernels recorded on the first step and replayed on the others (CUDA only).
+        `extra`: conditions the U-Net takes by keyword beside the text, {name: (conditional, unconditional)}."""
         dtype = self.dtype
 
-        def unet(x_t, t, context, mask):
-            return self.unet(x_t.to(dtype), t, context.to(dtype), mask).float()
+        def unet(x_t, t, context, mask, **extra):
+            extra = {name: value.to(dtype) for name, value in extra.items()}
+            return self.unet(x_t.to(dtype), t, context.to(dtype), mask, **extra).float()
 
-        network = classifier_free_guidance(unet, context, mask, uncond, uncond_mask, guidance)
+        network = classifier_free_guidance(unet, context, mask, uncond, uncond_mask, guidance, extra)
         return make_denoiser(fast.CUDAGraphed(network) if cuda_graph else network, self.diffusion.prediction)
 
     def check_sampler(self, sampler: str, steps: int | None = None, **options) -> dict:
@@ -417,7 +420,8 @@ class Pipeline:
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
                variance: str | None = None, eta: float | None = None, spacing: str | None = None,
                cuda_graph: bool = False, batch_size: int | None = None,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+               callback: Callable[[int, int], None] | None = None, init_images: torch.Tensor | None = None,
+               strength: float = 1.0) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i draws its noise (x_T, and what ddpm and ddim with eta > 0 add at each step) from a generator
@@ -429,6 +433,7 @@ class Pipeline:
         images, faster where launching kernels is the bottleneck, as at small batches).
         `batch_size` prompts are sampled at a time (default: all): the same images whatever the batch size.
         `callback(i, steps)` is called after each step of each batch.
+        `init_images` (B, 3, H, W) in [-1, 1], one per prompt, and `strength` make it image-to-image (`img2img`).
         """
         prompts = list(prompts)
         if not prompts:
@@ -436,29 +441,80 @@ class Pipeline:
         for text in prompts:
             self.check_prompt(text)
         self.check_prompt(negative_prompt, "negative prompt")
+        if init_images is not None:
+            size = self.check_init_images(init_images, len(prompts), strength)
         seed, size, options = self.check_sample(len(prompts), steps=steps, guidance=guidance, seed=seed,
                                                 sampler=sampler, size=size, batch_size=batch_size,
                                                 cuda_graph=cuda_graph, variance=variance, eta=eta, spacing=spacing)
         uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         batch_size = batch_size or len(prompts)
         return torch.cat([self._sample_batch(prompts[start:start + batch_size], uncond, seed + start, size, steps,
-                                             guidance, sampler, options, cuda_graph, callback)
+                                             guidance, sampler, options, cuda_graph, callback,
+                                             None if init_images is None else init_images[start:start + batch_size],
+                                             strength)
                           for start in range(0, len(prompts), batch_size)])
 
+    def img2img(self, images: torch.Tensor, prompts: list[str], *, strength: float = 0.8, **options) -> torch.Tensor:
+        """Image-to-image (SDEdit, Meng et al. 2022): each image (B, 3, H, W) in [-1, 1] is encoded, noised to the
+        level its sampler reaches after 1 - `strength` of its steps, and denoised from there with its prompt, as
+        diffusers' StableDiffusionImg2ImgPipeline does: int(steps * strength) steps run, so strength 1 starts
+        from (almost) pure noise and 0 returns the image's autoencoder round trip. Image i's generator (seed + i)
+        draws its latent from the encoder's posterior, then the noise. Options as for `sample`."""
+        return self.sample(prompts, init_images=images, strength=strength, **options)
+
+    def check_init_images(self, images, count: int, strength: float) -> int:
+        """img2img's images and strength, checked; returns the images' size."""
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+            raise LatentlabError(f"strength must be a number from 0 to 1, got {strength!r}")
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or \
+                images.shape[2] != images.shape[3] or len(images) != count:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise LatentlabError(f"img2img takes {count} square RGB images (B, 3, H, H) in [-1, 1], one per prompt; "
+                                 f"got {shape}")
+        if not torch.isfinite(images).all():
+            raise LatentlabError("the images hold NaN or infinite values")
+        return images.shape[-1]
+
     def _sample_batch(self, prompts: list[str], uncond: tuple, seed: int, size: int, steps: int, guidance: float,
-                      sampler: str, options: dict, cuda_graph: bool, callback) -> torch.Tensor:
+                      sampler: str, options: dict, cuda_graph: bool, callback, init_images=None,
+                      strength: float = 1.0) -> torch.Tensor:
         """`sample` for one batch of checked arguments; the first prompt's noise is seeded by `seed`."""
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = uncond
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
         denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph)
-        # image i's own generator draws its x_T, then the noise that ddpm and ddim (eta > 0) add at each step
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        x_T = torch.stack([torch.randn(self.latent_shape(size), generator=g) for g in generators]).to(self.device)
-        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, generator=generators,
+        return self.draw(denoise, range(seed, seed + len(prompts)), size, steps, sampler, options, callback,
+                         init_images=init_images, strength=strength)
+
+    def draw(self, denoise, seeds, size: int, steps: int, sampler: str, options: dict, callback, *,
+             init_images: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """One image per seed, sampled with `denoise` and decoded; image i's own generator, seeded by seeds[i],
+        draws its x_T, then the noise that ddpm and ddim (eta > 0) add at each step. With `init_images`, the
+        generator first draws the image's latent from the encoder's posterior, and x_T is that latent noised to
+        the level of the grid's step steps - int(steps * strength) (`img2img`)."""
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        start = 0
+        if init_images is not None:
+            z = self.encode(init_images, [torch.randn(self.latent_shape(size), generator=g) for g in generators])
+            start = steps - int(steps * strength)
+            if start == steps:  # nothing to denoise
+                return self.decode(z)
+        noise = torch.stack([torch.randn(self.latent_shape(size), generator=g) for g in generators]).to(self.device)
+        if init_images is None:
+            x_T = noise
+        else:
+            alpha_bar = start_level(sampler, self.alphas_cumprod, steps, start, **options).to(self.device)
+            x_T = (alpha_bar.sqrt() * z.double() + (1 - alpha_bar).sqrt() * noise.double()).float()
+        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, start=start, generator=generators,
                                    callback=callback, **options)
         return self.decode(z_0)
+
+    def encode(self, images: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] to scaled latents, float32: samples of the encoder's posterior, with the
+        given standard normal noise for each."""
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(images.to(self.device, dtype), noise=torch.stack(noise).to(self.device, dtype)).float()
 
     def latent_shape(self, size: int) -> tuple[int, ...]:
         """The shape of one sample's latents: (C, h, w) for an image."""

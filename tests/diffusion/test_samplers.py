@@ -3,7 +3,7 @@ import torch
 
 from latentlab.diffusion import (SAMPLERS, DiffusionConfig, alpha_bar_at, classifier_free_guidance, ddim, ddpm,
                                  dpmpp_2m, euler, get_sampler, heun, karras_sigmas, make_denoiser, prediction_target,
-                                 sampler_options, timesteps_for)
+                                 sampler_options, start_level, timesteps_for)
 
 MU, S = 1.5, 0.5  # data distribution of the oracle: x_0 ~ N(MU, S^2) in every dimension
 
@@ -178,3 +178,33 @@ def test_guidance_leaves_the_learned_variance_to_the_conditional_half():
     mask = torch.ones(2, 1, dtype=torch.bool)
     out = classifier_free_guidance(model, cond, mask, uncond, mask, 4.0)(torch.zeros(2, 1), torch.zeros(2))
     assert torch.allclose(out[:, 0], torch.full((2,), 9.0)) and torch.allclose(out[:, 1], torch.full((2,), -0.75))
+
+
+@pytest.mark.parametrize("name, options", [("ddim", {}), ("ddim", {"spacing": "trailing"}), ("euler", {}),
+                                           ("heun", {})])
+def test_a_sampler_started_part_way_continues_its_own_trajectory(alphas_cumprod, name, options):
+    """start=k from the state the whole run had reached after k steps ends where the whole run ends, and the
+    level it expects there is start_level's."""
+    denoise, seen = oracle(alphas_cumprod), []
+
+    def recording(x, t, a):
+        seen.append((x.clone(), a))
+        return denoise(x, t, a)
+
+    sampler, x_T = get_sampler(name), noise(8)
+    whole = sampler(recording, x_T, alphas_cumprod, 6, **options)
+    per_step = seen[::2] if name == "heun" else seen  # heun calls the network twice a step
+    x_k, a_k = per_step[2]  # the network sees x_t (euler's and heun's state is x_t / sqrt(alpha_bar)): what they take
+    part = sampler(denoise, x_k, alphas_cumprod, 6, start=2, **options)
+    torch.testing.assert_close(part, whole, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(start_level(name, alphas_cumprod, 6, 2, **options).double(), a_k.double().reshape(()),
+                               atol=1e-12, rtol=1e-9)
+
+
+def test_start_is_checked_and_not_a_user_option():
+    ac = DiffusionConfig(schedule="linear").alphas_cumprod()
+    for bad in (-1, 4, 1.5, True):
+        with pytest.raises(ValueError, match="start must be a whole number from 0 to 3"):
+            ddim(oracle(ac), noise(2), ac, 4, start=bad)
+    with pytest.raises(ValueError, match="takes no option 'start'"):
+        sampler_options("ddim", start=1)

@@ -61,6 +61,15 @@ def probability(text: str) -> float:
     return value
 
 
+def strength(text: str) -> float:
+    """img2img's strength: how much of the sampler's way from noise is walked again."""
+    value = finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"strength {text!r} is outside [0, 1]: give a number from 0 (keep the "
+                                         "image) to 1 (draw it anew)")
+    return value
+
+
 def seed(text: str) -> int:
     """A seed the generators tell apart (Pipeline.MAX_SEED)."""
     value = whole(text)

@@ -11,7 +11,7 @@ from .process import (PREDICTIONS, DiffusionConfig, alpha_bar_at, predict_x0, pr
                       sigma_to_t, sigmas_of, snr, x0_and_eps)
 from .reverse import VARIANCES, grid_log_variances, p_log_variance, p_mean_variance
 from .samplers import (SAMPLERS, SPACINGS, ddim, ddpm, dpmpp_2m, euler, get_sampler, heun, karras_sigmas,
-                       sampler_options, timesteps_for)
+                       sampler_options, start_level, timesteps_for)
 from .schedules import SCHEDULES, cosine_betas, linear_betas, make_betas, rescale_zero_terminal_snr, scaled_linear_betas
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "linear_betas", "loss_weight", "make_betas",
     "make_denoiser", "nll_bits", "normal_kl", "p_log_variance", "p_mean_variance", "predict_x0", "prediction_target",
     "prior_bits", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sampler_options", "scaled_linear_betas",
-    "sigma_to_t", "sigmas_of", "snr", "split_variance", "timesteps_for", "vlb_terms", "x0_and_eps",
+    "sigma_to_t", "sigmas_of", "snr", "split_variance", "start_level", "timesteps_for", "vlb_terms", "x0_and_eps",
 ]

@@ -5,7 +5,9 @@ Every sampler has the signature
 where `denoise(x_t, t, alpha_bar) -> Denoised` wraps the network (see `denoiser.py`; t may be
 fractional), x_T ~ N(0, I), and `steps` is the length of the time grid the sampler walks, from the
 noisiest level down to x_0. Each sampler builds its grid once and reads it; the step to x_0 is the
-last. `callback(i, steps)` is called after each step (progress bars). `generator` draws the noise that
+last. `start` skips the grid's first `start` steps: x_T is then x_t at the level the grid reaches there
+(`start_level`), as image-to-image starts from a noised image (SDEdit, Meng et al. 2022).
+`callback(i, steps)` is called after each step (progress bars). `generator` draws the noise that
 ddpm and ddim (eta > 0) add at each step: one generator for the batch, or a list of one per image, so
 that an image's draws do not depend on the other images beside it (as diffusers takes a list).
 
@@ -87,6 +89,25 @@ def _noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Gener
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
+def _from(grid: list[int], start: int) -> list[int]:
+    """The grid less its first `start` steps (at least one step stays)."""
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(grid):
+        raise ValueError(f"start must be a whole number from 0 to {len(grid) - 1} (the grid has {len(grid)} steps), "
+                         f"got {start!r}")
+    return grid[start:]
+
+
+def start_level(name: str, alphas_cumprod: torch.Tensor, steps: int, start: int, **options) -> torch.Tensor:
+    """alpha_bar (float64) of the level sampler `name` walks from when it skips its grid's first `start` steps:
+    the x_T it takes is then sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps. `options` (spacing) as it takes them."""
+    if name in ("euler", "heun"):
+        sigma = karras_sigmas(alphas_cumprod, steps)[_from(list(range(steps)), start)[0]]
+        return 1 / (1 + sigma ** 2)
+    spacing = options.get("spacing") or inspect.signature(get_sampler(name)).parameters["spacing"].default
+    T = alphas_cumprod.shape[0]
+    return alphas_cumprod[_from(timesteps_for(T, steps or T, spacing), start)[0]].double()
+
+
 def _step_t(t: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
 
@@ -96,14 +117,14 @@ def _step_t(t: int, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ddpm(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int | None = None, *,
-         variance: str = "small", spacing: str | Sequence[int] = "linspace", generator: torch.Generator | None = None,
-         callback=None) -> torch.Tensor:
+         variance: str = "small", spacing: str | Sequence[int] = "linspace", start: int = 0,
+         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Ancestral sampling of p(x_prev | x_t) (Ho et al. 2020, Alg. 2) on a grid of `steps` levels (all T
     by default): with fewer, the respaced process of Nichol & Dhariwal (2021, sec. 4). No noise is
     added on the last step."""
     check_variance(variance, learned=True)
     T = alphas_cumprod.shape[0]
-    timesteps = timesteps_for(T, steps or T, spacing)
+    timesteps = _from(timesteps_for(T, steps or T, spacing), start)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
     log_beta, log_beta_tilde = grid_log_variances(a, a_prev)
     x = x_T
@@ -121,11 +142,11 @@ def ddpm(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
 
 @torch.no_grad()
 def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
-         eta: float = 0.0, spacing: str | Sequence[int] = "linspace", generator: torch.Generator | None = None,
-         callback=None) -> torch.Tensor:
+         eta: float = 0.0, spacing: str | Sequence[int] = "linspace", start: int = 0,
+         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """DDIM, Song et al. (2021) eq. 12; eta = 0 is deterministic, eta = 1 is DDPM's posterior noise."""
     T = alphas_cumprod.shape[0]
-    timesteps = timesteps_for(T, steps, spacing)
+    timesteps = _from(timesteps_for(T, steps, spacing), start)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
     x = x_T
     for i, t in enumerate(timesteps):
@@ -145,14 +166,15 @@ def ddim(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, step
 
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, *,
-             spacing: str | Sequence[int] = "trailing", generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+             spacing: str | Sequence[int] = "trailing", start: int = 0, generator: torch.Generator | None = None,
+             callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction), with lambda = log(alpha_t / sigma_t),
     alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar). Deterministic; `generator` is unused.
 
     The default grid is trailing: a linspace grid spends its last call at t = 0 and leaves the step
     before it a long one in lambda, which this multistep method extrapolates badly at few steps."""
     T = alphas_cumprod.shape[0]
-    timesteps = timesteps_for(T, steps, spacing)
+    timesteps = _from(timesteps_for(T, steps, spacing), start)
     a, a_prev = _levels(alphas_cumprod, timesteps, x_T)
     alpha, sigma = a.sqrt(), (1 - a).sqrt()
     lam = alpha.log() - sigma.log()
@@ -180,11 +202,12 @@ def dpmpp_2m(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, 
 # ------------------------------------------------------------------ samplers on Karras sigmas
 
 
-def _karras_start(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int):
-    """(sigmas, D, x): the Karras grid; D(x, i) -> x_0 at its i-th level, for the variance-exploding state
-    x = x_t / sqrt(alpha_bar) of Karras et al. (the network sees x_t and the fractional timestep of that
-    sigma); and the starting state, x_T in those units."""
-    sigmas = karras_sigmas(alphas_cumprod, steps).to(x_T.device)
+def _karras_start(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, start: int):
+    """(sigmas, D, x): the Karras grid from its level `start` on; D(x, i) -> x_0 at its i-th level, for the
+    variance-exploding state x = x_t / sqrt(alpha_bar) of Karras et al. (the network sees x_t and the
+    fractional timestep of that sigma); and the starting state, x_T in those units."""
+    sigmas = karras_sigmas(alphas_cumprod, steps)
+    sigmas = sigmas[_from(list(range(steps)), start)[0]:].to(x_T.device)
     timesteps = sigma_to_t(sigmas, alphas_cumprod).to(x_T.device)
 
     def D(x: torch.Tensor, i: int) -> torch.Tensor:
@@ -196,9 +219,10 @@ def _karras_start(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Ten
 
 @torch.no_grad()
 def euler(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 50, *,
-          generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+          start: int = 0, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022)."""
-    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps)
+    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps, start)
+    steps = len(sigmas) - 1
     for i in range(steps):
         d = (x - D(x, i)) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
@@ -209,10 +233,11 @@ def euler(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, ste
 
 @torch.no_grad()
 def heun(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 25, *,
-         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+         start: int = 0, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Heun's method (Karras et al. 2022, Alg. 1): an Euler step, then the trapezoidal correction,
     except on the last step to sigma = 0."""
-    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps)
+    sigmas, D, x = _karras_start(denoise, x_T, alphas_cumprod, steps, start)
+    steps = len(sigmas) - 1
     for i in range(steps):
         d = (x - D(x, i)) / sigmas[i]
         x_next = x + d * (sigmas[i + 1] - sigmas[i])
@@ -239,7 +264,7 @@ def sampler_options(name: str, **options) -> dict:
     """The options (those not None) that sampler `name` takes; an option it does not take is an error."""
     sampler = get_sampler(name)
     accepted = [p.name for p in inspect.signature(sampler).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback")]
+                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback", "start")]
     given = {k: v for k, v in options.items() if v is not None}
     for key in given:
         if key not in accepted:

@@ -37,7 +37,7 @@ SD1_IMAGE_SIZE = 512
 # a diffusers folder's model_index.json: the pipeline read, its networks' classes, its other components (the
 # scheduler's class is checked with its config), and those read past (the safety checker and its image
 # processor, IP-Adapter's image encoder: none takes part in text to image)
-PIPELINE = "StableDiffusionPipeline"
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")  # the same networks and components
 CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
            "tokenizer": "CLIPTokenizer"}
 COMPONENTS = (*CLASSES, "scheduler", "safety_checker", "feature_extractor", "image_encoder", "requires_safety_checker")
@@ -62,13 +62,14 @@ def _config_errors(source: Path):
 
 
 def check_pipeline_index(path: Path, index: dict) -> None:
-    """A diffusers model_index.json names a StableDiffusionPipeline of the components the loader reads."""
-    if index.get("_class_name") != PIPELINE:
-        raise CheckpointError(f"{path}: the pipeline is {index.get('_class_name')!r}; accepted: {PIPELINE} "
-                              "(Stable Diffusion 1.x)")
+    """A diffusers model_index.json names a Stable Diffusion 1.x pipeline of the components the loader reads."""
+    if index.get("_class_name") not in PIPELINES:
+        raise CheckpointError(f"{path}: the pipeline is {index.get('_class_name')!r}; accepted: "
+                              f"{' or '.join(PIPELINES)} (Stable Diffusion 1.x)")
     unknown = [key for key in index if not key.startswith("_") and key not in COMPONENTS]
     if unknown:
-        raise CheckpointError(f"{path}: components {unknown} are not a {PIPELINE}'s; accepted: {', '.join(COMPONENTS)}")
+        raise CheckpointError(f"{path}: components {unknown} are not a {PIPELINES[0]}'s; accepted: "
+                              f"{', '.join(COMPONENTS)}")
     for part, kind in CLASSES.items():
         given = index.get(part)
         accepted = (kind, kind + "Fast", kind + "WithProjection")

@@ -1,0 +1,63 @@
+"""`latentlab img2img IMAGE PROMPT`: image-to-image (SDEdit, Pipeline.img2img): the image encoded, noised part of
+the way and denoised with the prompt: source.png (the image as the model read it), one PNG per image drawn and
+grid.png (the source first)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import LatentlabError
+from ..images import image_grid, read_image, to_pil
+from ..pipeline import Pipeline
+from .options import SAMPLE, common, defaults, flag, load_model, sampler_options, sampling
+from .output import check_out, save_png
+from .values import positive, prompt, strength
+
+IMG2IMG = defaults(Pipeline.img2img)
+
+
+def add_parser(commands) -> None:
+    g = commands.add_parser("img2img", help="redraw an image with a prompt (SDEdit): --strength says how much")
+    g.add_argument("image", help="the image file (PNG, JPEG, ...); converted to RGB and resized to --size")
+    g.add_argument("prompt", type=prompt, help="what the image should become")
+    flag(g, IMG2IMG, "strength", type=strength,
+         help="0 keeps the image, 1 draws it anew; int(steps * strength) steps run (default %(default)s)")
+    common(g)
+    sampling(g)
+    flag(g, SAMPLE, "negative_prompt", type=prompt, help="what to steer away from (replaces the empty prompt)")
+    g.add_argument("--count", type=positive(int), default=1, help="images to draw, image i from seed + i "
+                                                                  "(default %(default)s)")
+    g.add_argument("--size", type=positive(int), default=None, help="the image's size in pixels, square (default: "
+                                                                    "the model's)")
+    g.add_argument("--out", default="img2img", help="folder for the PNGs (default %(default)s)")
+    g.add_argument("--grid-scale", type=positive(int), default=4, help="enlarge grid.png this many times")
+    g.set_defaults(func=run)
+
+
+def run(args) -> None:
+    if not args.prompt.strip():
+        raise LatentlabError("give a non-empty prompt, e.g. latentlab img2img in.png \"a red circle\"")
+    out = Path(args.out)
+    check_out(out, folder=True)
+    pipe = load_model(args)
+    if hasattr(pipe, "check_prior"):
+        raise LatentlabError(f"--model {args.model} is an unCLIP model; img2img takes a text-to-image model (an "
+                             "unCLIP model redraws images with `latentlab variations`)")
+    size = args.size or pipe.image_size
+    image, notes = read_image(args.image, size)
+    options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler,
+                   negative_prompt=args.negative_prompt, **sampler_options(args))
+    pipe.check_init_images(image[None], 1, args.strength)
+    pipe.check_sample(args.count, size=size, **{k: v for k, v in options.items() if k != "negative_prompt"})
+    if notes:
+        print(f"{args.image}: {'; '.join(notes)}", file=sys.stderr)
+    images = to_pil(pipe.img2img(image[None].expand(args.count, -1, -1, -1), [args.prompt] * args.count,
+                                 strength=args.strength, **options))
+    out.mkdir(parents=True, exist_ok=True)
+    source = to_pil(image[None])[0]
+    save_png(source, out / "source.png", 0)
+    for i, drawn in enumerate(images):
+        save_png(drawn, out / f"{i:03d}.png", i + 1)
+    save_png(image_grid([source, *images], scale=args.grid_scale), out / "grid.png", len(images) + 1)
+    print(f"wrote source.png, {len(images)} images and grid.png (the source first) to {out}")
