@@ -60,9 +60,10 @@ class PriorModel:
         prior = load_component(path / PRIOR, DiffusionPrior, PriorConfig).eval().to(clip.device)
         return cls(prior, clip, read_config(path / DIFFUSION, DiffusionConfig), clip_name)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
+        """Write the prior folder; `dtype` (e.g. torch.float16) casts the stored weights."""
         path = Path(path)
-        save_component(path / PRIOR, self.prior)
+        save_component(path / PRIOR, self.prior, dtype=dtype)
         atomic_write(path / DIFFUSION, json.dumps(dataclasses.asdict(self.diffusion), indent=2) + "\n")
         atomic_write(path / INDEX, json.dumps({"clip": self.clip_name}, indent=2) + "\n")
 

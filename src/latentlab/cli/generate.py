@@ -61,6 +61,8 @@ def run(args) -> None:
     count, out = len(args.prompts) * args.images_per_prompt, Path(args.out)
     check_out(out, folder=True)
     pipe = load_model(args, dtype=args.dtype, channels_last=args.channels_last)
+    if hasattr(pipe, "check_prior"):  # an unCLIP model draws from text through its prior
+        pipe.check_prior()
     for path, adapter_scale in args.adapter or ():
         pipe.load_adapter(path, scale=adapter_scale)
     for path in args.embedding or ():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..diffusion import VARIANCES
 from ..evaluation import likelihood
+from ..errors import LatentlabError
 from .options import common, defaults, flag, load_model
 from .output import check_out, write_report
 from .values import positive
@@ -30,6 +31,10 @@ def run(args) -> None:
     if args.out:
         check_out(args.out, folder=False)
     pipe = load_model(args)
+    if hasattr(pipe, "check_prior"):
+        raise LatentlabError(f"--model {args.model} is an unCLIP model, whose decoder reads image embeddings; nll "
+                             "bounds a text-to-image model's likelihood (its text model is shapes-default, or the "
+                             "folder it was trained from)")
     with tqdm(total=args.images, desc="bound", unit="image") as bar:
 
         def progress(done: int, total: int) -> None:

@@ -18,7 +18,7 @@ from ..training import PRESETS
 from .values import finite, positive, seed, spacing
 
 MODEL_HELP = ("a latentlab model folder, a diffusers Stable Diffusion folder, an SD 1.x .safetensors file, or a "
-              "shipped model: shapes-default (the default) or fashion-mnist")
+              "shipped model: shapes-default (the default), fashion-mnist, or unclip (text -> prior -> decoder)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -148,8 +148,12 @@ def training(parser, config) -> None:
 
 
 def load_model(args, **kwargs) -> Pipeline:
-    """The pipeline --model and --device name, with the --lora files added; `kwargs` go to Pipeline.load."""
-    pipe = Pipeline.load(args.model, device=args.device, **kwargs)
+    """The pipeline --model and --device name, with the --lora files added; `kwargs` go to Pipeline.load. An unCLIP
+    model (unclip_pipeline.py) loads as one: text to image through its prior and decoder."""
+    from ..unclip_pipeline import UnCLIPPipeline, unclip_path
+
+    kind = UnCLIPPipeline if unclip_path(args.model) is not None else Pipeline
+    pipe = kind.load(args.model, device=args.device, **kwargs)
     for path, scale in getattr(args, "lora", None) or ():
         pipe.load_lora(path, scale=scale)
     return pipe
