@@ -49,7 +49,7 @@ def test_an_image_does_not_depend_on_its_batch(tiny_pipeline):
     ({"strength": 1.5}, "strength must be a number from 0 to 1"),
     ({"strength": -0.1}, "strength must be a number from 0 to 1"),
     ({"images": torch.zeros(2, 1, 32, 32)}, "square RGB images"),
-    ({"images": torch.zeros(1, 3, 32, 32)}, "takes 2 square RGB images"),
+    ({"images": torch.zeros(1, 3, 32, 32)}, "give 2 square RGB images"),
     ({"images": torch.full((2, 3, 32, 32), float("nan"))}, "NaN"),
     ({"images": torch.zeros(2, 3, 20, 20)}, "image size 20 is not accepted"),
 ])

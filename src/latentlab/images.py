@@ -37,15 +37,21 @@ def from_pil(image: Image.Image, size: int) -> tuple[torch.Tensor, list[str]]:
     return array.permute(2, 0, 1).float() / 127.5 - 1, notes
 
 
-def read_image(path, size: int) -> tuple[torch.Tensor, list[str]]:
-    """The image file `path` as `from_pil` makes it; a file that is missing or no image PIL reads raises
-    LatentlabError."""
+def mask_from_pil(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL mask -> (1, size, size) in [0, 1]: its grey level (white 1), resized by the nearest pixel so that it
+    stays as sharp as drawn."""
+    grey = image.convert("L").resize((size, size), Image.NEAREST)
+    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, size, size).float() / 255
+
+
+def open_image(path) -> Image.Image:
+    """The image file `path`, read; a file that is missing or no image Pillow reads raises LatentlabError."""
     from .errors import LatentlabError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return from_pil(image, size)
+            return image
     except FileNotFoundError:
         raise LatentlabError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -53,3 +59,8 @@ def read_image(path, size: int) -> tuple[torch.Tensor, list[str]]:
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise LatentlabError(f"{path} is not an image that can be read ({e}); give a PNG, JPEG or another "
                              "format Pillow reads") from None
+
+
+def read_image(path, size: int) -> tuple[torch.Tensor, list[str]]:
+    """The image file `path` as `from_pil` makes it (`open_image`'s errors)."""
+    return from_pil(open_image(path), size)

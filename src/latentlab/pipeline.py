@@ -24,11 +24,13 @@ import json
 import math
 import operator
 import uuid
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -37,8 +39,8 @@ from .adapters.textual_inversion import add_tokens
 from .adapters import inject
 from .adapters.lora import adapters_of, free_name, load_lora_parts
 from .devices import resolve_device, resolve_dtype
-from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, make_denoiser, sampler_options,
-                        start_level, timesteps_for)
+from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, keep_known, make_denoiser,
+                        sampler_options, start_level, timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
 from .images import to_pil
@@ -102,6 +104,53 @@ def apply_adapter(parts: dict[str, nn.Module], file: LoRAFile | AdapterFile, ada
     return adapter
 
 
+@dataclass
+class ImageInput:
+    """Images to start from, one per prompt (`Pipeline.img2img`, `Pipeline.inpaint`): `images` (B, 3, H, W) in
+    [-1, 1]; `strength` in [0, 1], the share of the sampler's steps that run; for inpainting, `masks` (B, 1, H, W),
+    1 where to draw, and whether the result keeps the source's pixels outside them."""
+
+    images: torch.Tensor
+    strength: float
+    masks: torch.Tensor | None = None
+    keep_unmasked: bool = True
+
+    def __getitem__(self, part: slice) -> "ImageInput":
+        masks = None if self.masks is None else self.masks[part]
+        return ImageInput(self.images[part], self.strength, masks, self.keep_unmasked)
+
+    def check(self, count: int) -> int:
+        """Refuse what cannot be drawn from (LatentlabError); returns the images' size."""
+        images, masks, strength = self.images, self.masks, self.strength
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+            raise LatentlabError(f"strength must be a number from 0 to 1, got {strength!r}")
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or \
+                images.shape[2] != images.shape[3] or len(images) != count:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise LatentlabError(f"give {count} square RGB images (B, 3, H, H) in [-1, 1], one per prompt; got "
+                                 f"{shape}")
+        if not torch.isfinite(images).all():
+            raise LatentlabError("the images hold NaN or infinite values")
+        if masks is not None:
+            size = images.shape[-1]
+            if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (count, 1, size, size):
+                shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+                raise LatentlabError(f"give one mask (B, 1, H, W) per image, of the image's size: ({count}, 1, {size}, "
+                                     f"{size}); got {shape}")
+            drawn = (masks >= 0.5).flatten(1).float().mean(1)
+            for i, share in enumerate(drawn.tolist()):
+                if share in (0, 1):
+                    what = "empty: nothing to redraw" if share == 0 else "full: nothing to keep (generate draws anew)"
+                    raise LatentlabError(f"mask {i} is {what}; mark the region to redraw in white, the rest black")
+        return images.shape[-1]
+
+    def composite(self, drawn: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """The drawn images, with the source's pixels outside the (binarised) masks where they are to be kept."""
+        if masks is None or not self.keep_unmasked:
+            return drawn
+        return masks * drawn + (1 - masks) * self.images.to(drawn.device, drawn.dtype)
+
+
 class Pipeline:
     """Generates images from text prompts with a latent diffusion model."""
 
@@ -139,10 +188,12 @@ class Pipeline:
                                   "`latentlab train` or Pipeline.save, a diffusers Stable Diffusion folder, or a "
                                   "Stable Diffusion 1.x .safetensors file")
         pipe = cls(**parts)
-        if pipe.unet.config.in_channels != pipe.vae.config.latent_channels:
+        latent = pipe.vae.config.latent_channels
+        if pipe.unet.config.in_channels not in (latent, 2 * latent + 1):
             raise CheckpointError(f"{path / 'unet'} takes {pipe.unet.config.in_channels} channels, but the "
-                                  f"autoencoder's latents have {pipe.vae.config.latent_channels}; accepted: a U-Net "
-                                  "whose input is the latents alone (text to image)")
+                                  f"autoencoder's latents have {latent}; accepted: a U-Net whose input is the latents "
+                                  f"alone ({latent}, text to image) or the latents, a mask and the masked image's "
+                                  f"latents ({2 * latent + 1}, inpainting)")
         channels = pipe.vae.config.latent_channels * (2 if pipe.diffusion.learned_variance else 1)
         if pipe.unet.config.out_channels != channels:
             raise CheckpointError(f"{path / 'unet'} outputs {pipe.unet.config.out_channels} channels, but the scheduler "
@@ -366,12 +417,14 @@ class Pipeline:
                  extra: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         """denoise(x_t, t, alpha_bar) -> Denoised: the U-Net, in its own dtype, under classifier-free guidance;
         with `cuda_graph`, its kernels recorded on the first step and replayed on the others (CUDA only).
-        `extra`: conditions the U-Net takes by keyword beside the text, {name: (conditional, unconditional)}."""
+        `extra`: conditions the U-Net takes by keyword beside the text, {name: (conditional, unconditional)};
+        "inputs" are concatenated with x_t along the channels (an inpainting model's mask and masked image)."""
         dtype = self.dtype
 
-        def unet(x_t, t, context, mask, **extra):
+        def unet(x_t, t, context, mask, inputs=None, **extra):
+            x = x_t if inputs is None else torch.cat([x_t, inputs.to(x_t.dtype)], dim=1)  # inputs beside x_t
             extra = {name: value.to(dtype) for name, value in extra.items()}
-            return self.unet(x_t.to(dtype), t, context.to(dtype), mask, **extra).float()
+            return self.unet(x.to(dtype), t, context.to(dtype), mask, **extra).float()
 
         network = classifier_free_guidance(unet, context, mask, uncond, uncond_mask, guidance, extra)
         return make_denoiser(fast.CUDAGraphed(network) if cuda_graph else network, self.diffusion.prediction)
@@ -420,8 +473,7 @@ class Pipeline:
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
                variance: str | None = None, eta: float | None = None, spacing: str | None = None,
                cuda_graph: bool = False, batch_size: int | None = None,
-               callback: Callable[[int, int], None] | None = None, init_images: torch.Tensor | None = None,
-               strength: float = 1.0) -> torch.Tensor:
+               callback: Callable[[int, int], None] | None = None, start: ImageInput | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i draws its noise (x_T, and what ddpm and ddim with eta > 0 add at each step) from a generator
@@ -433,7 +485,7 @@ class Pipeline:
         images, faster where launching kernels is the bottleneck, as at small batches).
         `batch_size` prompts are sampled at a time (default: all): the same images whatever the batch size.
         `callback(i, steps)` is called after each step of each batch.
-        `init_images` (B, 3, H, W) in [-1, 1], one per prompt, and `strength` make it image-to-image (`img2img`).
+        `start`: images to start from, one per prompt (`img2img`, `inpaint`).
         """
         prompts = list(prompts)
         if not prompts:
@@ -441,18 +493,17 @@ class Pipeline:
         for text in prompts:
             self.check_prompt(text)
         self.check_prompt(negative_prompt, "negative prompt")
-        if init_images is not None:
-            size = self.check_init_images(init_images, len(prompts), strength)
+        if start is not None:
+            size = start.check(len(prompts))
         seed, size, options = self.check_sample(len(prompts), steps=steps, guidance=guidance, seed=seed,
                                                 sampler=sampler, size=size, batch_size=batch_size,
                                                 cuda_graph=cuda_graph, variance=variance, eta=eta, spacing=spacing)
         uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         batch_size = batch_size or len(prompts)
-        return torch.cat([self._sample_batch(prompts[start:start + batch_size], uncond, seed + start, size, steps,
-                                             guidance, sampler, options, cuda_graph, callback,
-                                             None if init_images is None else init_images[start:start + batch_size],
-                                             strength)
-                          for start in range(0, len(prompts), batch_size)])
+        return torch.cat([self._sample_batch(prompts[i:i + batch_size], uncond, seed + i, size, steps, guidance,
+                                             sampler, options, cuda_graph, callback,
+                                             None if start is None else start[i:i + batch_size])
+                          for i in range(0, len(prompts), batch_size)])
 
     def img2img(self, images: torch.Tensor, prompts: list[str], *, strength: float = 0.8, **options) -> torch.Tensor:
         """Image-to-image (SDEdit, Meng et al. 2022): each image (B, 3, H, W) in [-1, 1] is encoded, noised to the
@@ -460,55 +511,78 @@ class Pipeline:
         diffusers' StableDiffusionImg2ImgPipeline does: int(steps * strength) steps run, so strength 1 starts
         from (almost) pure noise and 0 returns the image's autoencoder round trip. Image i's generator (seed + i)
         draws its latent from the encoder's posterior, then the noise. Options as for `sample`."""
-        return self.sample(prompts, init_images=images, strength=strength, **options)
+        return self.sample(prompts, start=ImageInput(images, strength), **options)
 
-    def check_init_images(self, images, count: int, strength: float) -> int:
-        """img2img's images and strength, checked; returns the images' size."""
-        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
-            raise LatentlabError(f"strength must be a number from 0 to 1, got {strength!r}")
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or \
-                images.shape[2] != images.shape[3] or len(images) != count:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise LatentlabError(f"img2img takes {count} square RGB images (B, 3, H, H) in [-1, 1], one per prompt; "
-                                 f"got {shape}")
-        if not torch.isfinite(images).all():
-            raise LatentlabError("the images hold NaN or infinite values")
-        return images.shape[-1]
+    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], *, strength: float = 1.0,
+                keep_unmasked: bool = True, **options) -> torch.Tensor:
+        """Redraw the region of each image (B, 3, H, W) in [-1, 1] where its mask (B, 1, H, W) is 1 (masks are
+        binarised at 0.5), from its prompt. A model with inpainting input channels (`takes_masks`: Stable
+        Diffusion's inpainting layout, the latents, the mask and the masked image's latents concatenated) reads
+        the masked image at every step, as diffusers' StableDiffusionInpaintPipeline runs it; any other model
+        keeps the rest by replacing its x_0 estimate there with the image's latents at every step
+        (diffusion/inpainting.py, whose limits that module states). `strength` as for `img2img` (1: the region
+        is drawn anew). `keep_unmasked`: the result's pixels outside the mask are the source's, not their
+        autoencoder round trip. Options as for `sample`."""
+        return self.sample(prompts, start=ImageInput(images, strength, masks, keep_unmasked), **options)
+
+    @property
+    def takes_masks(self) -> bool:
+        """Whether the U-Net reads a mask and the masked image's latents beside x_t (an inpainting model)."""
+        return self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1
 
     def _sample_batch(self, prompts: list[str], uncond: tuple, seed: int, size: int, steps: int, guidance: float,
-                      sampler: str, options: dict, cuda_graph: bool, callback, init_images=None,
-                      strength: float = 1.0) -> torch.Tensor:
+                      sampler: str, options: dict, cuda_graph: bool, callback,
+                      start: ImageInput | None = None) -> torch.Tensor:
         """`sample` for one batch of checked arguments; the first prompt's noise is seeded by `seed`."""
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = uncond
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
-        denoise = self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph)
-        return self.draw(denoise, range(seed, seed + len(prompts)), size, steps, sampler, options, callback,
-                         init_images=init_images, strength=strength)
 
-    def draw(self, denoise, seeds, size: int, steps: int, sampler: str, options: dict, callback, *,
-             init_images: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
-        """One image per seed, sampled with `denoise` and decoded; image i's own generator, seeded by seeds[i],
-        draws its x_T, then the noise that ddpm and ddim (eta > 0) add at each step. With `init_images`, the
-        generator first draws the image's latent from the encoder's posterior, and x_T is that latent noised to
-        the level of the grid's step steps - int(steps * strength) (`img2img`)."""
+        def denoiser(extra: dict):
+            return self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph, extra=extra)
+
+        return self.draw(denoiser, range(seed, seed + len(prompts)), size, steps, sampler, options, callback, start)
+
+    def draw(self, denoiser, seeds, size: int, steps: int, sampler: str, options: dict, callback,
+             start: ImageInput | None = None) -> torch.Tensor:
+        """One image per seed, decoded, sampled with `denoiser(extra)` (the denoiser, given the U-Net's further
+        inputs by name, as `Pipeline.denoiser` takes them); image i's own generator, seeded by seeds[i], draws, in
+        diffusers' order: the start image's latent from the encoder's posterior (where one is read), x_T, the
+        masked image's latent (a model that `takes_masks`), then the noise that ddpm and ddim (eta > 0) add at
+        each step. From a `start`, x_T is its latent noised to the level of the grid's step
+        steps - int(steps * strength); but inpainting at strength 1 starts from the noise alone."""
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        start = 0
-        if init_images is not None:
-            z = self.encode(init_images, [torch.randn(self.latent_shape(size), generator=g) for g in generators])
-            start = steps - int(steps * strength)
-            if start == steps:  # nothing to denoise
-                return self.decode(z)
-        noise = torch.stack([torch.randn(self.latent_shape(size), generator=g) for g in generators]).to(self.device)
-        if init_images is None:
-            x_T = noise
-        else:
-            alpha_bar = start_level(sampler, self.alphas_cumprod, steps, start, **options).to(self.device)
-            x_T = (alpha_bar.sqrt() * z.double() + (1 - alpha_bar).sqrt() * noise.double()).float()
-        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, start=start, generator=generators,
+        shape, n = self.latent_shape(size), len(generators)
+        first, z_start, extra = 0, None, {}
+        masks = None if start is None or start.masks is None else (start.masks >= 0.5).float().to(self.device)
+        # as diffusers: img2img always starts from the noised image; inpainting at strength 1 from pure noise
+        pure_noise = start is None or (masks is not None and start.strength == 1)
+        if start is not None and (not pure_noise or not self.takes_masks):
+            z_start = self.encode(start.images, [torch.randn(shape, generator=g) for g in generators])
+        if start is not None:
+            first = steps - int(steps * start.strength)
+            if first == steps:  # nothing to denoise
+                return start.composite(self.decode(z_start), masks)
+        x_T = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        if self.takes_masks:  # what it reads beside x_t: the mask and the masked image's latents
+            if masks is None:  # no start image: everything is to be drawn
+                masks, images = torch.ones(n, 1, size, size, device=self.device), torch.zeros(n, 3, size, size)
+            else:
+                images = start.images
+            masked = images.to(self.device) * (masks < 0.5)
+            z_masked = self.encode(masked, [torch.randn(shape, generator=g) for g in generators])
+            inputs = torch.cat([F.interpolate(masks, size=shape[-2:]), z_masked], dim=1)
+            extra = {"inputs": (inputs, inputs)}
+        if not pure_noise:
+            alpha_bar = start_level(sampler, self.alphas_cumprod, steps, first, **options).to(self.device)
+            x_T = (alpha_bar.sqrt() * z_start.double() + (1 - alpha_bar).sqrt() * x_T.double()).float()
+        denoise = denoiser(extra)
+        if masks is not None and not self.takes_masks:
+            denoise = keep_known(denoise, z_start, F.interpolate(masks, size=shape[-2:]))
+        z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, start=first, generator=generators,
                                    callback=callback, **options)
-        return self.decode(z_0)
+        return self.decode(z_0) if start is None else start.composite(self.decode(z_0), masks)
 
     def encode(self, images: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] to scaled latents, float32: samples of the encoder's posterior, with the

@@ -210,16 +210,23 @@ class UnCLIPPipeline(Pipeline):
             z = image_embeds[part].to(self.device, torch.float32)
             context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts[part])
             m = len(z)
-            denoise = self.denoiser(context, mask, uncond.expand(m, -1, -1),
-                                    None if uncond_mask is None else uncond_mask.expand(m, -1), guidance,
-                                    cuda_graph=cuda_graph, extra={"image_embed": (z, torch.zeros_like(z))})
+
+            def denoiser(extra: dict):
+                return self.denoiser(context, mask, uncond.expand(m, -1, -1),
+                                     None if uncond_mask is None else uncond_mask.expand(m, -1), guidance,
+                                     cuda_graph=cuda_graph, extra={"image_embed": (z, torch.zeros_like(z)), **extra})
+
             seeds = [seed] * m if same_noise else range(seed + start, seed + start + m)
-            images.append(self.draw(denoise, seeds, size, steps, sampler, options, callback))
+            images.append(self.draw(denoiser, seeds, size, steps, sampler, options, callback))
         return torch.cat(images)
 
     def img2img(self, images: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:
         raise LatentlabError("img2img takes a text-to-image model; an unCLIP model redraws an image with `variations` "
                              "(its text model, `image_model()`, does img2img)")
+
+    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:
+        raise LatentlabError("inpaint takes a text-to-image model; an unCLIP model's text model, `image_model()`, "
+                             "inpaints")
 
     def variations(self, image: torch.Tensor, count: int = 4, *, prompt: str = "", **options) -> torch.Tensor:
         """`count` images (count, 3, H, W) drawn from the embedding of `image` (3, H, W) in [-1, 1], each from its

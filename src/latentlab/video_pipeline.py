@@ -160,6 +160,9 @@ class VideoPipeline(Pipeline):
     def img2img(self, images: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:
         raise LatentlabError("img2img takes an image model; a video model's is `image_model()`")
 
+    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:
+        raise LatentlabError("inpaint takes an image model; a video model's is `image_model()`")
+
     def __call__(self, prompts: list[str] | str, **kwargs) -> list[list]:
         """Each prompt's clip as a list of PIL frames; keyword arguments as for `sample`."""
         from .images import to_pil

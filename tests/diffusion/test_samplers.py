@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from latentlab.diffusion import (SAMPLERS, DiffusionConfig, alpha_bar_at, classifier_free_guidance, ddim, ddpm,
-                                 dpmpp_2m, euler, get_sampler, heun, karras_sigmas, make_denoiser, prediction_target,
-                                 sampler_options, start_level, timesteps_for)
+                                 dpmpp_2m, euler, get_sampler, heun, karras_sigmas, keep_known, make_denoiser,
+                                 prediction_target, sampler_options, start_level, timesteps_for)
 
 MU, S = 1.5, 0.5  # data distribution of the oracle: x_0 ~ N(MU, S^2) in every dimension
 
@@ -208,3 +208,17 @@ def test_start_is_checked_and_not_a_user_option():
             ddim(oracle(ac), noise(2), ac, 4, start=bad)
     with pytest.raises(ValueError, match="takes no option 'start'"):
         sampler_options("ddim", start=1)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_keeping_the_known_region_ends_on_it_with_every_sampler(alphas_cumprod, name):
+    """keep_known replaces the x_0 estimate where the mask is 0: every sampler's last step lands on the known
+    values there, and the rest is drawn as before."""
+    x_T = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    known = torch.full_like(x_T, -0.7)
+    m = torch.zeros(4, 1, 3, 3, dtype=torch.float64)
+    m[..., 1:] = 1
+    out = get_sampler(name)(keep_known(oracle(alphas_cumprod), known, m), x_T, alphas_cumprod, 8,
+                            generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out[..., :1], known[..., :1], atol=1e-6, rtol=0)
+    assert (out[..., 1:] - known[..., 1:]).abs().min() > 1e-3

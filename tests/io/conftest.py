@@ -13,16 +13,17 @@ def randomise(module: torch.nn.Module, seed: int) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_sd_components(clip_vocab_files):
-    """components(seed=0) -> the keyword arguments of a diffusers StableDiffusionPipeline: SD 1.x's topology
-    at toy widths, random weights. Widths are multiples of 32 (SD's group count) and the U-Net has 8 heads,
-    as SD 1.x, so that a single file (whose heads and groups its shapes cannot tell) reads back."""
+    """components(seed=0, in_channels=4) -> the keyword arguments of a diffusers StableDiffusionPipeline (with
+    in_channels=9, a StableDiffusionInpaintPipeline's): SD 1.x's topology at toy widths, random weights. Widths
+    are multiples of 32 (SD's group count) and the U-Net has 8 heads, as SD 1.x, so that a single file (whose
+    heads and groups its shapes cannot tell) reads back."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    def components(seed: int = 0) -> dict:
+    def components(seed: int = 0, in_channels: int = 4) -> dict:
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                                    cross_attention_dim=64, attention_head_dim=8,
+        unet = UNet2DConditionModel(sample_size=8, in_channels=in_channels, block_out_channels=(32, 64),
+                                    layers_per_block=1, cross_attention_dim=64, attention_head_dim=8,
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
         vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,

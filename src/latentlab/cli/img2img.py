@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import LatentlabError
 from ..images import image_grid, read_image, to_pil
-from ..pipeline import Pipeline
+from ..pipeline import ImageInput, Pipeline
 from .options import SAMPLE, common, defaults, flag, load_model, sampler_options, sampling
 from .output import check_out, save_png
 from .values import positive, prompt, strength
@@ -41,14 +41,11 @@ def run(args) -> None:
     out = Path(args.out)
     check_out(out, folder=True)
     pipe = load_model(args)
-    if hasattr(pipe, "check_prior"):
-        raise LatentlabError(f"--model {args.model} is an unCLIP model; img2img takes a text-to-image model (an "
-                             "unCLIP model redraws images with `latentlab variations`)")
     size = args.size or pipe.image_size
     image, notes = read_image(args.image, size)
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler,
                    negative_prompt=args.negative_prompt, **sampler_options(args))
-    pipe.check_init_images(image[None], 1, args.strength)
+    ImageInput(image[None], args.strength).check(1)
     pipe.check_sample(args.count, size=size, **{k: v for k, v in options.items() if k != "negative_prompt"})
     if notes:
         print(f"{args.image}: {'; '.join(notes)}", file=sys.stderr)

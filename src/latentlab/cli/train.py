@@ -57,6 +57,8 @@ def add_model(t) -> None:
     flag(t, UNetConfig, "attention_gates",
          help="gate the U-Net's skip connections by the decoder's features (Attention U-Net)")
     flag(t, Config, "p_two", type=probability, help="fraction of two-object scenes (default %(default)s)")
+    flag(t, Config, "inpainting", help="train an inpainting model: the U-Net also reads a mask and the masked "
+                                       "image (shapes; from --init, its new input channels start at zero)")
     flag(t, Config, "init", help="continue from this model folder's text encoder and U-Net")
 
 

@@ -3,6 +3,7 @@ guidance. No networks."""
 
 from .denoiser import Denoised, make_denoiser, split_variance
 from .guidance import classifier_free_guidance
+from .inpainting import keep_known
 from .importance import ImportanceSampler
 from .likelihood import (DECODERS, discretized_gaussian_log_likelihood, gaussian_log_likelihood, nll_bits, normal_kl,
                          prior_bits, vlb_terms)
@@ -18,8 +19,9 @@ __all__ = [
     "DECODERS", "Denoised", "DiffusionConfig", "ImportanceSampler", "Loss", "PREDICTIONS", "SAMPLERS", "SCHEDULES",
     "SPACINGS", "VARIANCES", "WEIGHTINGS", "alpha_bar_at", "classifier_free_guidance", "cosine_betas", "ddim", "ddpm",
     "diffusion_loss", "discretized_gaussian_log_likelihood", "dpmpp_2m", "euler", "gaussian_log_likelihood",
-    "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "linear_betas", "loss_weight", "make_betas",
-    "make_denoiser", "nll_bits", "normal_kl", "p_log_variance", "p_mean_variance", "predict_x0", "prediction_target",
-    "prior_bits", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sampler_options", "scaled_linear_betas",
-    "sigma_to_t", "sigmas_of", "snr", "split_variance", "start_level", "timesteps_for", "vlb_terms", "x0_and_eps",
+    "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "keep_known", "linear_betas", "loss_weight",
+    "make_betas", "make_denoiser", "nll_bits", "normal_kl", "p_log_variance", "p_mean_variance", "predict_x0",
+    "prediction_target", "prior_bits", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sampler_options",
+    "scaled_linear_betas", "sigma_to_t", "sigmas_of", "snr", "split_variance", "start_level", "timesteps_for",
+    "vlb_terms", "x0_and_eps",
 ]

@@ -37,7 +37,8 @@ SD1_IMAGE_SIZE = 512
 # a diffusers folder's model_index.json: the pipeline read, its networks' classes, its other components (the
 # scheduler's class is checked with its config), and those read past (the safety checker and its image
 # processor, IP-Adapter's image encoder: none takes part in text to image)
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")  # the same networks and components
+# the same components; an inpainting pipeline's U-Net takes the mask and the masked image's latents too
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
            "tokenizer": "CLIPTokenizer"}
 COMPONENTS = (*CLASSES, "scheduler", "safety_checker", "feature_extractor", "image_encoder", "requires_safety_checker")

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.masks import training_mask
 from ..data.sources import caption_corpus_of, open_dataset
 from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
 from .. import fast
@@ -84,9 +86,14 @@ class DiffusionTrainConfig:
     gradient_checkpointing: bool = False  # recompute the U-Net's activations in the backward pass: less memory
     channels_last: bool = False  # the U-Net's convolutions in NHWC memory layout (faster on tensor cores)
     text_encoder: str = "trained"  # trained: ours, from scratch; minilm (or a BERT folder): pretrained, frozen
+    inpainting: bool = False  # the U-Net also reads a mask and the masked image's latents (data/masks.py); from
+    # --init, its new input channels start at zero (as Stable Diffusion's inpainting model started)
 
     def __post_init__(self):
         check_numbers(self)
+        if self.inpainting and self.data != "shapes":
+            raise LatentlabError(f"--inpainting trains on the shapes world (its masks box the objects); got data "
+                                 f"{self.data!r}")
 
 
 # what may differ between a run and the run it resumes: how long it goes on, where it runs, and where its folder
@@ -119,16 +126,32 @@ def make_text_encoder(config: DiffusionTrainConfig, corpus: list[str]):
 
 
 class TextToNoise(nn.Module):
-    """The trained networks as one module (what DDP wraps): token ids and mask -> context -> U-Net output."""
+    """The trained networks as one module (what DDP wraps): token ids and mask -> context -> U-Net output; an
+    inpainting U-Net's further `inputs` (the mask and the masked image's latents) concatenated with x_t."""
 
     def __init__(self, text_encoder: nn.Module, unet: UNet, train_text: bool):
         super().__init__()
         self.text_encoder, self.unet, self.train_text = text_encoder, unet, train_text
 
-    def forward(self, ids, mask, x_t, t):
+    def forward(self, ids, mask, x_t, t, inputs=None):
         with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
             context = self.text_encoder(ids, mask)
-        return self.unet(x_t, t, context, mask)
+        x = x_t if inputs is None else torch.cat([x_t, inputs.to(x_t.dtype)], dim=1)
+        return self.unet(x, t, context, mask)
+
+
+def with_mask_inputs(unet: UNet, latent: int) -> UNet:
+    """An inpainting U-Net made from a text-to-image one over `latent` channels: the same weights, and conv_in
+    reading a mask and the masked image's latents beside x_t through new input channels that start at zero
+    (Rombach et al. 2022's inpainting model); the U-Net itself where it reads them already."""
+    if unet.config.in_channels == 2 * latent + 1:
+        return unet
+    wide = UNet(dataclasses.replace(unet.config, in_channels=2 * latent + 1)).to(unet.conv_in.weight.device)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], latent + 1, *weight.shape[2:])], 1)
+    wide.load_state_dict(state)
+    return wide
 
 
 class DiffusionTrainer:
@@ -161,12 +184,15 @@ class DiffusionTrainer:
             self.tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder.train(), start.unet.train()
             self.diffusion = start.diffusion
             self.identity["init"] = digest(text_encoder, unet, dataclasses.asdict(self.diffusion))
+            if c.inpainting:
+                unet = with_mask_inputs(unet, self.vae.config.latent_channels).train()
         else:
             self.tokenizer, text_encoder = make_text_encoder(c, caption_corpus_of(c.data, self.data, seed=c.seed))
             if c.text_encoder not in ("trained", "minilm"):  # a BERT folder
                 self.identity["text_encoder"] = digest(text_encoder)
             out_channels = self.vae.config.latent_channels * (2 if self.diffusion.learned_variance else 1)
-            unet = UNet(dataclasses.replace(c.unet, in_channels=self.vae.config.latent_channels,
+            latent = self.vae.config.latent_channels
+            unet = UNet(dataclasses.replace(c.unet, in_channels=2 * latent + 1 if c.inpainting else latent,
                                             out_channels=out_channels, context_dim=text_encoder.config.width))
         self.sample_prompts = caption_corpus_of(c.data, self.data, seed=c.seed + 7, n=8)[:8]
         self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
@@ -244,7 +270,8 @@ class DiffusionTrainer:
     # ------------------------------------------------------------------ one step
 
     def draws(self, step: int):
-        """The global batch's random draws: caption drops, posterior noise, t (and importance weights), eps."""
+        """The global batch's random draws: caption drops, posterior noise, t (and importance weights), eps; and
+        for an inpainting run the masked images' posterior noise (None otherwise)."""
         c, B, device = self.config, self.config.batch_size, self.device
         drop = random.Random(c.seed * 1_000_003 + step)
         dropped = [drop.random() < c.p_uncond for _ in range(B)]
@@ -256,39 +283,51 @@ class DiffusionTrainer:
         else:
             t, weights = torch.randint(0, self.diffusion.timesteps, (B,), device=device, generator=self.noise), None
         eps = torch.randn(shape, device=device, generator=self.noise)
-        return dropped, posterior_noise, t, weights, eps
+        masked_noise = torch.randn(shape, device=device, generator=self.noise) if c.inpainting else None
+        return dropped, posterior_noise, t, weights, eps, masked_noise
 
     @torch.no_grad()
-    def latents(self, start: int, n: int, noise: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """Scaled latents z_0 ~ q(z | x) of examples start .. start + n - 1 (encoded now, or read from a
-        cache), with the given standard normal noise; and their captions."""
+    def latents(self, start: int, n: int, noise: torch.Tensor, masked_noise: torch.Tensor | None = None):
+        """(z_0, captions, inputs): scaled latents z_0 ~ q(z | x) of examples start .. start + n - 1 (encoded now,
+        or read from a cache), with the given standard normal noise; their captions; and for an inpainting run
+        what the U-Net reads beside x_t, each example's training mask (data/masks.py) at the latents' size and
+        its masked image's latents (with `masked_noise`), else None."""
+        inputs = None
         if getattr(self.data, "is_latent", False):
             mean, logvar, captions, _ = self.data.latent_batch(start, n, self.device)
             z = DiagonalGaussian(mean, logvar).sample(noise=noise) * self.vae.config.scale_factor
         else:
-            images, captions, _ = self.data.batch(start, n, self.device)
+            images, captions, scenes = self.data.batch(start, n, self.device)
             z = self.vae.encode(images, noise=noise)
-        return z.contiguous(memory_format=self.memory_format), captions
+            if masked_noise is not None:
+                size = self.config.image_size
+                masks = torch.stack([training_mask(scene, size, random.Random(self.config.seed * 1_000_003 + start + i))
+                                     for i, scene in enumerate(scenes)]).to(self.device)
+                z_masked = self.vae.encode(images * (masks < 0.5), noise=masked_noise)
+                inputs = torch.cat([F.interpolate(masks, size=z.shape[-2:]), z_masked], dim=1)
+        return z.contiguous(memory_format=self.memory_format), captions, inputs
 
     def train_step(self, step: int) -> torch.Tensor:
         """One optimiser step over the global batch; returns the mean loss over this process's share."""
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, c.lr, c.warmup)
-        dropped, posterior_noise, t, weights, eps = self.draws(step)
+        dropped, posterior_noise, t, weights, eps, masked_noise = self.draws(step)
         local = self.world.shard(c.batch_size)
         micro = (local.stop - local.start) // c.grad_accum
         total, measured = 0.0, []
         for k in range(c.grad_accum):
             part = slice(local.start + k * micro, local.start + (k + 1) * micro)
-            z_0, captions = self.latents(step * c.batch_size + part.start, micro, posterior_noise[part])
+            z_0, captions, inputs = self.latents(step * c.batch_size + part.start, micro, posterior_noise[part],
+                                                 None if masked_noise is None else masked_noise[part])
             captions = ["" if d else caption for d, caption in zip(dropped[part], captions)]
             ids, mask = (x.to(self.device) for x in self.tokenizer(captions))
             last = k == c.grad_accum - 1
             sync = self.network.no_sync() if self.world.size > 1 and not last else nullcontext()
             with sync:
                 with autocast(self.device):
-                    terms = diffusion_loss(lambda x_t, t_: self.network(ids, mask, x_t, t_), z_0, self.alphas_cumprod,
+                    terms = diffusion_loss(lambda x_t, t_: self.network(ids, mask, x_t, t_, inputs), z_0,
+                                           self.alphas_cumprod,
                                            self.diffusion, t=t[part], eps=eps[part], weighting=c.weighting,
                                            snr_gamma=c.snr_gamma, vlb_weight=c.vlb_weight)
                 loss = terms.loss * (weights[part] if weights is not None else 1)
