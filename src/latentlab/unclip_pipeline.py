@@ -52,6 +52,12 @@ def unclip_path(path: str | Path | None) -> Path | None:
     return Path(path) if isinstance(index, dict) and "unclip" in index else None
 
 
+def load_pipeline(path: str | Path | None, **options) -> Pipeline:
+    """The model `path` names, as the pipeline of its kind: an unCLIP model's UnCLIPPipeline (text through its
+    prior), any other's Pipeline. `options` as Pipeline.load takes them."""
+    return (UnCLIPPipeline if unclip_path(path) is not None else Pipeline).load(path, **options)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between unit vectors a and b (E,) at weights w (N,) -> (N, E) unit vectors."""
     theta = torch.arccos((a * b).sum().clamp(-1, 1))

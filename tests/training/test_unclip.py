@@ -233,3 +233,12 @@ def test_a_half_precision_save_loads_as_the_model(pipe, tmp_path):
 def test_nll_refuses_an_unclip_model_in_one_line(unclip_dir, capsys):
     assert main(["nll", "--model", str(unclip_dir), "--device", "cpu"]) == 2
     assert_one_line_error(capsys, "is an unCLIP model")
+
+
+def test_a_grid_of_an_unclip_model_varies_by_its_image_embedding(unclip_dir, tmp_path):
+    from latentlab.grid import Grid
+
+    assert main(["generate", "--model", str(unclip_dir), "a red circle", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "g")]) == 0
+    child = Grid.load(tmp_path / "g").vary(0, tmp_path / "v", count=2, device="cpu")
+    assert len(child.images) == 2 and child.images[0].origin["strength"] is None  # variations, not img2img

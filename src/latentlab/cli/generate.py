@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from ..devices import DTYPES
 from ..errors import LatentlabError
+from ..grid import Grid, GridImage, model_reference, settings_of, slug
 from .options import LOAD, SAMPLE, common, flag, load_model, sampler_options, sampling
 from .output import check_out, save_png
 from .values import lora_file, positive, prompt
@@ -76,18 +76,25 @@ def run(args) -> None:
                                       **sampler_options(args))
     scale = grid_scale(count, size, args.grid_scale)  # all of it before any work
     out.mkdir(parents=True, exist_ok=True)
-    images = draw(pipe, args, seed, size, out)
+    images, record = draw(pipe, args, seed, size, out)
     save_png(image_grid(images, columns=min(count, GRID_COLUMNS), scale=scale), out / "grid.png", count)
+    record.save()  # grid.json: what `latentlab vary` (and the Python API's Grid) acts on
     smaller = f" (grid.png at scale {scale}, within {GRID_PIXELS // 2**20} megapixels)"
     print(f"wrote {count} images and grid.png to {out}{smaller if scale < args.grid_scale else ''}")
 
 
-def draw(pipe, args, seed: int, size: int, out: Path) -> list:
-    """The images, --batch-size at a time, each batch's PNGs saved as soon as it is done."""
+def draw(pipe, args, seed: int, size: int, out: Path) -> tuple[list, Grid]:
+    """The images, --batch-size at a time, each batch's PNGs saved as soon as it is done; and the grid's record."""
     from tqdm import tqdm
 
     prompts = [p for p in args.prompts for _ in range(args.images_per_prompt)]
     images = []
+    settings = settings_of(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                           negative_prompt=args.negative_prompt, size=size, **sampler_options(args))
+    record = Grid(folder=out, model=model_reference(args.model), images=[], dtype=args.dtype,
+                  adapters=[(str(Path(p).resolve()), s) for p, s in [*(args.lora or ()), *(args.adapter or ())]],
+                  embeddings=[str(Path(p).resolve()) for p in args.embedding or ()],
+                  sequence=str(Path(args.sequence).resolve()) if args.sequence else None)
     with tqdm(total=args.steps * -(-len(prompts) // args.batch_size), desc="sampling", unit="step") as bar:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start:start + args.batch_size]
@@ -95,14 +102,11 @@ def draw(pipe, args, seed: int, size: int, out: Path) -> list:
                                                sampler=args.sampler, negative_prompt=args.negative_prompt, size=size,
                                                cuda_graph=args.cuda_graph, callback=lambda i, n: bar.update(1),
                                                **sampler_options(args))):
-                save_png(image, out / f"{len(images):03d}-{slug(text)}.png", len(images))
+                name = f"{len(images):03d}-{slug(text)}.png"
+                save_png(image, out / name, len(images))
+                record.images.append(GridImage(name, text, seed + len(images), settings))
                 images.append(image)
-    return images
-
-
-def slug(prompt: str) -> str:
-    """The prompt as a file name's part: lower-case words joined by dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
+    return images, record
 
 
 def grid_scale(count: int, size: int, scale: int) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 from ..clips import frame_strip, import_av, save_gif, save_mp4
 from ..devices import DTYPES
 from ..errors import LatentlabError
+from ..grid import slug
 from ..pipeline import default_model_path
 from ..video_pipeline import SHIPPED_VIDEO_MODEL, VideoPipeline
-from .generate import slug
 from .options import SAMPLE, common, defaults, flag, sampler_options, sampling
 from .output import check_out
 from .values import lora_file, positive, prompt

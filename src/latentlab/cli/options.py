@@ -150,10 +150,9 @@ def training(parser, config) -> None:
 def load_model(args, **kwargs) -> Pipeline:
     """The pipeline --model and --device name, with the --lora files added; `kwargs` go to Pipeline.load. An unCLIP
     model (unclip_pipeline.py) loads as one: text to image through its prior and decoder."""
-    from ..unclip_pipeline import UnCLIPPipeline, unclip_path
+    from ..unclip_pipeline import load_pipeline
 
-    kind = UnCLIPPipeline if unclip_path(args.model) is not None else Pipeline
-    pipe = kind.load(args.model, device=args.device, **kwargs)
+    pipe = load_pipeline(args.model, device=args.device, **kwargs)
     for path, scale in getattr(args, "lora", None) or ():
         pipe.load_lora(path, scale=scale)
     return pipe
