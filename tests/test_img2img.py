@@ -95,3 +95,16 @@ def test_bad_input_is_one_line_and_writes_nothing(model_folder, tmp_path, capsys
                  str(tmp_path / "o")]) == 2
     assert_one_line_error(capsys, message)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_strength_curve_reports_kept_and_followed_attributes(tiny_pipeline):
+    from latentlab.evaluation.img2img import other_scenes, strength_curve
+
+    _, sources, asked, prompts = other_scenes(4, "test", 0, 32)
+    assert all(getattr(s.objects[0], a) != getattr(t.objects[0], a) for s, t in zip(sources, asked)
+               for a in ("colour", "shape", "size", "position"))
+    report = strength_curve(tiny_pipeline, (0.0, 1.0), cases=2, steps=2)
+    assert [row["strength"] for row in report["curve"]] == [0.0, 1.0]
+    for row in report["curve"]:
+        assert set(row["kept"]) == set(row["followed"]) == {"colour", "shape", "size", "position", "all"}
+        assert all(0 <= v <= 1 for v in [*row["kept"].values(), *row["followed"].values()])
