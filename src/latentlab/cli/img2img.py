@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import LatentlabError
-from ..images import image_grid, read_image, to_pil
+from ..images import read_image, to_pil
 from ..pipeline import ImageInput, Pipeline
-from .options import SAMPLE, common, defaults, flag, load_model, sampler_options, sampling
-from .output import check_out, save_png
-from .values import positive, prompt, strength
+from .options import defaults, editing, flag, load_model, sampler_options
+from .output import check_out, save_edits
+from .values import prompt, strength
 
 IMG2IMG = defaults(Pipeline.img2img)
 
@@ -23,15 +23,7 @@ def add_parser(commands) -> None:
     g.add_argument("prompt", type=prompt, help="what the image should become")
     flag(g, IMG2IMG, "strength", type=strength,
          help="0 keeps the image, 1 draws it anew; int(steps * strength) steps run (default %(default)s)")
-    common(g)
-    sampling(g)
-    flag(g, SAMPLE, "negative_prompt", type=prompt, help="what to steer away from (replaces the empty prompt)")
-    g.add_argument("--count", type=positive(int), default=1, help="images to draw, image i from seed + i "
-                                                                  "(default %(default)s)")
-    g.add_argument("--size", type=positive(int), default=None, help="the image's size in pixels, square (default: "
-                                                                    "the model's)")
-    g.add_argument("--out", default="img2img", help="folder for the PNGs (default %(default)s)")
-    g.add_argument("--grid-scale", type=positive(int), default=4, help="enlarge grid.png this many times")
+    editing(g, "img2img")
     g.set_defaults(func=run)
 
 
@@ -51,10 +43,5 @@ def run(args) -> None:
         print(f"{args.image}: {'; '.join(notes)}", file=sys.stderr)
     images = to_pil(pipe.img2img(image[None].expand(args.count, -1, -1, -1), [args.prompt] * args.count,
                                  strength=args.strength, **options))
-    out.mkdir(parents=True, exist_ok=True)
-    source = to_pil(image[None])[0]
-    save_png(source, out / "source.png", 0)
-    for i, drawn in enumerate(images):
-        save_png(drawn, out / f"{i:03d}.png", i + 1)
-    save_png(image_grid([source, *images], scale=args.grid_scale), out / "grid.png", len(images) + 1)
+    save_edits(out, {"source.png": to_pil(image[None])[0]}, images, args.grid_scale)
     print(f"wrote source.png, {len(images)} images and grid.png (the source first) to {out}")

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from ..errors import LatentlabError
-from ..images import from_pil, image_grid, mask_from_pil, open_image, to_pil
+from ..images import from_pil, mask_from_pil, open_image, to_pil
 from ..pipeline import ImageInput, Pipeline
-from .options import SAMPLE, common, defaults, flag, load_model, sampler_options, sampling
-from .output import check_out, save_png
-from .values import positive, prompt, strength
+from .options import defaults, editing, flag, load_model, sampler_options
+from .output import check_out, save_edits
+from .values import prompt, strength
 
 INPAINT = defaults(Pipeline.inpaint)
 
@@ -25,15 +25,7 @@ def add_parser(commands) -> None:
          help="1 draws the region anew (default), lower keeps more of what is there")
     g.add_argument("--no-keep-unmasked", dest="keep_unmasked", action="store_false",
                    help="let the pixels outside the mask be the autoencoder's round trip, not the source's")
-    common(g)
-    sampling(g)
-    flag(g, SAMPLE, "negative_prompt", type=prompt, help="what to steer away from (replaces the empty prompt)")
-    g.add_argument("--count", type=positive(int), default=1, help="images to draw, image i from seed + i "
-                                                                  "(default %(default)s)")
-    g.add_argument("--size", type=positive(int), default=None, help="the image's size in pixels, square (default: "
-                                                                    "the model's)")
-    g.add_argument("--out", default="inpaint", help="folder for the PNGs (default %(default)s)")
-    g.add_argument("--grid-scale", type=positive(int), default=4, help="enlarge grid.png this many times")
+    editing(g, "inpaint")
     g.set_defaults(func=run)
 
 
@@ -59,11 +51,6 @@ def run(args) -> None:
         print(f"{args.image}: {'; '.join(notes)}", file=sys.stderr)
     drawn = to_pil(pipe.inpaint(start.images, start.masks, [args.prompt] * args.count, strength=args.strength,
                                 keep_unmasked=args.keep_unmasked, negative_prompt=args.negative_prompt, **options))
-    out.mkdir(parents=True, exist_ok=True)
-    source, shown = to_pil(image[None])[0], to_pil(mask[None].expand(-1, 3, -1, -1) * 2 - 1)[0]
-    save_png(source, out / "source.png", 0)
-    save_png(shown, out / "mask.png", 1)
-    for i, picture in enumerate(drawn):
-        save_png(picture, out / f"{i:03d}.png", i + 2)
-    save_png(image_grid([source, shown, *drawn], scale=args.grid_scale), out / "grid.png", len(drawn) + 2)
+    shown = to_pil(mask[None].expand(-1, 3, -1, -1) * 2 - 1)[0]
+    save_edits(out, {"source.png": to_pil(image[None])[0], "mask.png": shown}, drawn, args.grid_scale)
     print(f"wrote source.png, mask.png, {len(drawn)} images and grid.png (source and mask first) to {out}")

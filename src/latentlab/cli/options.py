@@ -15,7 +15,7 @@ from ..diffusion import SAMPLERS, SPACINGS, VARIANCES
 from ..errors import LatentlabError
 from ..pipeline import Pipeline
 from ..training import PRESETS
-from .values import finite, positive, seed, spacing
+from .values import finite, positive, prompt, seed, spacing
 
 MODEL_HELP = ("a latentlab model folder, a diffusers Stable Diffusion folder, an SD 1.x .safetensors file, or a "
               "shipped model: shapes-default (the default), fashion-mnist, or unclip (text -> prior -> decoder)")
@@ -124,6 +124,20 @@ def sampling(parser, owner=SAMPLE) -> None:
     parser.add_argument("--spacing", type=spacing, default=None,
                         help=f"how ddpm, ddim and dpmpp_2m pick their timesteps: {', '.join(SPACINGS)} (default "
                              "linspace; dpmpp_2m trailing), or the timesteps themselves, e.g. 999,500,100,0")
+
+
+def editing(parser, out: str) -> None:
+    """The options of a command that draws from an image (img2img, inpaint): the model, device and seed, the
+    sampler's options, a negative prompt, how many images, their size, the output folder and the grid's scale."""
+    common(parser)
+    sampling(parser)
+    flag(parser, SAMPLE, "negative_prompt", type=prompt, help="what to steer away from (replaces the empty prompt)")
+    parser.add_argument("--count", type=positive(int), default=1, help="images to draw, image i from seed + i "
+                                                                       "(default %(default)s)")
+    parser.add_argument("--size", type=positive(int), default=None, help="the image's size in pixels, square "
+                                                                         "(default: the model's)")
+    parser.add_argument("--out", default=out, help="folder for the PNGs (default %(default)s)")
+    parser.add_argument("--grid-scale", type=positive(int), default=4, help="enlarge grid.png this many times")
 
 
 def sampler_options(args) -> dict:

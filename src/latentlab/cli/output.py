@@ -67,3 +67,16 @@ def save_png(image, path: Path, written: int) -> None:
     except OSError as e:
         raise LatentlabError(f"cannot write {path}: {e.strerror or e}; the {written} images before it are in "
                              f"{path.parent}") from None
+
+
+def save_edits(out: Path, sources: dict, drawn: list, scale: int) -> None:
+    """An editing command's PNGs: its inputs as the model read them (`sources`, by file name: source.png,
+    mask.png), each image drawn (000.png, 001.png, ...) and grid.png of them all, inputs first."""
+    from ..images import image_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    for k, (name, image) in enumerate(sources.items()):
+        save_png(image, out / name, k)
+    for i, image in enumerate(drawn):
+        save_png(image, out / f"{i:03d}.png", len(sources) + i)
+    save_png(image_grid([*sources.values(), *drawn], scale=scale), out / "grid.png", len(sources) + len(drawn))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..devices import resolve_device
 from ..errors import LatentlabError
-from ..images import image_grid, read_image, to_pil
+from ..images import read_image, to_pil
 from ..pipeline import SHIPPED_MODELS
 from ..unclip_pipeline import SHIPPED_UNCLIP_MODEL, UnCLIPPipeline, unclip_path
 from .options import SAMPLE, flag, sampler_options, sampling
-from .output import check_out, save_png
+from .output import check_out, save_edits
 from .values import positive, prompt, seed
 
 VARIATIONS = {"count": 4, "prompt": ""}  # UnCLIPPipeline.variations' defaults
@@ -70,11 +70,6 @@ def run(args) -> None:
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler,
                    **sampler_options(args))
     pipe.check_sample(args.count, **options)  # all of it before any work
-    out.mkdir(parents=True, exist_ok=True)
     variations = to_pil(pipe.variations(image, args.count, prompt=args.prompt, **options))
-    source = to_pil(image[None])[0]
-    save_png(source, out / "source.png", 0)
-    for i, variation in enumerate(variations):
-        save_png(variation, out / f"{i:03d}.png", i + 1)
-    save_png(image_grid([source, *variations], scale=args.grid_scale), out / "grid.png", len(variations) + 1)
+    save_edits(out, {"source.png": to_pil(image[None])[0]}, variations, args.grid_scale)
     print(f"wrote source.png, {len(variations)} variations and grid.png (the source first) to {out}")
