@@ -43,7 +43,7 @@ from ..models.text_encoder import TextEncoderConfig
 from ..models.tokenizer import Tokenizer
 from ..models.vit import ViTConfig
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import FILENAME, data_identity, load_module, load_trainer_state, prefixed, save_trainer_state
+from .state import Checkpointed, data_identity, load_module, prefixed
 
 
 @dataclass
@@ -151,8 +151,10 @@ def shares(batch_size: int, sets: int) -> list[int]:
     return [batch_size // sets + (k < batch_size % sets) for k in range(sets)]
 
 
-class ContrastiveTrainer:
+class ContrastiveTrainer(Checkpointed):
     """One run. `run()` trains to the end (or until stopped) and writes the model folder to out/."""
+
+    resumable_changes = RESUMABLE_CHANGES
 
     def __init__(self, config: ContrastiveTrainConfig):
         self.config = c = config
@@ -172,22 +174,11 @@ class ContrastiveTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / FILENAME
-
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         return prefixed("encoder", self.encoder.state_dict())
 
     def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         load_module(self.encoder, "encoder", tensors, path)
-
-    def save_checkpoint(self) -> None:
-        self.finite.check(self.step)
-        save_trainer_state(self)
-
-    def load_checkpoint(self) -> None:
-        load_trainer_state(self, RESUMABLE_CHANGES)
 
     # ------------------------------------------------------------------ one step
 

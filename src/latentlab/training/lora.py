@@ -52,8 +52,7 @@ from ..models.text_encoder import encode_prompts
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import (FILENAME, data_identity, digest, load_trainer_state, prefixed, save_trainer_state,
-                    unprefixed)
+from .state import Checkpointed, data_identity, digest, prefixed, unprefixed
 
 LORA_FILENAME = "lora.safetensors"
 PRIOR_FOLDER = "prior"
@@ -221,8 +220,10 @@ def frozen_base(c, device: torch.device) -> tuple[Pipeline, int, object, dict]:
     return pipe, image_size, data, identity
 
 
-class LoRATrainer:
+class LoRATrainer(Checkpointed):
     """One adapter training run. `run()` trains to the end (or until stopped) and writes OUT/METHOD.safetensors."""
+
+    resumable_changes = RESUMABLE_CHANGES
 
     def __init__(self, config: LoRATrainConfig):
         self.config = c = check_config(config)
@@ -334,17 +335,6 @@ class LoRATrainer:
         bar.close()
 
     # ------------------------------------------------------------------ checkpoints
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / FILENAME
-
-    def save_checkpoint(self) -> None:
-        self.finite.check(self.step)
-        save_trainer_state(self)
-
-    def load_checkpoint(self) -> None:
-        load_trainer_state(self, RESUMABLE_CHANGES)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """The checkpoint's trained tensors: each network's new adapters (a prefix's with its MLP: not frozen yet)."""

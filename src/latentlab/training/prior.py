@@ -24,7 +24,7 @@ from ..io.checkpoint import remove_stale_temporaries
 from ..models.prior import DiffusionPrior, PriorConfig
 from ..prior_model import PriorModel, text_states
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import FILENAME, digest, load_module, load_trainer_state, prefixed, save_trainer_state
+from .state import Checkpointed, digest, load_module, prefixed
 
 
 @dataclass
@@ -62,8 +62,10 @@ class PriorTrainConfig:
 RESUMABLE_CHANGES = ("steps", "minutes", "resume", "device", "checkpoint_every", "out")
 
 
-class PriorTrainer:
+class PriorTrainer(Checkpointed):
     """One run. `run()` trains to the end (or until stopped) and writes the prior folder to out/."""
+
+    resumable_changes = RESUMABLE_CHANGES
 
     def __init__(self, config: PriorTrainConfig):
         self.config = c = config
@@ -87,22 +89,11 @@ class PriorTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / FILENAME
-
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         return prefixed("prior", self.model.prior.state_dict())
 
     def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         load_module(self.model.prior, "prior", tensors, path)
-
-    def save_checkpoint(self) -> None:
-        self.finite.check(self.step)
-        save_trainer_state(self)
-
-    def load_checkpoint(self) -> None:
-        load_trainer_state(self, RESUMABLE_CHANGES)
 
     # ------------------------------------------------------------------ one step
 

@@ -359,3 +359,24 @@ def load_trainer_state(trainer, may_change: tuple[str, ...]) -> None:
     load_optimizer(trainer.optimizer, tensors, meta_field(meta, "optimizer", dict, path), path)
     set_rng_state(tensors, meta_field(meta, "rng", dict, path), _generators(trainer), path)
     trainer.step = step
+
+
+class Checkpointed:
+    """The checkpoint of a trainer whose state `save_trainer_state` writes: at out/checkpoint.safetensors, after
+    the finiteness check (`finite`), by the main process only where the trainer runs in a `world`; resumed with
+    the settings in `resumable_changes` free to differ."""
+
+    resumable_changes: tuple[str, ...]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / FILENAME
+
+    def save_checkpoint(self) -> None:
+        self.finite.check(self.step)
+        world = getattr(self, "world", None)
+        if world is None or world.main:
+            save_trainer_state(self)
+
+    def load_checkpoint(self) -> None:
+        load_trainer_state(self, self.resumable_changes)

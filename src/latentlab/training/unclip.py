@@ -36,7 +36,7 @@ from ..unclip_pipeline import UnCLIPPipeline
 from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import FILENAME, digest, load_module, load_trainer_state, prefixed, save_trainer_state
+from .state import Checkpointed, digest, load_module, prefixed
 
 
 @dataclass
@@ -90,8 +90,10 @@ class TextAndImageToNoise(nn.Module):
         return self.decoder(x_t, t, context, mask, image_embed)
 
 
-class UnCLIPTrainer:
+class UnCLIPTrainer(Checkpointed):
     """One run. `run()` trains to the end (or until stopped) and writes the unCLIP model folder."""
+
+    resumable_changes = RESUMABLE_CHANGES
 
     def __init__(self, config: UnCLIPTrainConfig):
         self.config = c = config
@@ -140,24 +142,12 @@ class UnCLIPTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / FILENAME
-
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         return {**prefixed("decoder", self.decoder.state_dict()), **prefixed("ema", self.ema.model.state_dict())}
 
     def restore_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         load_module(self.decoder, "decoder", tensors, path)
         load_module(self.ema.model, "ema", tensors, path)
-
-    def save_checkpoint(self) -> None:
-        self.finite.check(self.step)
-        if self.world.main:
-            save_trainer_state(self)
-
-    def load_checkpoint(self) -> None:
-        load_trainer_state(self, RESUMABLE_CHANGES)
 
     def snapshot(self) -> UnCLIPPipeline:
         """The unCLIP model with the EMA's decoder."""

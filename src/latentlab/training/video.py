@@ -49,7 +49,7 @@ from ..video_pipeline import VideoPipeline, check_frames
 from .distributed import close_world, init_world
 from .ema import EMA
 from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
-from .state import FILENAME, digest, load_module, load_trainer_state, prefixed, save_trainer_state, unprefixed
+from .state import Checkpointed, digest, load_module, prefixed, unprefixed
 
 ADAPTER = "motion"  # the LoRA's name while it trains
 LORA_FILENAME = "motion-lora.safetensors"
@@ -160,9 +160,11 @@ class TextToNoise(nn.Module):
         return self.unet(x_t, t, context, mask)
 
 
-class VideoTrainer:
+class VideoTrainer(Checkpointed):
     """One run. `run()` trains to the end (or until stopped) and writes the video model folder, or a LoRA run's
     LoRA file."""
+
+    resumable_changes = RESUMABLE_CHANGES
 
     def __init__(self, config: VideoTrainConfig):
         self.config = c = config
@@ -214,18 +216,6 @@ class VideoTrainer:
         return self.config.lora_rank is not None
 
     # ------------------------------------------------------------------ checkpoints
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / FILENAME
-
-    def save_checkpoint(self) -> None:
-        self.finite.check(self.step)
-        if self.world.main:
-            save_trainer_state(self)
-
-    def load_checkpoint(self) -> None:
-        load_trainer_state(self, RESUMABLE_CHANGES)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """What the checkpoint keeps of the networks: the temporal layers and their EMA; a LoRA run's LoRA."""
