@@ -13,7 +13,8 @@ def test_generate_writes_one_png_per_image_and_a_grid(model_dir, tmp_path, capsy
                  "--model", str(model_dir), "--steps", "3", "--seed", "0", "--out", str(out), "--device", "cpu"])
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["000-a-large-red-circle-on-the-left.png", "001-a-small-blue-triangle-at-the-top.png", "grid.png"]
+    assert names == ["000-a-large-red-circle-on-the-left.png", "001-a-small-blue-triangle-at-the-top.png", "grid.json",
+                     "grid.png"]
 
 
 def test_eval_reports_accuracy(model_dir, tmp_path, capsys):

@@ -61,7 +61,8 @@ def test_a_grid_too_large_is_written_smaller_and_every_image_is_kept(tmp_path, c
     assert main(["generate", "a red circle", "a blue square", "--grid-scale", "2000", "--steps", "2", "--device",
                  "cpu", "--out", str(out)]) == 0
     assert "grid.png at scale" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["000-a-red-circle.png", "001-a-blue-square.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["000-a-red-circle.png", "001-a-blue-square.png", "grid.json",
+                                                     "grid.png"]
     width, height = Image.open(out / "grid.png").size
     assert width * height <= 2**26 and width == 2 * height
 

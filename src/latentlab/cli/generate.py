@@ -80,7 +80,7 @@ def run(args) -> None:
     save_png(image_grid(images, columns=min(count, GRID_COLUMNS), scale=scale), out / "grid.png", count)
     record.save()  # grid.json: what `latentlab vary` (and the Python API's Grid) acts on
     smaller = f" (grid.png at scale {scale}, within {GRID_PIXELS // 2**20} megapixels)"
-    print(f"wrote {count} images and grid.png to {out}{smaller if scale < args.grid_scale else ''}")
+    print(f"wrote {count} images, grid.png and grid.json to {out}{smaller if scale < args.grid_scale else ''}")
 
 
 def draw(pipe, args, seed: int, size: int, out: Path) -> tuple[list, Grid]:

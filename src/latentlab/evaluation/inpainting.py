@@ -1,11 +1,12 @@
 """Measuring inpainting (Pipeline.inpaint) on the shapes world.
 
 Each case is a two-object scene of the split with its second object taken out: the source image shows the first
-object alone, the mask is the box where the second one was (data/masks.py `object_box`), and the prompt is the
-whole scene's caption. The judge reads the result: is the asked object there (its shape, colour and size, its
-centre inside the box), is the kept one still right, is the whole scene right (relation too). Outside the mask,
-the result drawn without compositing is compared with the source (root-mean-square pixel difference in [0, 1]
-units), beside the autoencoder's own round trip of the sources: the issue's bar for "changes nothing outside".
+object alone, and the prompt is the whole scene's caption. The mask is the box where the second object was, less
+the first object's box, so the kept object is never redrawn. The judge reads the result: is the asked object
+there (its shape, colour and size, its centre inside the box), is the kept one still right, is the whole scene
+right (relation too). Outside the mask, the result drawn without compositing is compared with the source
+(root-mean-square pixel difference in [0, 1] units), beside the autoencoder's own round trip of the sources: the
+issue's bar for "changes nothing outside".
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def cases(split: str, n: int, size: int, seed: int):
     scenes = [scene for scene, _ in examples]
     sources = render([Scene(objects=s.objects[:1], jitter=s.jitter[:1]) for s in scenes], size)
     boxes = [object_box(s, 1, size) for s in scenes]
-    masks = torch.stack([box_mask(b, size) for b in boxes])
+    masks = torch.stack([box_mask(b, size) * (1 - box_mask(object_box(s, 0, size), size))  # clear of the kept one
+                         for s, b in zip(scenes, boxes)])
     return scenes, [c for _, c in examples], sources, masks, boxes
 
 
