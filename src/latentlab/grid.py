@@ -184,7 +184,6 @@ def settings_of(**options) -> dict:
     return {k: options.get(k) for k in SETTINGS}
 
 
-
 def check_region(region, size: int) -> tuple[int, int, int, int]:
     """A box (top, left, bottom, right) in pixels that lies in a size x size image and covers some of it, but
     not all."""

@@ -500,10 +500,11 @@ class Pipeline:
                                                 cuda_graph=cuda_graph, variance=variance, eta=eta, spacing=spacing)
         uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])  # once, for all
         batch_size = batch_size or len(prompts)
-        return torch.cat([self._sample_batch(prompts[i:i + batch_size], uncond, seed + i, size, steps, guidance,
-                                             sampler, options, cuda_graph, callback,
-                                             None if start is None else start[i:i + batch_size])
-                          for i in range(0, len(prompts), batch_size)])
+        parts = [slice(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
+        return torch.cat([self._sample_batch(prompts[part], uncond, range(seed + part.start, seed + part.stop), size,
+                                             steps, guidance, sampler, options, cuda_graph, callback,
+                                             None if start is None else start[part])
+                          for part in parts])
 
     def img2img(self, images: torch.Tensor, prompts: list[str], *, strength: float = 0.8, **options) -> torch.Tensor:
         """Image-to-image (SDEdit, Meng et al. 2022): each image (B, 3, H, W) in [-1, 1] is encoded, noised to the
@@ -530,31 +531,34 @@ class Pipeline:
         """Whether the U-Net reads a mask and the masked image's latents beside x_t (an inpainting model)."""
         return self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1
 
-    def _sample_batch(self, prompts: list[str], uncond: tuple, seed: int, size: int, steps: int, guidance: float,
-                      sampler: str, options: dict, cuda_graph: bool, callback,
-                      start: ImageInput | None = None) -> torch.Tensor:
-        """`sample` for one batch of checked arguments; the first prompt's noise is seeded by `seed`."""
+    def _sample_batch(self, prompts: list[str], uncond: tuple, seeds, size: int, steps: int, guidance: float,
+                      sampler: str, options: dict, cuda_graph: bool, callback, start: ImageInput | None = None,
+                      extra: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """`sample` for one batch of checked arguments: prompt i's noise seeded by seeds[i]; `uncond` the negative
+        prompt's encoding; `extra` further conditions of the U-Net, as
+        `denoiser` takes them (an unCLIP decoder's image embeddings)."""
         context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         uncond, uncond_mask = uncond
         uncond = uncond.expand(len(prompts), -1, -1)
         uncond_mask = None if uncond_mask is None else uncond_mask.expand(len(prompts), -1)
 
-        def denoiser(extra: dict):
-            return self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph, extra=extra)
+        def denoiser(inputs: dict):
+            return self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph,
+                                 extra={**(extra or {}), **inputs})
 
-        return self.draw(denoiser, range(seed, seed + len(prompts)), size, steps, sampler, options, callback, start)
+        return self.draw(denoiser, seeds, size, steps, sampler, options, callback, start)
 
     def draw(self, denoiser, seeds, size: int, steps: int, sampler: str, options: dict, callback,
              start: ImageInput | None = None) -> torch.Tensor:
-        """One image per seed, decoded, sampled with `denoiser(extra)` (the denoiser, given the U-Net's further
-        inputs by name, as `Pipeline.denoiser` takes them); image i's own generator, seeded by seeds[i], draws, in
+        """One image per seed, decoded, sampled with `denoiser(inputs)` (the denoiser, given what the U-Net reads
+        beside x_t by name, as `Pipeline.denoiser`'s `extra` takes it); image i's own generator, seeded by seeds[i], draws, in
         diffusers' order: the start image's latent from the encoder's posterior (where one is read), x_T, the
         masked image's latent (a model that `takes_masks`), then the noise that ddpm and ddim (eta > 0) add at
         each step. From a `start`, x_T is its latent noised to the level of the grid's step
         steps - int(steps * strength); but inpainting at strength 1 starts from the noise alone."""
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         shape, n = self.latent_shape(size), len(generators)
-        first, z_start, extra = 0, None, {}
+        first, z_start, inputs = 0, None, {}
         masks = None if start is None or start.masks is None else (start.masks >= 0.5).float().to(self.device)
         # as diffusers: img2img always starts from the noised image; inpainting at strength 1 from pure noise
         pure_noise = start is None or (masks is not None and start.strength == 1)
@@ -572,12 +576,12 @@ class Pipeline:
                 images = start.images
             masked = images.to(self.device) * (masks < 0.5)
             z_masked = self.encode(masked, [torch.randn(shape, generator=g) for g in generators])
-            inputs = torch.cat([F.interpolate(masks, size=shape[-2:]), z_masked], dim=1)
-            extra = {"inputs": (inputs, inputs)}
+            both = torch.cat([F.interpolate(masks, size=shape[-2:]), z_masked], dim=1)
+            inputs = {"inputs": (both, both)}
         if not pure_noise:
             alpha_bar = start_level(sampler, self.alphas_cumprod, steps, first, **options).to(self.device)
             x_T = (alpha_bar.sqrt() * z_start.double() + (1 - alpha_bar).sqrt() * x_T.double()).float()
-        denoise = denoiser(extra)
+        denoise = denoiser(inputs)
         if masks is not None and not self.takes_masks:
             denoise = keep_known(denoise, z_start, F.interpolate(masks, size=shape[-2:]))
         z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, start=first, generator=generators,

@@ -183,7 +183,9 @@ class UnCLIPPipeline(Pipeline):
             raise LatentlabError("no prompts given; pass at least one prompt")
         for text in prompts:
             self.check_prompt(text)
-        self.check_sampler("ddim", prior_steps)
+        T = self.prior.diffusion.timesteps  # the prior's own noise levels, not the decoder's
+        if isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or not 1 <= prior_steps <= T:
+            raise LatentlabError(f"prior_steps must be between 1 and the prior's {T} noise levels, got {prior_steps!r}")
         if not math.isfinite(prior_guidance):
             raise LatentlabError(f"prior_guidance must be a finite number, got {prior_guidance}")
         self.check_seed(seed, len(prompts))
@@ -208,22 +210,15 @@ class UnCLIPPipeline(Pipeline):
         seed, size, options = self.check_sample(1 if same_noise else n, steps=steps, guidance=guidance, seed=seed,
                                                 sampler=sampler, size=size, batch_size=batch_size,
                                                 cuda_graph=cuda_graph, **options)
-        uncond, uncond_mask = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])
+        uncond = encode_prompts(self.tokenizer, self.text_encoder, [negative_prompt])
         batch_size = batch_size or n
         images = []
         for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            z = image_embeds[part].to(self.device, torch.float32)
-            context, mask = encode_prompts(self.tokenizer, self.text_encoder, prompts[part])
-            m = len(z)
-
-            def denoiser(extra: dict):
-                return self.denoiser(context, mask, uncond.expand(m, -1, -1),
-                                     None if uncond_mask is None else uncond_mask.expand(m, -1), guidance,
-                                     cuda_graph=cuda_graph, extra={"image_embed": (z, torch.zeros_like(z)), **extra})
-
-            seeds = [seed] * m if same_noise else range(seed + start, seed + start + m)
-            images.append(self.draw(denoiser, seeds, size, steps, sampler, options, callback))
+            z = image_embeds[start:start + batch_size].to(self.device, torch.float32)
+            seeds = [seed] * len(z) if same_noise else range(seed + start, seed + start + len(z))
+            images.append(self._sample_batch(prompts[start:start + batch_size], uncond, seeds, size, steps, guidance,
+                                             sampler, options, cuda_graph, callback,
+                                             extra={"image_embed": (z, torch.zeros_like(z))}))
         return torch.cat(images)
 
     def img2img(self, images: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:

@@ -89,19 +89,24 @@ def _noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Gener
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
+def _check_start(start: int, steps: int) -> int:
+    """`start` as an index into a grid of `steps` steps that leaves at least one to walk."""
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < steps:
+        raise ValueError(f"start must be a whole number from 0 to {steps - 1} (the grid has {steps} steps), "
+                         f"got {start!r}")
+    return start
+
+
 def _from(grid: list[int], start: int) -> list[int]:
     """The grid less its first `start` steps (at least one step stays)."""
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(grid):
-        raise ValueError(f"start must be a whole number from 0 to {len(grid) - 1} (the grid has {len(grid)} steps), "
-                         f"got {start!r}")
-    return grid[start:]
+    return grid[_check_start(start, len(grid)):]
 
 
 def start_level(name: str, alphas_cumprod: torch.Tensor, steps: int, start: int, **options) -> torch.Tensor:
     """alpha_bar (float64) of the level sampler `name` walks from when it skips its grid's first `start` steps:
     the x_T it takes is then sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps. `options` (spacing) as it takes them."""
     if name in ("euler", "heun"):
-        sigma = karras_sigmas(alphas_cumprod, steps)[_from(list(range(steps)), start)[0]]
+        sigma = karras_sigmas(alphas_cumprod, steps)[_check_start(start, steps)]
         return 1 / (1 + sigma ** 2)
     spacing = options.get("spacing") or inspect.signature(get_sampler(name)).parameters["spacing"].default
     T = alphas_cumprod.shape[0]
@@ -207,7 +212,7 @@ def _karras_start(denoise: Denoise, x_T: torch.Tensor, alphas_cumprod: torch.Ten
     variance-exploding state x = x_t / sqrt(alpha_bar) of Karras et al. (the network sees x_t and the
     fractional timestep of that sigma); and the starting state, x_T in those units."""
     sigmas = karras_sigmas(alphas_cumprod, steps)
-    sigmas = sigmas[_from(list(range(steps)), start)[0]:].to(x_T.device)
+    sigmas = sigmas[_check_start(start, steps):].to(x_T.device)
     timesteps = sigma_to_t(sigmas, alphas_cumprod).to(x_T.device)
 
     def D(x: torch.Tensor, i: int) -> torch.Tensor:
