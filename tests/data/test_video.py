@@ -152,6 +152,8 @@ def test_judge_reads_fresh_renders(split, frames):
     metrics = clip_metrics(clips, videos)
     assert all(metrics[key] >= 0.99 for key in ("objects", "count", "motion", "identity", "all")), metrics
     assert metrics["jitter"] < 0.02
+    one = metrics["one_object"]
+    assert one["clips"] == sum(len(c.objects) == 1 for c in clips) > 100 and one["motion"] >= 0.99
 
 
 def test_shuffled_frames_read_as_the_wrong_motion():

@@ -253,10 +253,17 @@ def score_clip(clip: Clip, reading: ClipReading) -> dict[str, bool]:
     return result
 
 
-def clip_figures(clips: list[Clip], readings: list[ClipReading]) -> dict[str, float | None]:
+def clip_figures(clips: list[Clip], readings: list[ClipReading]) -> dict:
     """The figures of clips' readings: `per_frame`, the share of frames right on their own (`frames_right`); the
     share of clips right on each key of `score_clip`; `jitter`, the mean of the readings' centroid jitter (None
-    where no object was followed over 3 frames)."""
+    where no object was followed over 3 frames); and `one_object`, the same figures of the single-object clips
+    alone (with their number, `clips`), where the issue's goals are set."""
+    single = [(clip, reading) for clip, reading in zip(clips, readings) if len(clip.objects) == 1]
+    return {**_figures(clips, readings),
+            "one_object": {"clips": len(single), **(_figures(*zip(*single)) if single else {})}}
+
+
+def _figures(clips, readings) -> dict[str, float | None]:
     scores = [score_clip(clip, reading) for clip, reading in zip(clips, readings)]
     per_frame = [right for clip, reading in zip(clips, readings) for right in frames_right(clip, reading)]
     jitters = [r.jitter for r in readings if not math.isnan(r.jitter)]
