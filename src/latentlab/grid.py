@@ -1,5 +1,6 @@
 """Midjourney's loop: a grid of images, then act on one of them without retyping anything: vary it, redraw a
-region of it, upscale it; each action writes a new grid, which the loop goes on from.
+region of it, upscale it; each action writes a new grid, which the loop goes on from (an upscaled image is
+varied at its new size, which a model trained at the small one draws less well).
 
 `latentlab generate` writes grid.json beside its PNGs: the model and what was added to it (adapters and
 embeddings, as absolute paths), and per image its file, prompt, seed and sampling settings. `Grid.load(folder)`
@@ -160,6 +161,28 @@ class Grid:
         size = source.shape[-1]
         child.add(images, [GridImage("", prompt, seed + i, {**entry.settings, "size": size}, origin)
                            for i in range(count)])
+        child.save()
+        return child
+
+
+    def upscale(self, n: int, out: str | Path, *, upscaler=None, model: str | None = None, steps: int = 50,
+                sampler: str = "ddim", seed: int | None = None, noise_level: int | None = None,
+                device: str = "auto") -> "Grid":
+        """Midjourney's U button: image n drawn again at the upscaler's size (upscaler_model.py), from its seed
+        (default: the image's), written as a new grid of one image in `out`. `upscaler`: one loaded; else `model`
+        (a folder, or the shipped upscaler when None) is loaded."""
+        from .upscaler_model import SHIPPED_UPSCALER, UpscalerModel
+
+        entry, source = self.image(n), self.source(n)
+        upscaler = upscaler or UpscalerModel.load(model, device=device)
+        seed = entry.seed if seed is None else seed
+        image = upscaler.upscale(source[None], steps=steps, sampler=sampler, seed=seed, noise_level=noise_level)
+        level = upscaler.config.noise_level if noise_level is None else noise_level
+        origin = {"grid": str(self.folder.resolve()), "image": n, "action": "upscale",
+                  "upscaler": model_reference(model or SHIPPED_UPSCALER), "noise_level": level, "steps": steps,
+                  "sampler": sampler, "seed": seed}
+        child = self.child(out)
+        child.add(image, [GridImage("", entry.prompt, entry.seed, {**entry.settings, "size": image.shape[-1]}, origin)])
         child.save()
         return child
 

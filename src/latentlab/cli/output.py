@@ -40,7 +40,9 @@ def check_resume(args) -> None:
 
 def report_run(result: dict, out, saved: str) -> None:
     """A training run's JSON report on stdout; where a signal stopped it, first a line on stderr saying what was
-    saved in `out` and how to continue."""
+    saved in `out` and how to continue. Under torchrun only the main process reports (`result["main"]`)."""
+    if not result.pop("main", True):
+        return
     if result["interrupted"]:
         print(f"stopped by {result['signal']} after step {result['steps']}; {saved} saved in {out}; run the "
               "same command with --resume to continue", file=sys.stderr)
