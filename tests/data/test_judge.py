@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
-from latentlab.data.judge import judge, score
-from latentlab.data.shapes import BACKGROUND, ShapesDataset
+from latentlab.data.judge import components, judge, score
+from latentlab.data.shapes import BACKGROUND, ShapesDataset, render
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
@@ -38,3 +40,25 @@ def test_judge_sees_the_wrong_attribute():
         mismatched = [(a, b, x) for a, x in zip(scenes, images) for b in scenes[:5]
                       if getattr(a.objects[0], attr) != getattr(b.objects[0], attr)][:50]
         assert all(not score(b, judge(x))[attr] for _, b, x in mismatched)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_two_objects_of_one_colour_are_two_detections(size):
+    """The world never draws two objects of one colour, but a model may: the judge counts them apart (each
+    scene re-coloured so that its second object takes the first's colour)."""
+    data = ShapesDataset(seed=13, p_two=1.0, image_size=size)
+    scenes = [data.example(i)[0] for i in range(100)]
+    same = [dataclasses.replace(s, objects=(s.objects[0], dataclasses.replace(s.objects[1], colour=s.objects[0].colour)))
+            for s in scenes]
+    read = [judge(x) for x in render(same, size)]
+    assert sum(len(d) == 2 and {o.colour for o in d} == {s.objects[0].colour} for d, s in zip(read, same)) >= 98
+    assert sum(score(s, d)["all"] for s, d in zip(same, read)) >= 98
+
+
+def test_components_are_eight_connected():
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[1:3, 1:3] = True
+    mask[3, 3] = True  # touches the first block at a corner
+    mask[5:7, 5:8] = True
+    assert sorted(c.sum().item() for c in components(mask)) == [5, 6]
+    assert components(torch.zeros(4, 4, dtype=torch.bool)) == []

@@ -79,12 +79,21 @@ def sampler_settings(args) -> dict:
 def eval_prompts(args, pipe, split: str, objects: int, paraphrase: str | None) -> dict:
     """One row: the judge's accuracy on prompts of `split` with `objects` objects, maybe reworded."""
     from ..evaluation import prompt_adherence  # here, not above: tests replace it
+    from ..evaluation.adherence import seen_in_training
 
     report = prompt_adherence(pipe, prompts=args.prompts, split=split, objects=objects, paraphrase=paraphrase,
                               **sampler_settings(args))
     accuracy = "  ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
     reworded = f", new {paraphrase}" if paraphrase else ""
-    print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  {accuracy}")
+    low, high = report["interval"]["all"]
+    report["seen in training"] = seen = seen_in_training(report["captions"], objects)
+    print(f"{split:8s} {objects} object{'s' if objects > 1 else ' '}{reworded:16s}  {accuracy}  (all: 95% interval "
+          f"{low:.1%} to {high:.1%}; prompts that are training captions: {seen:.0%})")
+    if objects == 2:
+        given = report["relation given the axis"]
+        print(f"{'':8s} relation right on its axis: {given['share']:.1%} of {given['n']} (chance "
+              f"{report['chance']['relation given the axis']:.0%}); relation overall chance "
+              f"{report['chance']['relation']:.0%}")
     return report
 
 

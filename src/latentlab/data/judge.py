@@ -5,7 +5,8 @@ the palette colour whose direction from the background is closest to its own (bl
 background keeps that direction, so anti-aliased edges count too); the coverage of a pixel is its
 projection onto the object's mean colour. From an object's coverage map the judge reads its size
 (area), its position (centroid) and its shape (the best-overlapping shape template, drawn with the
-renderer's own distance functions at the object's centroid and area).
+renderer's own distance functions at the object's centroid and area). Pixels of one colour that do not touch
+(8-connected) are separate objects, so two objects drawn in one colour count as two.
 
 The colours the judge knows are the training palette unless `palette` says otherwise: a concept colour
 (shapes.NEW_COLOURS) is read by adding it to the palette, a concept shape (shapes.NEW_SHAPES) by adding it
@@ -26,6 +27,7 @@ from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, coverage, shape_di
 MIN_AREA = 0.006  # an object covers at least this fraction of the image (small ones ~3%)
 FOREGROUND = 0.12  # distance from the background (RGB in [0, 1]) above which a pixel is foreground
 ATTRIBUTES = ("shape", "colour", "size", "position")
+AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 
 
 @dataclass(frozen=True)
@@ -92,22 +94,36 @@ def judge(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] | 
         member = (one_hot[k].view(-1) > 0) & (neighbours[k] >= 3)
         if member.sum() < 2:
             continue
-        # the object's colour: mean of its strongest pixels; coverage: projection onto it
+        # the colour's shade: mean of its strongest pixels; coverage: projection onto it
         core = member & (distance >= 0.7 * distance[member].max())
         colour = offset[core].mean(0)
-        alpha = ((offset @ colour) / (colour @ colour)).clamp(0, 1) * member
-        area = float(alpha.sum()) / (S * S)
-        if area < MIN_AREA:
-            continue
-        alpha = alpha.view(S, S)
-        mass = alpha.sum()
-        cx, cy = float((alpha * xs).sum() / mass), float((alpha * ys).sum() / mass)
-        radius = math.sqrt(area * S * S / math.pi)
-        detections.append(Detection(
-            shape=_shape(alpha, cx, cy, radius, shapes), colour=name, size=_size(area),
-            position=_position(cx / S, cy / S), centre=(cx / S, cy / S), area=area,
-        ))
+        coverage_k = ((offset @ colour) / (colour @ colour)).clamp(0, 1).view(S, S)
+        for part in components(member.view(S, S)):  # two objects of one colour are two detections
+            alpha = coverage_k * part
+            area = float(alpha.sum()) / (S * S)
+            if area < MIN_AREA:
+                continue
+            mass = alpha.sum()
+            cx, cy = float((alpha * xs).sum() / mass), float((alpha * ys).sum() / mass)
+            radius = math.sqrt(area * S * S / math.pi)
+            detections.append(Detection(
+                shape=_shape(alpha, cx, cy, radius, shapes), colour=name, size=_size(area),
+                position=_position(cx / S, cy / S), centre=(cx / S, cy / S), area=area,
+            ))
     return sorted(detections, key=lambda d: -d.area)
+
+
+def components(mask: torch.Tensor) -> list[torch.Tensor]:
+    """The 8-connected components of a boolean (H, W) mask, as float masks: each pixel takes the largest label
+    in its 3x3 neighbourhood within the mask until no label changes."""
+    H, W = mask.shape
+    labels = torch.where(mask, torch.arange(1, H * W + 1, dtype=torch.float32).view(H, W), torch.zeros(()))
+    while True:
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return [(labels == value).float() for value in labels.unique() if value > 0]
 
 
 def relation_of(first: Detection, second: Detection) -> str:
@@ -120,21 +136,26 @@ def relation_of(first: Detection, second: Detection) -> str:
 
 def _match(scene: Scene, detections: list[Detection]) -> list[Detection | None]:
     """The detection standing for each scene object: the two largest, paired by colour where the
-    colours allow, else by distance to the object's intended position."""
+    colours allow (the nearest to the object's intended position where two share its colour), else by
+    distance to that position."""
     top = detections[: len(scene.objects)]
     matched: list[Detection | None] = [None] * len(scene.objects)
     for i, obj in enumerate(scene.objects):
         same = [d for d in top if d.colour == obj.colour]
         if same:
-            matched[i] = same[0]
-            top.remove(same[0])
+            matched[i] = _nearest(same, obj)
+            top.remove(matched[i])
     for i, obj in enumerate(scene.objects):
         if matched[i] is None and top:
-            px, py = POSITIONS[obj.position]
-            nearest = min(top, key=lambda d: (d.centre[0] - px) ** 2 + (d.centre[1] - py) ** 2)
-            matched[i] = nearest
-            top.remove(nearest)
+            matched[i] = _nearest(top, obj)
+            top.remove(matched[i])
     return matched
+
+
+def _nearest(detections: list[Detection], obj) -> Detection:
+    """The detection nearest the object's intended position."""
+    px, py = POSITIONS[obj.position]
+    return min(detections, key=lambda d: (d.centre[0] - px) ** 2 + (d.centre[1] - py) ** 2)
 
 
 def score(scene: Scene, detections: list[Detection]) -> dict[str, bool]:
@@ -152,4 +173,6 @@ def score(scene: Scene, detections: list[Detection]) -> dict[str, bool]:
         result["relation"] = None not in matched and relation_of(*matched) == scene.relation
     result["count"] = len(detections) == len(scene.objects)
     result["all"] = all(result.values())
+    if len(scene.objects) == 2:  # beside the rest, not part of "all": the relation implies it
+        result["relation axis"] = None not in matched and AXIS[relation_of(*matched)] == AXIS[scene.relation]
     return result
