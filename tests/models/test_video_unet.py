@@ -220,5 +220,6 @@ def test_on_the_gpu_in_bf16_with_the_speed_wing_the_step_matches_the_cpus(checkp
     got = [p.grad.float().cpu() for p in net.temporal.parameters()]
     flat, want = torch.cat([g.flatten() for g in got]), torch.cat([g.flatten() for g in grads])
     assert (flat - want).norm() <= 0.05 * want.norm()
-    for a, b in zip(got, grads):
-        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
+    for a, b in zip(got, grads):  # the cosine by hand: torch's clamps norms below 1e-8, and some are 1e-10
+        a, b = a.double().flatten(), b.double().flatten()
+        assert a @ b > 0.98 * a.norm() * b.norm()
