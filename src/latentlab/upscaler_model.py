@@ -133,8 +133,9 @@ class UpscalerModel:
     def _upscale(self, y: torch.Tensor, steps: int, sampler: str, seed: int, s: int, callback, options) -> torch.Tensor:
         device, size = self.device, self.config.size
         dtype = next(self.network.parameters()).dtype
-        x_T, e = (torch.stack(parts).to(device) for parts in zip(*(
-            torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(y)))))
+        noise = torch.stack([torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + i))
+                             for i in range(len(y))]).to(device)
+        x_T, e = noise[:, 0], noise[:, 1]  # the start, and the augmentation's noise
         alphas_cumprod = self.diffusion.alphas_cumprod().to(device)
         level = torch.full((len(y),), s, device=device)
         y_s = augment(upsample(y.to(device), size), level, e, alphas_cumprod).to(dtype)

@@ -22,6 +22,7 @@ from ..errors import LatentlabError
 from ..io import atomic_write
 from ..devices import resolve_device
 from ..pipeline import Pipeline
+from .distributed import close_world
 
 
 def check_numbers(config) -> None:
@@ -176,6 +177,21 @@ def train(trainer, *, main: bool = True) -> tuple[float | None, StopSignals]:
             progress.close()
     trainer.save_checkpoint()
     return (None if loss is None else loss.item()), stop
+
+
+def train_in_world(trainer, save) -> dict:
+    """`train` for a trainer in a torchrun world (`trainer.world`; one process is a world of one): the last step's
+    loss averaged over the global batch, then `save()` on the main process alone (what it returns, a dict or None,
+    joins the report), then the world closed. Returns the run's report."""
+    world = trainer.world
+    loss, stop = train(trainer, main=world.main)  # one bar and one log.csv, from the main process
+    if loss is not None:  # each process's share, averaged over the global batch
+        loss = world.all_gather(torch.tensor([loss], device=trainer.device)).mean().item()
+    saved = (save() or {}) if world.main else {}
+    world.barrier()
+    close_world(world)
+    return {"steps": trainer.step, "loss": loss, "processes": world.size, "main": world.main, **saved,
+            "interrupted": stop.requested, "signal": stop.signal_name}
 
 
 def truncate_log(path: Path, last_step: int) -> None:

@@ -33,9 +33,9 @@ from ..io.checkpoint import remove_stale_temporaries
 from ..pipeline import DEFAULT_MODEL, Pipeline
 from ..prior_model import PriorModel
 from ..unclip_pipeline import UnCLIPPipeline
-from .distributed import close_world, init_world
+from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
+from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
 from .state import Checkpointed, digest, load_module, prefixed
 
 
@@ -199,15 +199,7 @@ class UnCLIPTrainer(Checkpointed):
     def run(self) -> dict:
         """Train to the end (or a stop signal), then write the checkpoint and the model folder; the loss reported
         is the last step's, over the global batch."""
-        loss, stop = train(self, main=self.world.main)
-        if loss is not None:
-            loss = self.world.all_gather(torch.tensor([loss], device=self.device)).mean().item()
-        if self.world.main:
-            self.snapshot().save(self.out)
-        self.world.barrier()
-        close_world(self.world)
-        return {"steps": self.step, "loss": loss, "processes": self.world.size, "main": self.world.main,
-                "prior": self.config.prior, "interrupted": stop.requested, "signal": stop.signal_name}
+        return {**train_in_world(self, lambda: self.snapshot().save(self.out)), "prior": self.config.prior}
 
 
 def train_unclip(config: UnCLIPTrainConfig) -> dict:

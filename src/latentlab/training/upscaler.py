@@ -25,9 +25,9 @@ from ..errors import LatentlabError
 from ..io.checkpoint import remove_stale_temporaries
 from ..models.unet import UNetConfig
 from ..upscaler_model import UpscalerConfig, UpscalerModel, augment, upsample
-from .distributed import close_world, init_world
+from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
+from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
 from .state import Checkpointed, load_module, prefixed
 
 
@@ -161,15 +161,7 @@ class UpscalerTrainer(Checkpointed):
     def run(self) -> dict:
         """Train to the end (or a stop signal), then write the checkpoint and the upscaler folder; the loss
         reported is the last step's, over the global batch."""
-        loss, stop = train(self, main=self.world.main)
-        if loss is not None:
-            loss = self.world.all_gather(torch.tensor([loss], device=self.device)).mean().item()
-        if self.world.main:
-            self.snapshot().save(self.out)
-        self.world.barrier()
-        close_world(self.world)
-        return {"steps": self.step, "loss": loss, "processes": self.world.size, "main": self.world.main,
-                "interrupted": stop.requested, "signal": stop.signal_name}
+        return train_in_world(self, lambda: self.snapshot().save(self.out))
 
 
 def train_upscaler(config: UpscalerTrainConfig) -> dict:

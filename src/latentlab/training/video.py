@@ -46,9 +46,9 @@ from ..models.temporal import to_clips
 from ..models.video_unet import TemporalConfig, VideoUNet
 from ..pipeline import Pipeline
 from ..video_pipeline import VideoPipeline, check_frames
-from .distributed import close_world, init_world
+from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train
+from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
 from .state import Checkpointed, digest, load_module, prefixed, unprefixed
 
 ADAPTER = "motion"  # the LoRA's name while it trains
@@ -305,18 +305,14 @@ class VideoTrainer(Checkpointed):
         """Train to the end (or a stop signal), then write the checkpoint and the video model folder (a LoRA
         run: OUT/motion-lora.safetensors, its path the report's "lora"); the loss reported is the last step's,
         over the global batch."""
-        loss, stop = train(self, main=self.world.main)  # one bar and one log.csv, from the main process
-        if loss is not None:  # each process's share, averaged over the global batch
-            loss = self.world.all_gather(torch.tensor([loss], device=self.device)).mean().item()
-        result = {}
-        if self.world.main and self.lora:
-            result["lora"] = str(self.save_lora())
-        elif self.world.main:
-            self.snapshot().save(self.out)
-        self.world.barrier()
-        close_world(self.world)
-        return {"steps": self.step, "loss": loss, "processes": self.world.size, "main": self.world.main,
-                **result, "interrupted": stop.requested, "signal": stop.signal_name}
+        return train_in_world(self, self.save)
+
+    def save(self) -> dict:
+        """The main process's output: the LoRA file (its path the report's "lora"), or the video model folder."""
+        if self.lora:
+            return {"lora": str(self.save_lora())}
+        self.snapshot().save(self.out)
+        return {}
 
 
 def train_video(config: VideoTrainConfig) -> dict:
