@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 		--seed 0 --out samples/
 	$(VENV)/bin/latentlab generate-video "a large yellow circle turns purple" --seed 0 --steps 25 --out samples/video/
 	$(VENV)/bin/latentlab variations samples/000-a-large-red-circle-on-the-left.png --steps 25 --out samples/variations/
+	$(VENV)/bin/latentlab upscale samples/ 0 --steps 25
 
 # Then the tests that pin values computed on the CPU, again on ATen's plain kernels (no AVX2, AVX-512 or NEON): a
 # test that holds only on this machine's vector units fails here first, not on a user's machine.

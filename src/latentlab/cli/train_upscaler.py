@@ -24,7 +24,9 @@ def add_parser(commands) -> None:
     flag(t, Config, "warmup", type=non_negative(int), help="steps of linear learning-rate warm-up")
     flag(t, Config, "channels", type=positive(int), nargs="+", help="the U-Net's level widths (default %(default)s)")
     flag(t, Config, "schedule", choices=SCHEDULES, help="noise schedule (default %(default)s)")
-    flag(t, Config, "prediction", choices=PREDICTIONS, help="what the U-Net predicts (default %(default)s)")
+    flag(t, Config, "prediction", choices=PREDICTIONS,
+         help="what the U-Net predicts (default %(default)s; eps fails with the cosine schedule, whose last level "
+              "keeps a signal of 5e-5: docs/editing.md)")
     flag(t, Config, "max_noise_level", type=non_negative(int),
          help="the low-resolution image is noised to a level drawn from 0 to this (default %(default)s)")
     flag(t, Config, "noise_level", type=non_negative(int),
