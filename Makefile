@@ -31,7 +31,12 @@ demo: $(VENV)/.installed
 
 # Then the tests that pin values computed on the CPU, again on ATen's plain kernels (no AVX2, AVX-512 or NEON): a
 # test that holds only on this machine's vector units fails here first, not on a user's machine.
+# The page's browser test drives Debian's Chromium: installed here where it is missing and apt-get can (root)
 test: $(VENV)/.installed
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null && \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null) ; } || \
+		echo "make test: no chromium and chromedriver here, and no apt-get as root to install them: the browser test is skipped"
 	$(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m cpu_capability
 

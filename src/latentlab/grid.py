@@ -131,17 +131,20 @@ class Grid:
 
     def vary(self, n: int, out: str | Path, *, count: int = 4, strength: float = VARY_STRENGTH,
              seed: int | None = None, region: tuple[int, int, int, int] | None = None, prompt: str | None = None,
-             pipe=None, device: str = "auto") -> "Grid":
+             pipe=None, device: str = "auto", callback=None) -> "Grid":
         """Midjourney's V button: `count` new images of image n, each from its own seed (seed + i; by default
         the image's seed + 1 on), written as a new grid in `out`. A text model redraws the image with its prompt
         and settings at `strength` (img2img); an unCLIP model draws from its image embedding (variations).
         `region` (top, left, bottom, right, in pixels) redraws only that box (inpainting, its strength 1 unless
-        given), from `prompt` (default: the image's). `pipe`: the grid's model, loaded (`pipeline()`)."""
+        given), from `prompt` (default: the image's). `pipe`: the grid's model, loaded (`pipeline()`);
+        `callback(i, steps)` after each sampling step."""
         entry, source = self.image(n), self.source(n)
         pipe = pipe or self.pipeline(device)
         prompt = entry.prompt if prompt is None else prompt
         seed = entry.seed + 1 if seed is None else seed
         options = {k: v for k, v in entry.settings.items() if k != "size" and v is not None}
+        if callback is not None:
+            options["callback"] = callback
         origin = {"grid": str(self.folder.resolve()), "image": n, "action": "vary", "strength": strength,
                   "region": None if region is None else list(region)}
         sources, prompts = source[None].expand(count, -1, -1, -1), [prompt] * count
@@ -167,7 +170,7 @@ class Grid:
 
     def upscale(self, n: int, out: str | Path, *, upscaler=None, model: str | None = None, steps: int = 50,
                 sampler: str = "ddim", seed: int | None = None, noise_level: int | None = None,
-                device: str = "auto") -> "Grid":
+                device: str = "auto", callback=None) -> "Grid":
         """Midjourney's U button: image n drawn again at the upscaler's size (upscaler_model.py), from its seed
         (default: the image's), written as a new grid of one image in `out`. `upscaler`: one loaded; else `model`
         (a folder, or the shipped upscaler when None) is loaded."""
@@ -176,7 +179,8 @@ class Grid:
         entry, source = self.image(n), self.source(n)
         upscaler = upscaler or UpscalerModel.load(model, device=device)
         seed = entry.seed if seed is None else seed
-        image = upscaler.upscale(source[None], steps=steps, sampler=sampler, seed=seed, noise_level=noise_level)
+        image = upscaler.upscale(source[None], steps=steps, sampler=sampler, seed=seed, noise_level=noise_level,
+                                 callback=callback)
         level = upscaler.config.noise_level if noise_level is None else noise_level
         origin = {"grid": str(self.folder.resolve()), "image": n, "action": "upscale",
                   "upscaler": model_reference(model or SHIPPED_UPSCALER), "noise_level": level, "steps": steps,

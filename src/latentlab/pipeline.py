@@ -39,7 +39,7 @@ from .adapters.textual_inversion import add_tokens
 from .adapters import inject
 from .adapters.lora import adapters_of, free_name, load_lora_parts
 from .devices import resolve_device, resolve_dtype
-from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, keep_known, make_denoiser,
+from .diffusion import (DiffusionConfig, classifier_free_guidance, get_sampler, keep_known, make_denoiser, observed,
                         sampler_options, start_level, timesteps_for)
 from .diffusion.reverse import check_variance
 from .errors import CheckpointError, LatentlabError
@@ -473,7 +473,8 @@ class Pipeline:
                sampler: str = "ddim", negative_prompt: str = "", size: int | None = None,
                variance: str | None = None, eta: float | None = None, spacing: str | None = None,
                cuda_graph: bool = False, batch_size: int | None = None,
-               callback: Callable[[int, int], None] | None = None, start: ImageInput | None = None) -> torch.Tensor:
+               callback: Callable[[int, int], None] | None = None, start: ImageInput | None = None,
+               preview: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1], one per prompt.
 
         Image i draws its noise (x_T, and what ddpm and ddim with eta > 0 add at each step) from a generator
@@ -486,6 +487,7 @@ class Pipeline:
         `batch_size` prompts are sampled at a time (default: all): the same images whatever the batch size.
         `callback(i, steps)` is called after each step of each batch.
         `start`: images to start from, one per prompt (`img2img`, `inpaint`).
+        `preview(z_0)` is given each step's estimate of the batch's final latents (`decode` makes them images).
         """
         prompts = list(prompts)
         if not prompts:
@@ -503,7 +505,7 @@ class Pipeline:
         parts = [slice(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
         return torch.cat([self._sample_batch(prompts[part], uncond, range(seed + part.start, seed + part.stop), size,
                                              steps, guidance, sampler, options, cuda_graph, callback,
-                                             None if start is None else start[part])
+                                             None if start is None else start[part], preview=preview)
                           for part in parts])
 
     def img2img(self, images: torch.Tensor, prompts: list[str], *, strength: float = 0.8, **options) -> torch.Tensor:
@@ -533,7 +535,7 @@ class Pipeline:
 
     def _sample_batch(self, prompts: list[str], uncond: tuple, seeds, size: int, steps: int, guidance: float,
                       sampler: str, options: dict, cuda_graph: bool, callback, start: ImageInput | None = None,
-                      extra: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                      extra: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, preview=None) -> torch.Tensor:
         """`sample` for one batch of checked arguments: prompt i's noise seeded by seeds[i]; `uncond` the negative
         prompt's encoding; `extra` further conditions of the U-Net, as
         `denoiser` takes them (an unCLIP decoder's image embeddings)."""
@@ -546,10 +548,10 @@ class Pipeline:
             return self.denoiser(context, mask, uncond, uncond_mask, guidance, cuda_graph=cuda_graph,
                                  extra={**(extra or {}), **inputs})
 
-        return self.draw(denoiser, seeds, size, steps, sampler, options, callback, start)
+        return self.draw(denoiser, seeds, size, steps, sampler, options, callback, start, preview=preview)
 
     def draw(self, denoiser, seeds, size: int, steps: int, sampler: str, options: dict, callback,
-             start: ImageInput | None = None) -> torch.Tensor:
+             start: ImageInput | None = None, *, preview=None) -> torch.Tensor:
         """One image per seed, decoded, sampled with `denoiser(inputs)` (the denoiser, given what the U-Net reads
         beside x_t by name, as `Pipeline.denoiser`'s `extra` takes it); image i's own generator, seeded by seeds[i], draws, in
         diffusers' order: the start image's latent from the encoder's posterior (where one is read), x_T, the
@@ -584,6 +586,8 @@ class Pipeline:
         denoise = denoiser(inputs)
         if masks is not None and not self.takes_masks:
             denoise = keep_known(denoise, z_start, F.interpolate(masks, size=shape[-2:]))
+        if preview is not None:
+            denoise = observed(denoise, preview)
         z_0 = get_sampler(sampler)(denoise, x_T, self.alphas_cumprod, steps, start=first, generator=generators,
                                    callback=callback, **options)
         return self.decode(z_0) if start is None else start.composite(self.decode(z_0), masks)

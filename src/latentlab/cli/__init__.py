@@ -11,15 +11,15 @@ import errno
 import sys
 
 from . import (cache_latents, continual, evaluate, generate, generate_video, img2img, inpaint, interpolate, lora,
-               nll, plot, textual_inversion, train, train_classifier, train_clip, train_prior, train_unclip, train_vae,
-               train_upscaler, train_video, train_video_decoder, upscale, variations, vary)
+               nll, plot, serve, textual_inversion, train, train_classifier, train_clip, train_prior, train_unclip,
+               train_vae, train_upscaler, train_video, train_video_decoder, upscale, variations, vary)
 from .options import Parser, missing_command
 
 EXIT_USAGE = 2
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 COMMANDS = (generate, vary, upscale, img2img, inpaint, generate_video, variations, interpolate, train_vae, train,
             train_video, train_video_decoder, cache_latents, plot, evaluate, train_classifier, train_clip, train_prior,
-            train_unclip, train_upscaler, nll, lora, textual_inversion, continual)  # as -h lists
+            train_unclip, train_upscaler, nll, lora, textual_inversion, continual, serve)  # as -h lists
 
 
 def build_parser() -> Parser:

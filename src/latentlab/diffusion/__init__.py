@@ -1,7 +1,7 @@
 """Diffusion maths: schedules, the forward and reverse processes, objectives, the bound, samplers and
 guidance. No networks."""
 
-from .denoiser import Denoised, make_denoiser, split_variance
+from .denoiser import Denoised, make_denoiser, observed, split_variance
 from .guidance import classifier_free_guidance
 from .inpainting import keep_known
 from .importance import ImportanceSampler
@@ -19,7 +19,7 @@ __all__ = [
     "DECODERS", "Denoised", "DiffusionConfig", "ImportanceSampler", "Loss", "PREDICTIONS", "SAMPLERS", "SCHEDULES",
     "SPACINGS", "VARIANCES", "WEIGHTINGS", "alpha_bar_at", "classifier_free_guidance", "cosine_betas", "ddim", "ddpm",
     "diffusion_loss", "discretized_gaussian_log_likelihood", "dpmpp_2m", "euler", "gaussian_log_likelihood",
-    "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "keep_known", "linear_betas", "loss_weight",
+    "get_sampler", "grid_log_variances", "heun", "karras_sigmas", "keep_known", "linear_betas", "loss_weight", "observed",
     "make_betas", "make_denoiser", "nll_bits", "normal_kl", "p_log_variance", "p_mean_variance", "predict_x0",
     "prediction_target", "prior_bits", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sampler_options",
     "scaled_linear_betas", "sigma_to_t", "sigmas_of", "snr", "split_variance", "start_level", "timesteps_for",

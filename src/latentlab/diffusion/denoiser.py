@@ -43,3 +43,15 @@ def make_denoiser(model: Model, prediction: str = "eps") -> Callable[..., Denois
         return Denoised(x_0, eps, None if v is None else v.clamp(-1, 1))
 
     return denoise
+
+
+def observed(denoise: Callable[..., Denoised], watch: Callable[[torch.Tensor], None]) -> Callable[..., Denoised]:
+    """The denoiser, calling `watch(x_0)` with each estimate of x_0 it makes (a page's preview of the image so
+    far)."""
+
+    def denoise_and_watch(x_t: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor) -> Denoised:
+        out = denoise(x_t, t, alpha_bar)
+        watch(out.x_0)
+        return out
+
+    return denoise_and_watch
