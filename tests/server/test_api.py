@@ -197,3 +197,11 @@ def test_an_adapter_file_from_the_models_folder_is_picked_with_its_scale(client,
     images = [client.get(f"/api/images/{job['result']['id']}/{job['result']['images'][0]}").content
               for job in (plain, styled)]
     assert images[0] != images[1]
+
+
+def test_a_damaged_grid_record_leaves_the_rest_of_the_history(client, tmp_path):
+    done = run(client, FAST)
+    damaged = tmp_path / "outputs" / "20000101-000000-0001"
+    damaged.mkdir()
+    (damaged / "grid.json").write_text("{not json")
+    assert [g["id"] for g in client.get("/api/history").json()["grids"]] == [done["result"]["id"]]

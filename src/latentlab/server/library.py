@@ -73,9 +73,15 @@ class Library:
         return path
 
     def history(self) -> list[dict]:
-        """Every grid written here, newest first: its id, model, and images with their settings and origin."""
-        grids = sorted((p for p in self.outputs.iterdir() if (p / RECORD).is_file()), reverse=True)
-        return [entry(Grid.load(p)) for p in grids]
+        """Every grid written here, newest first: its id, model, and images with their settings and origin (a
+        grid.json that no longer reads is left out, not the whole history)."""
+        entries = []
+        for folder in sorted((p for p in self.outputs.iterdir() if (p / RECORD).is_file()), reverse=True):
+            try:
+                entries.append(entry(Grid.load(folder)))
+            except LatentlabError:
+                continue
+        return entries
 
 
 def entry(grid: Grid) -> dict:
