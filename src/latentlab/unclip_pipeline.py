@@ -196,7 +196,7 @@ class UnCLIPPipeline(Pipeline):
     def decode_embeddings(self, image_embeds: torch.Tensor, prompts: list[str] | None = None, *, steps: int = 50,
                           guidance: float = 4.0, seed: int = 0, same_noise: bool = False, sampler: str = "ddim",
                           negative_prompt: str = "", size: int | None = None, batch_size: int | None = None,
-                          cuda_graph: bool = False, callback=None, **options) -> torch.Tensor:
+                          cuda_graph: bool = False, callback=None, preview=None, **options) -> torch.Tensor:
         """The decoder alone: image embeddings (B, E) -> images (B, 3, H, W) in [-1, 1]; with each its prompt, or
         none (the empty prompt). Guidance runs the decoder with the embedding and with none (zeros) beside it
         (and with `negative_prompt` for the text). Image i's noise is seeded by seed + i, or by seed for every
@@ -218,7 +218,7 @@ class UnCLIPPipeline(Pipeline):
             seeds = [seed] * len(z) if same_noise else range(seed + start, seed + start + len(z))
             images.append(self._sample_batch(prompts[start:start + batch_size], uncond, seeds, size, steps, guidance,
                                              sampler, options, cuda_graph, callback,
-                                             extra={"image_embed": (z, torch.zeros_like(z))}))
+                                             extra={"image_embed": (z, torch.zeros_like(z))}, preview=preview))
         return torch.cat(images)
 
     def img2img(self, images: torch.Tensor, prompts: list[str], **options) -> torch.Tensor:

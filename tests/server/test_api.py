@@ -114,14 +114,18 @@ def test_jobs_run_in_order_with_their_positions_and_cancel_stops_them(client):
     assert run(client, FAST)["state"] == "done"  # and the queue goes on
 
 
-def test_progress_and_previews_stream_as_events(client):
-    job = client.post("/api/jobs", json={**FAST, "steps": 12, "count": 1}).json()
+@pytest.mark.parametrize("action", ["generate", "vary"])
+def test_progress_and_previews_stream_as_events(client, action):
+    body = {**FAST, "steps": 12, "count": 1}
+    if action == "vary":
+        body = {"kind": "vary", "grid": run(client, body)["result"]["id"], "n": 0}
+    job = client.post("/api/jobs", json=body).json()
     with client.stream("GET", f"/api/jobs/{job['id']}/events") as events:
         states = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: ")]
     assert states[-1]["state"] == "done"
     assert any(s.get("preview", "").startswith("data:image/png;base64,") for s in states)
     steps = [s["step"] for s in states]
-    assert steps == sorted(steps) and steps[-1] == 12 and len(set(steps)) > 2
+    assert steps == sorted(steps) and steps[-1] > 2 and len(set(steps)) > 2
 
 
 def test_a_failing_job_shows_one_line_and_the_server_goes_on(client, tmp_path):
@@ -205,3 +209,13 @@ def test_a_damaged_grid_record_leaves_the_rest_of_the_history(client, tmp_path):
     damaged.mkdir()
     (damaged / "grid.json").write_text("{not json")
     assert [g["id"] for g in client.get("/api/history").json()["grids"]] == [done["result"]["id"]]
+
+
+def test_an_unclip_model_draws_and_varies_from_the_page(client):
+    grid = run(client, {**FAST, "model": "shapes-unclip", "count": 1})
+    assert grid["state"] == "done", grid
+    job = client.post("/api/jobs", json={"kind": "vary", "grid": grid["result"]["id"], "n": 0}).json()
+    with client.stream("GET", f"/api/jobs/{job['id']}/events") as events:
+        states = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: ")]
+    assert states[-1]["state"] == "done" and len(states[-1]["result"]["images"]) == 4
+    assert any("preview" in s for s in states)

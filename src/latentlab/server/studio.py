@@ -82,7 +82,8 @@ class Studio:
         region = p.get("region")
         strength = p.get("strength") or (1.0 if region else VARY_STRENGTH)
         return source.vary(p["n"], out, count=p.get("count", 4), strength=strength, prompt=p.get("prompt"),
-                           region=None if region is None else tuple(region), pipe=pipe, callback=job.progress)
+                           region=None if region is None else tuple(region), pipe=pipe, callback=job.progress,
+                           preview=self.previewer(job, pipe))
 
     def upscale(self, job: Job, out: Path) -> Grid:
         p, source = job.params, self.library.grid(job.params["grid"])
