@@ -169,6 +169,22 @@ def test_two_processes_give_the_weights_of_one(tmp_path):
     assert difference.mean() < 1e-7 and (difference > 1e-5).double().mean() < 1e-3 and difference.max() < 1e-3 * 0.3
 
 
+def test_a_run_resumes_exactly_on_another_number_of_processes(tmp_path):
+    """Every draw is made for the global batch, so a run started on one process continues on two (torchrun, gloo)
+    to the weights of an uninterrupted run on one."""
+    args = ["train-upscaler", *TINY]
+    assert main([*args, "--steps", "4", "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--steps", "2", "--out", str(tmp_path / "moved")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "latentlab", *args, "--steps", "4", "--resume",
+               "--out", str(tmp_path / "moved")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, moved = (load_file(tmp_path / run / "unet" / "model.safetensors") for run in ("whole", "moved"))
+    difference = torch.cat([(moved[k].double() - whole[k].double()).abs().flatten() for k in whole])
+    assert difference.mean() < 1e-7 and difference.max() < 1e-3 * 0.3  # as for two processes from the start
+
+
 @pytest.mark.parametrize("args, message", [(["--max-noise-level", 1000], "max_noise_level"),
                                            (["--noise-level", 300], "noise_level 300"),
                                            (["--channels", 48, 64], "multiple"),
