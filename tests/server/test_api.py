@@ -219,3 +219,16 @@ def test_an_unclip_model_draws_and_varies_from_the_page(client):
         states = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: ")]
     assert states[-1]["state"] == "done" and len(states[-1]["result"]["images"]) == 4
     assert any("preview" in s for s in states)
+
+
+def test_serve_without_its_extra_says_how_to_get_it_in_one_line(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from latentlab.cli import main
+
+    from ..cli.commandline import assert_one_line_error
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
+    assert main(["serve", "--outputs", str(tmp_path / "out"), "--models", str(tmp_path / "models")]) == 2
+    assert_one_line_error(capsys, "pip install 'latentlab[serve]'", "uvicorn")
+    assert not (tmp_path / "out").exists()
