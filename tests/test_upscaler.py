@@ -21,7 +21,7 @@ from latentlab.evaluation.upscaler import psnr, upscaling_report
 from latentlab.grid import Grid
 from latentlab.models.unet import UNet, UNetConfig
 from latentlab.models.upscaler import NoiseLevelConfig, NoiseLevelEmbedding, Upscaler
-from latentlab.upscaler_model import UpscalerModel, upsample
+from latentlab.upscaler_model import UpscalerModel
 
 from .cli.commandline import assert_one_line_error
 
