@@ -131,26 +131,31 @@ class Grid:
 
     def vary(self, n: int, out: str | Path, *, count: int = 4, strength: float = VARY_STRENGTH,
              seed: int | None = None, region: tuple[int, int, int, int] | None = None, prompt: str | None = None,
-             pipe=None, device: str = "auto", callback=None, preview=None) -> "Grid":
+             mask: torch.Tensor | None = None, pipe=None, device: str = "auto", callback=None, preview=None,
+             action: str = "vary") -> "Grid":
         """Midjourney's V button: `count` new images of image n, each from its own seed (seed + i; by default
         the image's seed + 1 on), written as a new grid in `out`. A text model redraws the image with its prompt
         and settings at `strength` (img2img); an unCLIP model draws from its image embedding (variations).
         `region` (top, left, bottom, right, in pixels) redraws only that box (inpainting, its strength 1 unless
-        given), from `prompt` (default: the image's). `pipe`: the grid's model, loaded (`pipeline()`);
-        `callback(i, steps)` after each sampling step, `preview(z_0)` (as `Pipeline.sample` takes it)."""
+        given), from `prompt` (default: the image's); `mask` (1, H, W), 1 where to redraw, does so for any shape
+        (a mask painted on the page). `pipe`: the grid's model, loaded (`pipeline()`); `callback(i, steps)` after
+        each sampling step, `preview(z_0)` (as `Pipeline.sample` takes it); `action` names the action in the new
+        images' origin (the page's img2img and inpaint are this one)."""
         entry, source = self.image(n), self.source(n)
         pipe = pipe or self.pipeline(device)
         prompt = entry.prompt if prompt is None else prompt
         seed = entry.seed + 1 if seed is None else seed
         options = {k: v for k, v in entry.settings.items() if k != "size" and v is not None}
         options.update({k: v for k, v in (("callback", callback), ("preview", preview)) if v is not None})
-        origin = {"grid": str(self.folder.resolve()), "image": n, "action": "vary", "strength": strength,
+        origin = {"grid": str(self.folder.resolve()), "image": n, "action": action, "strength": strength,
                   "region": None if region is None else list(region)}
         sources, prompts = source[None].expand(count, -1, -1, -1), [prompt] * count
         if region is not None:
             from .data.masks import box_mask
 
-            masks = box_mask(check_region(region, source.shape[-1]), source.shape[-1])[None].expand(count, -1, -1, -1)
+            mask = box_mask(check_region(region, source.shape[-1]), source.shape[-1])
+        if mask is not None:
+            masks = mask[None].expand(count, -1, -1, -1)
             text_model = pipe.image_model() if hasattr(pipe, "variations") else pipe
             images = text_model.inpaint(sources, masks, prompts, strength=strength, seed=seed, **options)
         elif hasattr(pipe, "variations"):

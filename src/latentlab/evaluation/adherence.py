@@ -12,7 +12,7 @@ from ..data.judge import judge, score
 from ..data.paraphrase import paraphrase as reword
 from ..data.shapes import ShapesDataset
 from ..pipeline import Pipeline
-from .intervals import wilson
+from .intervals import proportion, wilson
 
 
 def prompt_adherence(pipe: Pipeline, *, prompts: int = 200, split: str = "test", objects: int = 1, seed: int = 1234,
@@ -58,8 +58,7 @@ CHANCE = {"relation": 0.25, "relation given the axis": 0.5}
 
 def relation_given_axis(totals: dict) -> dict:
     """The share of images with the relation right among those with the objects on its axis (chance: 1/2)."""
-    n, right = int(totals["relation axis"]), int(totals["relation"])
-    return {"share": right / n if n else float("nan"), "interval": wilson(right, n), "n": n}
+    return proportion(int(totals["relation"]), int(totals["relation axis"]))
 
 
 def prompt_examples(pipe: Pipeline, *, prompts: int, split: str, objects: int, seed: int,

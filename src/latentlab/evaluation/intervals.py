@@ -19,6 +19,11 @@ def wilson(right: int, n: int) -> list[float]:
     return [max(0.0, (centre - half) / (1 + Z * Z / n)), min(1.0, (centre + half) / (1 + Z * Z / n))]
 
 
+def proportion(right: int, n: int) -> dict:
+    """The share right / n (nan when n is 0), its 95% interval (`wilson`) and n."""
+    return {"share": right / n if n else float("nan"), "interval": wilson(right, n), "n": n}
+
+
 def mean_interval(values: torch.Tensor) -> dict:
     """The mean of `values` and its normal 95% interval."""
     n, mean = len(values), values.float().mean().item()

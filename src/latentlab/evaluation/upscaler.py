@@ -24,10 +24,14 @@ def psnr(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
-def judged(images: torch.Tensor, scenes) -> dict:
-    """The share of images right on every attribute of their scene, with its interval."""
-    right = sum(score(scene, judge(image))["all"] for image, scene in zip(images, scenes))
-    return {"all": right / len(scenes), "interval": wilson(right, len(scenes))}
+def verdicts(images: torch.Tensor, scenes) -> list[bool]:
+    """Whether the judge reads each image right on every attribute of its scene."""
+    return [score(scene, judge(image))["all"] for image, scene in zip(images, scenes)]
+
+
+def judged(right: list[bool]) -> dict:
+    """The share of images right, with its interval."""
+    return {"all": sum(right) / len(right), "interval": wilson(sum(right), len(right))}
 
 
 def upscaling_report(upscaler: UpscalerModel, *, scenes: int = 200, split: str = "test", seed: int = 1234,
@@ -41,10 +45,10 @@ def upscaling_report(upscaler: UpscalerModel, *, scenes: int = 200, split: str =
     for s in noise_levels:
         methods[f"upscaler, noise level {s}"] = upscaler.upscale(low, steps=steps, sampler=sampler, seed=seed,
                                                                  noise_level=s, batch_size=batch_size)
-    rows = {name: {"psnr": mean_interval(psnr(images, truth)), "judge": judged(images, drawn)}
+    rows = {name: {"psnr": mean_interval(psnr(images, truth)), "judge": judged(verdicts(images, drawn))}
             for name, images in methods.items()}
-    rows["truth"] = {"psnr": None, "judge": judged(truth, drawn)}
-    rows[f"low resolution ({c.low_size}px)"] = {"psnr": None, "judge": judged(low, drawn)}
+    rows["truth"] = {"psnr": None, "judge": judged(verdicts(truth, drawn))}
+    rows[f"low resolution ({c.low_size}px)"] = {"psnr": None, "judge": judged(verdicts(low, drawn))}
     return {"scenes": scenes, "split": split, "steps": steps, "sampler": sampler, "seed": seed,
             "low_size": c.low_size, "size": c.size, "methods": rows}
 
@@ -57,10 +61,9 @@ def generated_report(pipe, upscaler: UpscalerModel, *, prompts: int = 200, split
     small = torch.cat([pipe.sample(captions[i:i + batch_size], seed=seed + i, steps=steps, guidance=guidance).cpu()
                        for i in range(0, prompts, batch_size)])
     large = upscaler.upscale(small, seed=seed, noise_level=noise_level, batch_size=batch_size)
-    same = sum(score(scene, judge(a))["all"] == score(scene, judge(b))["all"]
-               for a, b, scene in zip(small, large, drawn))
+    before, after = verdicts(small, drawn), verdicts(large, drawn)
     return {"prompts": prompts, "split": split, "steps": steps, "guidance": guidance, "seed": seed,
             "noise_level": upscaler.config.noise_level if noise_level is None else noise_level,
-            "judge": {"drawn": judged(small, drawn), "upscaled": judged(large, drawn),
-                      "bicubic": judged(upsample(small, upscaler.config.size), drawn)},
-            "same verdict": same / prompts}
+            "judge": {"drawn": judged(before), "upscaled": judged(after),
+                      "bicubic": judged(verdicts(upsample(small, upscaler.config.size), drawn))},
+            "same verdict": sum(a == b for a, b in zip(before, after)) / prompts}

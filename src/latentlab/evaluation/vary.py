@@ -17,7 +17,7 @@ import torch
 from ..data.judge import judge, score
 from ..data.shapes import ShapesDataset
 from ..grid import VARY_STRENGTH
-from .intervals import mean_interval, wilson
+from .intervals import mean_interval, proportion
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -26,8 +26,7 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def share(right: list[bool]) -> dict:
-    return {"share": sum(right) / len(right) if right else float("nan"), "interval": wilson(sum(right), len(right)),
-            "n": len(right)}
+    return proportion(sum(right), len(right))
 
 
 def variation_report(pipe, *, cases: int = 100, count: int = 4, strength: float = VARY_STRENGTH, split: str = "test",

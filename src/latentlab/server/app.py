@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from ..diffusion import SAMPLERS
 from ..errors import LatentlabError
 from ..grid import Grid, GridImage
-from ..images import from_pil, open_image
+from ..images import from_pil
 from ..pipeline import Pipeline
 from .jobs import ENDED, Job, JobQueue
 from .library import Library
@@ -227,13 +227,13 @@ def store_upload(data: bytes, library: Library, queue: JobQueue) -> Grid:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            kind = probe.format
+        upload = Image.open(io.BytesIO(data))
+        upload.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise LatentlabError(f"the upload is not an image Pillow reads ({str(e)[:80]})") from None
-    if kind not in UPLOAD_TYPES:
-        raise LatentlabError(f"the upload is a {kind} image; accepted: {', '.join(UPLOAD_TYPES)}")
-    image, _ = from_pil(open_image(io.BytesIO(data)), 32)
+    if upload.format not in UPLOAD_TYPES:
+        raise LatentlabError(f"the upload is a {upload.format} image; accepted: {', '.join(UPLOAD_TYPES)}")
+    image, _ = from_pil(upload, 32)
     folder = library.folder(f"{queue.new_id()}-upload")
     grid = Grid(folder=folder, model="shapes-default", images=[])
     grid.add(image[None], [GridImage("", "", 0, {"size": 32}, {"action": "upload"})])

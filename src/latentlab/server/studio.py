@@ -76,46 +76,25 @@ class Studio:
         grid.save()
         return grid
 
-    def vary(self, job: Job, out: Path) -> Grid:
+    def vary(self, job: Job, out: Path, *, count: int = 4, mask: torch.Tensor | None = None) -> Grid:
+        """Grid.vary on image n of a listed grid: V (four variations), or as the page's img2img and inpaint, one
+        image from the prompt at the strength asked (default: a variation's, 1 where a mask is painted)."""
         p, source = job.params, self.library.grid(job.params["grid"])
         pipe = self.pipeline(source.model, source.adapters)
-        region = p.get("region")
-        strength = p.get("strength") or (1.0 if region else VARY_STRENGTH)
-        return source.vary(p["n"], out, count=p.get("count", 4), strength=strength, prompt=p.get("prompt"),
-                           region=None if region is None else tuple(region), pipe=pipe, callback=job.progress,
-                           preview=self.previewer(job, pipe))
+        strength = p.get("strength") or (1.0 if mask is not None else VARY_STRENGTH)
+        return source.vary(p["n"], out, count=count, strength=strength, prompt=p.get("prompt"), mask=mask, pipe=pipe,
+                           callback=job.progress, preview=self.previewer(job, pipe), action=job.kind)
 
     def upscale(self, job: Job, out: Path) -> Grid:
         p, source = job.params, self.library.grid(job.params["grid"])
         return source.upscale(p["n"], out, upscaler=self.upscaler(), callback=job.progress)
 
     def img2img(self, job: Job, out: Path) -> Grid:
-        return self.redraw(job, out, masks=None)
+        return self.vary(job, out, count=1)
 
     def inpaint(self, job: Job, out: Path) -> Grid:
         p, source = job.params, self.library.grid(job.params["grid"])
-        size = source.source(p["n"]).shape[-1]
-        return self.redraw(job, out, masks=read_mask(p["mask"], size)[None])
-
-    def redraw(self, job: Job, out: Path, masks: torch.Tensor | None) -> Grid:
-        """Image n of a grid drawn again from the prompt: img2img at `strength`, or inpainted where masks is 1."""
-        p, source = job.params, self.library.grid(job.params["grid"])
-        entry, image = source.image(p["n"]), source.source(p["n"])
-        pipe = self.pipeline(source.model, source.adapters)
-        prompt = p.get("prompt") or entry.prompt
-        seed = entry.seed + 1 if p.get("seed") is None else p["seed"]
-        options = {k: v for k, v in entry.settings.items() if k != "size" and v is not None}
-        strength = p.get("strength") or (1.0 if masks is not None else VARY_STRENGTH)
-        hooks = {"callback": job.progress, "preview": self.previewer(job, pipe)}
-        if masks is None:
-            images = pipe.img2img(image[None], [prompt], strength=strength, seed=seed, **options, **hooks)
-        else:
-            images = pipe.inpaint(image[None], masks, [prompt], strength=strength, seed=seed, **options, **hooks)
-        origin = {"grid": str(source.folder), "image": p["n"], "action": job.kind, "strength": strength}
-        grid = source.child(out)
-        grid.add(images, [GridImage("", prompt, seed, {**entry.settings, "size": image.shape[-1]}, origin)])
-        grid.save()
-        return grid
+        return self.vary(job, out, count=1, mask=read_mask(p["mask"], source.source(p["n"]).shape[-1]))
 
     def previewer(self, job: Job, pipe):
         """A `preview` for Pipeline.sample: every PREVIEW_EVERY steps, the first image's current estimate as PNG."""

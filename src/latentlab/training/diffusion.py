@@ -33,15 +33,15 @@ from ..diffusion import DiffusionConfig, ImportanceSampler, diffusion_loss
 from .. import fast
 from ..errors import CheckpointError, LatentlabError
 from ..io import load_component
-from ..io.checkpoint import remove_stale_temporaries
 from ..io.convert import vae_translation
 from ..models import AutoencoderKL, TextEncoder, TextEncoderConfig, Tokenizer, UNet, UNetConfig, VAEConfig
 from ..models.bert import BertModel
 from ..models.vae import DiagonalGaussian
 from ..pipeline import Pipeline
-from .distributed import close_world, init_world
+from .distributed import close_world
 from .ema import EMA
-from .loop import FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, learning_rate, run_steps, setup
+from .loop import (FiniteCheck, Progress, StopSignals, adamw, autocast, check_numbers, join_world, learning_rate,
+                   run_steps)
 from .monitor import MetricsLog, TensorBoard, sample_grid
 from .state import (FILENAME, check_resumable, config_json, data_identity, digest, load_module, load_optimizer,
                     load_state, meta_field, optimizer_state, prefixed, rng_state, save_state, saved_step,
@@ -159,9 +159,7 @@ class DiffusionTrainer:
 
     def __init__(self, config: DiffusionTrainConfig):
         self.config = c = config
-        self.world = init_world(setup(c.seed, c.device))
-        if self.world.main:  # before anything is written; the other processes write nothing
-            remove_stale_temporaries(c.out)
+        self.world = join_world(c)
         self.device = device = self.world.device
         if c.batch_size % (self.world.size * c.grad_accum):
             raise LatentlabError(f"batch size {c.batch_size} does not split into {self.world.size} processes x "

@@ -20,9 +20,10 @@ from tqdm import tqdm
 from .. import fast
 from ..errors import LatentlabError
 from ..io import atomic_write
+from ..io.checkpoint import remove_stale_temporaries
 from ..devices import resolve_device
 from ..pipeline import Pipeline
-from .distributed import close_world
+from .distributed import close_world, init_world
 
 
 def check_numbers(config) -> None:
@@ -177,6 +178,15 @@ def train(trainer, *, main: bool = True) -> tuple[float | None, StopSignals]:
             progress.close()
     trainer.save_checkpoint()
     return (None if loss is None else loss.item()), stop
+
+
+def join_world(config):
+    """The run's torchrun world (a world of one without torchrun), on the config's device and seed, and on its
+    main process the temporary files a killed run left in `config.out` removed, before anything is written."""
+    world = init_world(setup(config.seed, config.device))
+    if world.main:  # the other processes write nothing
+        remove_stale_temporaries(config.out)
+    return world
 
 
 def train_in_world(trainer, save) -> dict:

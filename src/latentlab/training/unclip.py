@@ -29,13 +29,12 @@ from ..contrastive_model import SHIPPED_CONTRASTIVE_MODEL, ContrastiveModel
 from ..data.shapes import ShapesDataset
 from ..diffusion import diffusion_loss
 from ..errors import LatentlabError
-from ..io.checkpoint import remove_stale_temporaries
 from ..pipeline import DEFAULT_MODEL, Pipeline
 from ..prior_model import PriorModel
 from ..unclip_pipeline import UnCLIPPipeline
-from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
+from .loop import (FiniteCheck, adamw, autocast, check_numbers, join_world, learning_rate,
+                   train_in_world)
 from .state import Checkpointed, digest, load_module, prefixed
 
 
@@ -97,9 +96,7 @@ class UnCLIPTrainer(Checkpointed):
 
     def __init__(self, config: UnCLIPTrainConfig):
         self.config = c = config
-        self.world = init_world(setup(c.seed, c.device))
-        if self.world.main:
-            remove_stale_temporaries(c.out)
+        self.world = join_world(c)
         self.device = device = self.world.device
         self.world.shard(c.batch_size)  # refuses a batch that does not split over the processes
         self.out = Path(c.out)

@@ -22,12 +22,11 @@ from .. import fast
 from ..data.shapes import ShapesDataset, render
 from ..diffusion import DiffusionConfig, diffusion_loss
 from ..errors import LatentlabError
-from ..io.checkpoint import remove_stale_temporaries
 from ..models.unet import UNetConfig
 from ..upscaler_model import UpscalerConfig, UpscalerModel, augment, upsample
-from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
+from .loop import (FiniteCheck, adamw, autocast, check_numbers, join_world, learning_rate,
+                   train_in_world)
 from .state import Checkpointed, load_module, prefixed
 
 
@@ -90,9 +89,7 @@ class UpscalerTrainer(Checkpointed):
 
     def __init__(self, config: UpscalerTrainConfig):
         self.config = c = config
-        self.world = init_world(setup(c.seed, c.device))
-        if self.world.main:
-            remove_stale_temporaries(c.out)
+        self.world = join_world(c)
         self.device = device = self.world.device
         self.world.shard(c.batch_size)  # refuses a batch that does not split over the processes
         self.out = Path(c.out)

@@ -41,14 +41,13 @@ from ..adapters.lora import UNET_ATTENTION, add_lora, lora_parameters
 from ..data.video import NEW_MOTIONS, MotionConcept, VideoDataset
 from ..diffusion import diffusion_loss
 from ..errors import CheckpointError, LatentlabError
-from ..io.checkpoint import remove_stale_temporaries
 from ..models.temporal import to_clips
 from ..models.video_unet import TemporalConfig, VideoUNet
 from ..pipeline import Pipeline
 from ..video_pipeline import VideoPipeline, check_frames
-from .distributed import init_world
 from .ema import EMA
-from .loop import FiniteCheck, adamw, autocast, check_numbers, learning_rate, setup, train_in_world
+from .loop import (FiniteCheck, adamw, autocast, check_numbers, join_world, learning_rate,
+                   train_in_world)
 from .state import Checkpointed, digest, load_module, prefixed, unprefixed
 
 ADAPTER = "motion"  # the LoRA's name while it trains
@@ -168,9 +167,7 @@ class VideoTrainer(Checkpointed):
 
     def __init__(self, config: VideoTrainConfig):
         self.config = c = config
-        self.world = init_world(setup(c.seed, c.device))
-        if self.world.main:
-            remove_stale_temporaries(c.out)
+        self.world = join_world(c)
         self.device = device = self.world.device
         if c.batch_size % (self.world.size * c.grad_accum):
             raise LatentlabError(f"batch size {c.batch_size} does not split into {self.world.size} processes x "
